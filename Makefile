@@ -1,0 +1,53 @@
+# infgate: the README's two commands (`make demo`, `make test`) plus helpers.
+# Every target installs what it needs from the project's own files first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# CPU machines pin the CPU wheel of torch; GPU users: make install TORCH_CONSTRAINT=constraints-cuda.txt
+TORCH_CONSTRAINT ?= constraints-cpu.txt
+STAMP := $(VENV)/.installed-$(notdir $(TORCH_CONSTRAINT))
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export MLFLOW_ENABLE_ASYNC_LOGGING := false
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test test-fast lint format bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): $(PY) pyproject.toml constraints.txt $(TORCH_CONSTRAINT)
+	$(PIP) install --quiet -c constraints.txt -c $(TORCH_CONSTRAINT) -e '.[dev,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/infgate demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/bench_exact.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

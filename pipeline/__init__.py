@@ -1,0 +1,44 @@
+"""infgate core library: influence-function data debugging that gates model deployment.
+
+Public surface; everything else is internal. Orchestration lives in ``flows`` and
+integration surfaces in ``plugins``; this package imports neither.
+"""
+
+from pipeline.config import InfluenceConfig
+from pipeline.data import EvalData, TrainingData, flip_labels
+from pipeline.errors import (
+    CurvatureError,
+    DatasetMismatchError,
+    InfgateError,
+    InvalidInputError,
+    ModelStateError,
+    NonFiniteError,
+)
+from pipeline.influence import (
+    InfluenceMatrix,
+    InfluenceResult,
+    InfluenceScorer,
+    influence,
+    self_influence,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CurvatureError",
+    "DatasetMismatchError",
+    "EvalData",
+    "InfgateError",
+    "InfluenceConfig",
+    "InfluenceMatrix",
+    "InfluenceResult",
+    "InfluenceScorer",
+    "InvalidInputError",
+    "ModelStateError",
+    "NonFiniteError",
+    "TrainingData",
+    "__version__",
+    "flip_labels",
+    "influence",
+    "self_influence",
+]

@@ -1,0 +1,220 @@
+"""Per-example gradients and curvature pieces with ``torch.func``.
+
+The model is called functionally (``functional_call``) with the selected parameters as
+the differentiated arguments and everything else (other parameters, buffers) held fixed, so
+the caller's module is never mutated. This works for any ``nn.Module``, including the
+``GraphModule`` that MLflow's ``pt2`` flavour returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from pipeline.errors import InvalidInputError, ModelStateError, NonFiniteError
+from pipeline.influence.objective import Objective
+
+__all__ = ["GradientEngine", "ParamSelector", "resolve_device"]
+
+ParamSelector = Sequence[str] | Sequence[nn.Module] | nn.Module | None
+
+_STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` means CUDA when torch sees a GPU, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev
+
+
+def _select(model: nn.Module, params: ParamSelector) -> list[str]:
+    named = dict(model.named_parameters())
+    if params is None:
+        names = [n for n, p in named.items() if p.requires_grad]
+    else:
+        items: Sequence[str] | Sequence[nn.Module] = (
+            [params] if isinstance(params, nn.Module) else params
+        )
+        names = []
+        for item in items:
+            if isinstance(item, nn.Module):
+                ids = {id(p) for p in item.parameters()}
+                hit = [n for n, p in named.items() if id(p) in ids]
+                if not hit:
+                    raise InvalidInputError(
+                        f"module {type(item).__name__} has no parameters inside the model"
+                    )
+            elif isinstance(item, str):
+                hit = [n for n in named if n == item or n.startswith(item + ".")]
+                if not hit:
+                    raise InvalidInputError(
+                        f"no parameter named {item!r}; available: {sorted(named)[:12]}"
+                    )
+            else:
+                raise InvalidInputError(
+                    f"params entries must be names or modules, got {type(item).__name__}"
+                )
+            names.extend(n for n in hit if n not in names)
+    if not names:
+        raise ModelStateError(
+            "no trainable parameters selected (all have requires_grad=False or params is empty)"
+        )
+    return names
+
+
+class GradientEngine:
+    """Per-example gradients, Gauss-Newton factors and Hessian pieces for one model.
+
+    Args:
+        model: the network; must be in eval mode if it has dropout or batch-norm.
+        objective: the loss adapter.
+        params: names (exact or module prefix) or modules whose parameters are selected;
+            ``None`` selects every parameter with ``requires_grad``.
+        device: where to compute.
+        dtype: floating dtype for parameters and features (default: the model's).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        *,
+        params: ParamSelector = None,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if model.training:
+            culprits = [type(m).__name__ for m in model.modules() if isinstance(m, _STOCHASTIC)]
+            if culprits:
+                raise ModelStateError(
+                    f"model is in training mode and has {sorted(set(culprits))}; influence "
+                    f"needs deterministic outputs: call model.eval() first"
+                )
+        self.model = model
+        self.objective = objective
+        self.names = _select(model, params)
+        named = dict(model.named_parameters())
+        first = named[self.names[0]]
+        self.dtype = dtype or (first.dtype if first.is_floating_point() else torch.float32)
+        self.device = device
+        self.params = {n: named[n].detach().to(device, self.dtype) for n in self.names}
+        fixed: dict[str, torch.Tensor] = {
+            n: p.detach().to(device, self.dtype) for n, p in named.items() if n not in self.params
+        }
+        for n, b in model.named_buffers():
+            fixed[n] = b.to(device, self.dtype) if b.is_floating_point() else b.to(device)
+        self.fixed = fixed
+        self.shapes = [self.params[n].shape for n in self.names]
+        self.sizes = [self.params[n].numel() for n in self.names]
+        self.n_params = sum(self.sizes)
+        if device.type != "cpu" and next(iter(model.parameters())).device != device:
+            # Constants of a GraphModule live on the module; run a copy on the device.
+            import copy
+
+            self.model = copy.deepcopy(model).to(device)
+
+    # -- flat <-> dict ---------------------------------------------------------------------
+    def flatten(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+        """Concatenate per-parameter tensors into ``(*batch, P)`` in selection order."""
+        lead = tensors[self.names[0]].shape[:batch_dims]
+        return torch.cat([tensors[n].reshape(*lead, -1) for n in self.names], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(flat, self.sizes, dim=-1)
+        lead = flat.shape[:-1]
+        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**self.fixed, **params}, (x,))
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs for a batch at the current parameters."""
+        return self.forward(self.params, x)
+
+    def checked_outputs(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Outputs, after checking labels fit them and they are finite."""
+        out = self.outputs(x)
+        self.objective.check_targets(out, y)
+        finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            rows = (torch.nonzero(~finite).flatten()[:5] + start).tolist()
+            raise NonFiniteError(f"model outputs are NaN or inf for example(s) {rows}")
+        return out
+
+    # -- gradients -------------------------------------------------------------------------
+    def _loss_one(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.forward(params, x.unsqueeze(0))
+        return self.objective.loss(out, y.unsqueeze(0)).squeeze(0)
+
+    def per_example_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` gradients of each example's loss w.r.t. the selected parameters."""
+        self.checked_outputs(start, x, y)
+        g = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.params, x, y)
+        flat = self.flatten(g, batch_dims=1)
+        self._check_finite(start, flat, "gradients")
+        return flat
+
+    def factor_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, K, P)`` rows ``U_b = A_b J_b`` with ``sum_b U_b^T U_b`` = Gauss-Newton sum.
+
+        ``J_b`` is the Jacobian of example b's outputs w.r.t. the parameters and
+        ``A_b^T A_b`` the loss Hessian in output space (Martens 2020, Sec. 8).
+        """
+        out = self.checked_outputs(start, x, y)
+
+        def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+            return self.forward(params, xi.unsqueeze(0)).reshape(-1)
+
+        jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
+        j = torch.cat(
+            [jac[n].reshape(x.shape[0], -1, sz) for n, sz in zip(self.names, self.sizes, strict=True)],
+            dim=-1,
+        )
+        a = self.objective.output_hessian_factor(out.reshape(out.shape[0], -1), y).to(j.dtype)
+        u = torch.bmm(a, j)
+        self._check_finite(start, u.reshape(u.shape[0], -1), "Gauss-Newton factors")
+        return u
+
+    def batch_hessian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(P, P)`` Hessian of the batch's SUMMED loss (exact second derivatives)."""
+        flat0 = self.flatten(self.params)
+
+        def total(flat: torch.Tensor) -> torch.Tensor:
+            return self.objective.loss(self.forward(self.unflatten(flat), x), y).sum()
+
+        return torch.func.hessian(total)(flat0)
+
+    def hvp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Hessian of the batch's summed loss times ``v`` (``(P,)`` or ``(P, k)``)."""
+        flat0 = self.flatten(self.params)
+
+        def total(flat: torch.Tensor) -> torch.Tensor:
+            return self.objective.loss(self.forward(self.unflatten(flat), x), y).sum()
+
+        def one(vec: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(torch.func.grad(total), (flat0,), (vec,))[1]
+
+        return one(v) if v.ndim == 1 else vmap(one, in_dims=1, out_dims=1)(v)
+
+    @staticmethod
+    def _check_finite(start: int, values: torch.Tensor, what: str) -> None:
+        finite = torch.isfinite(values).all(dim=1)
+        if not bool(finite.all()):
+            rows = (torch.nonzero(~finite).flatten()[:5] + start).tolist()
+            raise NonFiniteError(f"{what} are NaN or inf for example(s) {rows}")

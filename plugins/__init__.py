@@ -1,0 +1,1 @@
+"""Integration surfaces: MLflow webhook receiver, MLflow evaluator plugin, review UI."""
