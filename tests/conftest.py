@@ -21,3 +21,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of the real PostgreSQL test database that `.ci/run` starts (skips when unset)."""
+    url = os.environ.get("INFGATE_TEST_PG_URL")
+    if not url:
+        pytest.skip(
+            "INFGATE_TEST_PG_URL is unset: start PostgreSQL with `bash infra/start-postgres.sh` "
+            "and export INFGATE_TEST_PG_URL (as .ci/run does)"
+        )
+    return url
