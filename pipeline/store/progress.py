@@ -1,0 +1,82 @@
+"""Queue progress: items left, decided today, flagged decisions, agreement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from pipeline.store.models import Annotator, Decision, QueueItem, utcnow
+from pipeline.store.store import Store
+
+__all__ = ["QueueStats", "queue_stats"]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Progress: items left, decided today, agreement between annotators."""
+
+    total: int
+    pending: int
+    claimed: int
+    done: int
+    decided_today: int
+    flagged_decisions: int
+    agreement: float | None
+    agreement_items: int
+
+    @property
+    def left(self) -> int:
+        """Items not yet resolved."""
+        return self.total - self.done
+
+
+def queue_stats(
+    store: Store, *, scan_id: int | None = None, annotator: str | None = None
+) -> QueueStats:
+    """Items left, decided today (by ``annotator`` when given), and agreement.
+
+    Agreement is the share of items with two or more counted, definite decisions whose
+    first two decisions agree.
+    """
+    now = utcnow()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    with store.session() as s:
+        scope = [] if scan_id is None else [QueueItem.scan_id == scan_id]
+        by_state = dict(
+            s.execute(
+                select(QueueItem.state, func.count()).where(*scope).group_by(QueueItem.state)
+            ).all()
+        )
+        dec = select(func.count()).select_from(Decision).join(QueueItem)
+        dec = dec.where(*scope)
+        if annotator is not None:
+            dec = dec.join(Annotator, Decision.annotator_id == Annotator.id).where(
+                Annotator.name == annotator
+            )
+        decided_today = s.scalar(
+            dec.where(Decision.created_at >= today, Decision.counted.is_(True))
+        )
+        flagged = s.scalar(dec.where(Decision.lease_expired.is_(True)))
+        rows = s.execute(
+            select(Decision.queue_item_id, Decision.action, Decision.label_after)
+            .join(QueueItem)
+            .where(*scope, Decision.counted.is_(True), Decision.action != "not_sure")
+            .order_by(Decision.queue_item_id, Decision.id)
+        ).all()
+    firsts: dict[int, list[tuple[str, str | None]]] = {}
+    for qid, action, label in rows:
+        firsts.setdefault(qid, []).append((action, label))
+    pairs = [v[:2] for v in firsts.values() if len(v) >= 2]
+    agree = sum(a == b for a, b in pairs)
+    total = sum(by_state.values())
+    return QueueStats(
+        total=total,
+        pending=by_state.get("pending", 0),
+        claimed=by_state.get("claimed", 0),
+        done=by_state.get("done", 0),
+        decided_today=int(decided_today or 0),
+        flagged_decisions=int(flagged or 0),
+        agreement=agree / len(pairs) if pairs else None,
+        agreement_items=len(pairs),
+    )

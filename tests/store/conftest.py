@@ -1,0 +1,1 @@
+from tests.store.fixtures import annotators, db_url, store  # noqa: F401
