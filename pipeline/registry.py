@@ -10,8 +10,9 @@ version. Training data resolution order (first that exists wins):
 
 Data files are Parquet or CSV with one row per example: an ``example_id`` column, feature
 columns and a ``label`` column (class indices). Tags ``infgate.label_column``,
-``infgate.classes`` (JSON list) and ``infgate.image_shape`` (``"8x8"``) refine how they are
-read.
+``infgate.classes`` (JSON list), ``infgate.image_shape`` (``"8x8"``) and
+``infgate.true_label_column`` (known clean labels, e.g. in a benchmark: kept out of the
+features and used only for the recall curve) refine how they are read.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ TAG_TRAIN_DATA = "infgate.train_data"
 TAG_LABEL_COLUMN = "infgate.label_column"
 TAG_CLASSES = "infgate.classes"
 TAG_IMAGE_SHAPE = "infgate.image_shape"
+TAG_TRUE_LABEL_COLUMN = "infgate.true_label_column"
 TAG_SCAN_ID = "infgate.scan_id"
 TAG_GATE = "infgate.gate"
 TAG_REASON = "infgate.reason"
@@ -254,6 +256,7 @@ class ResolvedData:
     origin: str
     registered_rows: int | None
     label_column: str
+    true_labels: np.ndarray | None = None
 
 
 def load_training_data(
@@ -288,6 +291,11 @@ def load_training_data(
             f"training data {uri!r} has no label column {label!r}; "
             f"columns: {list(frame.columns)[:10]}"
         )
+    true_col = mv.tags.get(TAG_TRUE_LABEL_COLUMN)
+    true_labels = None
+    if true_col and true_col in frame.columns:
+        true_labels = frame[true_col].to_numpy()
+        frame = frame.drop(columns=[true_col])
     classes = json.loads(mv.tags[TAG_CLASSES]) if mv.tags.get(TAG_CLASSES) else None
     shape = mv.tags.get(TAG_IMAGE_SHAPE)
     image_shape = tuple(int(v) for v in shape.lower().split("x")) if shape else None
@@ -300,32 +308,38 @@ def load_training_data(
         name=f"{mv.name}-v{mv.version}-train",
     )
     log.info("training data for %s: %s (%s), %d rows", mv.uri, uri, origin, len(data))
-    return ResolvedData(data, frame, uri, origin, registered_rows, label)
+    return ResolvedData(data, frame, uri, origin, registered_rows, label, true_labels)
 
 
-def check_data_fits(model: nn.Module, data: TrainingData, *, what: str = "training data") -> int:
+def check_data_fits(
+    model: nn.Module,
+    features: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    what: str = "training data",
+) -> int:
     """Run the model on two rows; return its number of outputs (classes).
 
     Raises:
         DatasetMismatchError: the columns do not fit the model's input, or labels exceed its
             outputs.
     """
-    x = torch.as_tensor(data.features[:2])
+    x = torch.as_tensor(np.asarray(features[:2], dtype=np.float32))
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # any shape error from an arbitrary model
         raise DatasetMismatchError(
-            f"{what} rows of shape {tuple(data.features.shape[1:])} do not fit the model: {e}"
+            f"{what} rows of shape {tuple(features.shape[1:])} do not fit the model: {e}"
         ) from e
     if out.ndim != 2:
         raise DatasetMismatchError(
             f"model output has shape {tuple(out.shape)}; expected (n, classes)"
         )
     n_out = int(out.shape[1])
-    if int(data.labels.max()) >= n_out:
+    if labels is not None and len(labels) and int(np.max(labels)) >= n_out:
         raise DatasetMismatchError(
-            f"{what} has label {int(data.labels.max())} but the model has only {n_out} outputs"
+            f"{what} has label {int(np.max(labels))} but the model has only {n_out} outputs"
         )
     return n_out
 

@@ -1,0 +1,457 @@
+"""One scan, stage by stage: load -> influence -> detect -> store -> gate -> report.
+
+Each stage is a plain function so the Prefect flow (``flows/scan.py``) can wrap it as a
+task with its own retries and caching, and :func:`run_scan` chains them in-process (CLI,
+MLflow evaluator plugin, tests). This module never imports ``flows`` or ``plugins``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from pipeline.config import InfluenceConfig
+from pipeline.data import EvalData
+from pipeline.errors import InvalidInputError
+from pipeline.gate import GateConfig, GateInputs, GateVerdict, load_gate_config, run_gate
+from pipeline.registry import (
+    ModelVersionRef,
+    ResolvedData,
+    check_data_fits,
+    load_model,
+    load_training_data,
+    resolve_model_version,
+    set_gate_tags,
+    withdraw_alias,
+)
+
+__all__ = [
+    "LoadedScan",
+    "ScanOptions",
+    "ScanOutcome",
+    "detect_stage",
+    "gate_stage",
+    "load_stage",
+    "run_scan",
+    "store_stage",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What a scan computes (hashed with the model version and dataset into the scan id).
+
+    Attributes:
+        influence: influence-stage options (back-end, damping, batch size, device).
+        detect_options: extra keyword options for ``find_label_errors``.
+        mismatch_alpha: significance level of the train-vs-eval mismatch test.
+        store_top: besides every suspect, store this many top-ranked rows as findings.
+        explain_top: explain this many top suspects (supporting/opposing examples); 0 = off.
+        enqueue: put the scan's suspects in the relabel queue.
+    """
+
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    detect_options: dict[str, Any] = field(default_factory=dict)
+    mismatch_alpha: float = 0.05
+    store_top: int = 100
+    explain_top: int = 20
+    enqueue: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mismatch_alpha < 1.0:
+            raise InvalidInputError(
+                f"`mismatch_alpha` must be in (0, 1), got {self.mismatch_alpha!r}"
+            )
+        for name in ("store_top", "explain_top"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise InvalidInputError(f"`{name}` must be an int >= 0, got {v!r}")
+        object.__setattr__(self, "detect_options", dict(self.detect_options))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict; its hash identifies the scan with model version and data."""
+        d = dataclasses.asdict(self)
+        d["influence"] = self.influence.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class LoadedScan:
+    """The load stage's output: the version, its model and its data."""
+
+    mv: ModelVersionRef
+    model: nn.Module
+    train: ResolvedData
+    eval_data: EvalData | None
+    n_classes: int
+    true_labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """Everything one scan produced."""
+
+    scan_id: int
+    mv: ModelVersionRef
+    verdict: GateVerdict
+    ranking: pd.DataFrame
+    mismatch: dict[str, Any] | None
+    n_rows: int
+    queued: int
+    timings: dict[str, float]
+    reused: bool = False
+    report_dir: Path | None = None
+    scan_run_id: str | None = None
+
+
+def _load_eval(mv: ModelVersionRef, eval_uri: str | None, train: ResolvedData) -> EvalData | None:
+    from pipeline.registry import _download, _read_frame
+
+    uri = eval_uri or mv.tags.get("infgate.eval_data")
+    if not uri:
+        return None
+    df = _read_frame(_download(uri))
+    cols = list(train.data.feature_names or [])
+    if not cols:
+        cols = [c for c in train.frame.columns if c not in {"example_id", train.label_column}]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"evaluation data {uri!r} lacks feature columns {missing[:5]}")
+    labels = df[train.label_column].to_numpy() if train.label_column in df.columns else None
+    ids: Any = df["example_id"].to_numpy() if "example_id" in df.columns else None
+    return EvalData(df[cols].to_numpy(np.float32), labels, ids, name="eval")
+
+
+def load_stage(
+    ref: str,
+    *,
+    version: str | None = None,
+    data_uri: str | None = None,
+    eval_uri: str | None = None,
+    tracking_uri: str | None = None,
+) -> LoadedScan:
+    """Resolve the version, load its model and training (and evaluation) data, check fit."""
+    mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
+    model = load_model(mv, tracking_uri=tracking_uri)
+    train = load_training_data(mv, data_uri=data_uri, tracking_uri=tracking_uri)
+    n_classes = check_data_fits(model, train.data.features, train.data.labels)
+    eval_data = _load_eval(mv, eval_uri, train)
+    if eval_data is not None:
+        check_data_fits(model, eval_data.features, eval_data.labels, what="evaluation data")
+    return LoadedScan(mv, model, train, eval_data, n_classes, train.true_labels)
+
+
+def detect_stage(
+    loaded: LoadedScan, options: ScanOptions
+) -> tuple[pd.DataFrame, dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
+    """Influence + detection: the full label-error ranking, mismatch report, explanations."""
+    from pipeline import detect
+
+    cfg = options.influence
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if not hasattr(detect, "find_label_errors"):  # detection (issue 4) not landed yet
+        ranking = _self_influence_ranking(loaded, cfg)
+        timings["influence"] = time.perf_counter() - t0
+        return ranking, None, None, timings
+    ranking = detect.find_label_errors(
+        loaded.model,
+        loaded.train.data,
+        damping=cfg.damping,
+        **options.detect_options,
+    )
+    timings["influence"] = time.perf_counter() - t0
+    mismatch = None
+    if loaded.eval_data is not None:
+        t0 = time.perf_counter()
+        report = detect.detect_mismatch(
+            loaded.model, loaded.train.data, loaded.eval_data, alpha=options.mismatch_alpha
+        )
+        mismatch = report.to_dict()
+        timings["mismatch"] = time.perf_counter() - t0
+    explanations = None
+    suspects = ranking[ranking["is_suspect"].astype(bool)]
+    if options.explain_top and len(suspects):
+        t0 = time.perf_counter()
+        examples = suspects["example_id"].head(options.explain_top).tolist()
+        explanations = detect.explain(loaded.model, loaded.train.data, examples, top=5)
+        timings["explain"] = time.perf_counter() - t0
+    return ranking, mismatch, explanations, timings
+
+
+def _self_influence_ranking(loaded: LoadedScan, cfg: InfluenceConfig) -> pd.DataFrame:
+    """Interim ranking by plain self-influence (used only while ``pipeline.detect`` lacks
+    ``find_label_errors``): suspects are examples whose prediction disagrees with the label."""
+    import torch
+
+    from pipeline.influence import self_influence
+
+    data = loaded.train.data
+    res = self_influence(
+        loaded.model,
+        data,
+        method=cfg.method,
+        damping=cfg.damping,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        progress=False,
+    )
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(torch.as_tensor(data.features)), dim=1).numpy()
+    pred = probs.argmax(1)
+    order = np.argsort(-res.scores, kind="stable")
+    df = (
+        pd.DataFrame(
+            {
+                "example_id": data.example_ids.astype(str),
+                "score": res.scores,
+                "given_label": data.labels,
+                "predicted_label": pred,
+                "suggested_label": pred,
+                "suggestion_confidence": probs.max(1),
+                "is_suspect": pred != data.labels,
+            }
+        )
+        .iloc[order]
+        .reset_index(drop=True)
+    )
+    df.insert(2, "rank", np.arange(1, len(df) + 1))
+    return df
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def findings_to_store(
+    loaded: LoadedScan, ranking: pd.DataFrame, mismatch: dict[str, Any] | None, options: ScanOptions
+) -> pd.DataFrame:
+    """The rows a scan stores: every suspect plus the top ``store_top`` of the ranking."""
+    keep = ranking["is_suspect"].astype(bool) | (ranking["rank"] <= options.store_top)
+    rows = ranking.loc[keep].copy()
+    rows["kind"] = "label_error"
+    pos = pd.Series(
+        np.arange(len(loaded.train.data)), index=loaded.train.data.example_ids.astype(str)
+    )
+    idx = pos.loc[rows["example_id"].astype(str)].to_numpy()
+    rows["features"] = [
+        r.tolist() for r in loaded.train.data.features.reshape(len(loaded.train.data), -1)[idx]
+    ]
+    frames = [rows]
+    if mismatch and loaded.eval_data is not None and mismatch.get("example_flagged") is not None:
+        flagged = np.asarray(mismatch["example_flagged"], bool)
+        scores = np.asarray(mismatch["example_scores"], float)
+        if flagged.any():
+            order = np.argsort(-scores[flagged], kind="stable")
+            ids = loaded.eval_data.example_ids[flagged][order]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "example_id": [str(i) for i in ids],
+                        "score": scores[flagged][order],
+                        "rank": np.arange(1, int(flagged.sum()) + 1),
+                        "is_suspect": True,
+                        "kind": "domain_mismatch",
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def store_stage(
+    store: Any,
+    loaded: LoadedScan,
+    options: ScanOptions,
+    ranking: pd.DataFrame,
+    mismatch: dict[str, Any] | None,
+    explanations: pd.DataFrame | None,
+    timings: dict[str, float],
+) -> int:
+    """Write the scan (findings, mismatch report) in one transaction; returns the scan id."""
+    from pipeline.store import ScanRecord
+
+    data = loaded.train.data
+    record = ScanRecord(
+        model_name=loaded.mv.name,
+        model_version=loaded.mv.version,
+        run_id=loaded.mv.run_id,
+        dataset_hash=data.content_hash,
+        dataset_uri=loaded.train.uri,
+        n_rows=len(data),
+        classes=list(data.classes) if data.classes else None,
+        config=options.to_dict(),
+        method=options.influence.method,
+        damping=float(options.influence.damping or 0.0),
+        timings=timings,
+        findings=findings_to_store(loaded, ranking, mismatch, options),
+        mismatch=_json_safe(mismatch) if mismatch else None,
+        image_shape=data.image_shape,
+        feature_names=list(data.feature_names) if data.feature_names else None,
+        explanations=explanations,
+    )
+    return int(store.record_scan(record))
+
+
+def gate_stage(
+    store: Any,
+    loaded: LoadedScan,
+    scan_id: int,
+    *,
+    config: GateConfig | None = None,
+    tracking_uri: str | None = None,
+) -> GateVerdict:
+    """Run the gate on a stored scan; record the verdict in SQL and MLflow, withdraw the alias.
+
+    Findings with a queue decision count as reviewed, so re-running this after review (or
+    after a new scan of fixed data) is how a blocked version becomes promotable.
+    """
+    config = config or load_gate_config()
+    info = store.get_scan(scan_id)
+    findings = store.findings_frame(scan_id)
+    findings = findings[findings["kind"] == "label_error"]
+    unreviewed = store.unreviewed_findings(scan_id, kind="label_error")
+    reviewed = frozenset(
+        set(findings["example_id"].astype(str)) - set(unreviewed["example_id"].astype(str))
+    )
+    frame = loaded.train.frame
+    features = [c for c in frame.columns if c not in {"example_id", loaded.train.label_column}]
+    inputs = GateInputs(
+        frame=frame,
+        label_column=loaded.train.label_column,
+        feature_columns=features,
+        n_classes=loaded.n_classes,
+        findings=findings,
+        reviewed_ids=reviewed,
+        mismatch=info.mismatch,
+        registered_rows=loaded.train.registered_rows,
+    )
+
+    def record(v: GateVerdict) -> None:
+        store.record_gate(scan_id, verdict=v.verdict, reasons=_json_safe(v.reasons))
+        set_gate_tags(
+            loaded.mv,
+            scan_id=scan_id,
+            verdict=v.verdict,
+            reason=v.summary(),
+            tracking_uri=tracking_uri,
+        )
+        if not v.passed:
+            withdraw_alias(loaded.mv, config.deployment_alias, tracking_uri=tracking_uri)
+
+    return run_gate(inputs, config, sink=record)
+
+
+def run_scan(
+    ref: str,
+    *,
+    version: str | None = None,
+    data_uri: str | None = None,
+    eval_uri: str | None = None,
+    options: ScanOptions | None = None,
+    gate_config: GateConfig | None = None,
+    store: Any = None,
+    tracking_uri: str | None = None,
+    report_dir: str | Path | None = None,
+    log_to_mlflow: bool = True,
+) -> ScanOutcome:
+    """Scan one model version in-process: load, influence + detect, store, gate, report.
+
+    A stored scan with the same model version, dataset hash and options is reused instead of
+    recomputed (its findings are read back from SQL).
+    """
+    from pipeline.queue import enqueue_scan
+    from pipeline.report import write_report
+    from pipeline.store import Store, config_hash
+
+    options = options or ScanOptions()
+    if store is None:
+        store = Store.from_url(None)
+        store.upgrade()
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    loaded = load_stage(
+        ref, version=version, data_uri=data_uri, eval_uri=eval_uri, tracking_uri=tracking_uri
+    )
+    timings["load"] = time.perf_counter() - t_all
+    existing = store.find_scan(
+        loaded.mv.name,
+        loaded.mv.version,
+        loaded.train.data.content_hash,
+        config_hash(options.to_dict()),
+    )
+    reused = existing is not None and existing.status == "completed"
+    if reused:
+        scan_id = existing.id
+        ranking = store.findings_frame(scan_id)
+        ranking = ranking[ranking["kind"] == "label_error"].reset_index(drop=True)
+        mismatch = existing.mismatch
+        log.info("scan %d already covers this version, data and options: reusing it", scan_id)
+    else:
+        ranking, mismatch, explanations, stage_t = detect_stage(loaded, options)
+        timings.update(stage_t)
+        t0 = time.perf_counter()
+        scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
+        timings["store"] = time.perf_counter() - t0
+    queued = enqueue_scan(store, scan_id) if options.enqueue else 0
+    t0 = time.perf_counter()
+    verdict = gate_stage(store, loaded, scan_id, config=gate_config, tracking_uri=tracking_uri)
+    timings["gate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = Path(report_dir) if report_dir else None
+    report = write_report(
+        out, loaded=loaded, ranking=ranking, mismatch=mismatch, verdict=verdict, scan_id=scan_id
+    )
+    scan_run_id = None
+    if log_to_mlflow:
+        from pipeline.registry import log_scan_run
+
+        scan_run_id = log_scan_run(
+            loaded.mv,
+            metrics=report.metrics,
+            params={"scan_id": scan_id, **_flat(options.to_dict())},
+            artifact_dir=report.directory,
+            tracking_uri=tracking_uri,
+        )
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    return ScanOutcome(
+        scan_id=scan_id,
+        mv=loaded.mv,
+        verdict=verdict,
+        ranking=ranking,
+        mismatch=mismatch,
+        n_rows=len(loaded.train.data),
+        queued=queued,
+        timings=timings,
+        reused=reused,
+        report_dir=report.directory,
+        scan_run_id=scan_run_id,
+    )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
