@@ -324,7 +324,7 @@ def check_data_fits(
         DatasetMismatchError: the columns do not fit the model's input, or labels exceed its
             outputs.
     """
-    x = torch.as_tensor(np.asarray(features[:2], dtype=np.float32))
+    x = torch.tensor(np.array(features[:2], dtype=np.float32))
     try:
         with torch.no_grad():
             out = model(x)

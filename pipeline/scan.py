@@ -39,7 +39,9 @@ __all__ = [
     "ScanOutcome",
     "detect_stage",
     "gate_stage",
+    "influence_stage",
     "load_stage",
+    "report_stage",
     "run_scan",
     "store_stage",
 ]
@@ -151,28 +153,32 @@ def load_stage(
     return LoadedScan(mv, model, train, eval_data, n_classes, train.true_labels)
 
 
-def detect_stage(
-    loaded: LoadedScan, options: ScanOptions
-) -> tuple[pd.DataFrame, dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
-    """Influence + detection: the full label-error ranking, mismatch report, explanations."""
+def influence_stage(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFrame, float]:
+    """The influence stage: the full label-error ranking (``find_label_errors``) and its time."""
     from pipeline import detect
 
-    cfg = options.influence
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if not hasattr(detect, "find_label_errors"):  # detection (issue 4) not landed yet
-        ranking = _self_influence_ranking(loaded, cfg)
-        timings["influence"] = time.perf_counter() - t0
-        return ranking, None, None, timings
-    ranking = detect.find_label_errors(
-        loaded.model,
-        loaded.train.data,
-        damping=cfg.damping,
-        **options.detect_options,
-    )
-    timings["influence"] = time.perf_counter() - t0
+        ranking = _self_influence_ranking(loaded, options.influence)
+    else:
+        ranking = detect.find_label_errors(
+            loaded.model,
+            loaded.train.data,
+            damping=options.influence.damping,
+            **options.detect_options,
+        )
+    return ranking, time.perf_counter() - t0
+
+
+def detect_stage(
+    loaded: LoadedScan, options: ScanOptions, ranking: pd.DataFrame
+) -> tuple[dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
+    """Mismatch report (when there is eval data) and explanations of the top suspects."""
+    from pipeline import detect
+
+    timings: dict[str, float] = {}
     mismatch = None
-    if loaded.eval_data is not None:
+    if loaded.eval_data is not None and hasattr(detect, "detect_mismatch"):
         t0 = time.perf_counter()
         report = detect.detect_mismatch(
             loaded.model, loaded.train.data, loaded.eval_data, alpha=options.mismatch_alpha
@@ -181,12 +187,12 @@ def detect_stage(
         timings["mismatch"] = time.perf_counter() - t0
     explanations = None
     suspects = ranking[ranking["is_suspect"].astype(bool)]
-    if options.explain_top and len(suspects):
+    if options.explain_top and len(suspects) and hasattr(detect, "explain"):
         t0 = time.perf_counter()
         examples = suspects["example_id"].head(options.explain_top).tolist()
         explanations = detect.explain(loaded.model, loaded.train.data, examples, top=5)
         timings["explain"] = time.perf_counter() - t0
-    return ranking, mismatch, explanations, timings
+    return mismatch, explanations, timings
 
 
 def _self_influence_ranking(loaded: LoadedScan, cfg: InfluenceConfig) -> pd.DataFrame:
@@ -359,6 +365,42 @@ def gate_stage(
     return run_gate(inputs, config, sink=record)
 
 
+def report_stage(
+    loaded: LoadedScan,
+    ranking: pd.DataFrame,
+    mismatch: dict[str, Any] | None,
+    verdict: GateVerdict,
+    scan_id: int,
+    options: ScanOptions,
+    *,
+    report_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    log_to_mlflow: bool = True,
+) -> tuple[Any, str | None]:
+    """Write the report files; log metrics, params and files as an MLflow scan run."""
+    from pipeline.registry import log_scan_run
+    from pipeline.report import write_report
+
+    report = write_report(
+        Path(report_dir) if report_dir else None,
+        loaded=loaded,
+        ranking=ranking,
+        mismatch=mismatch,
+        verdict=verdict,
+        scan_id=scan_id,
+    )
+    scan_run_id = None
+    if log_to_mlflow:
+        scan_run_id = log_scan_run(
+            loaded.mv,
+            metrics=report.metrics,
+            params={"scan_id": scan_id, **_flat(options.to_dict())},
+            artifact_dir=report.directory,
+            tracking_uri=tracking_uri,
+        )
+    return report, scan_run_id
+
+
 def run_scan(
     ref: str,
     *,
@@ -378,7 +420,6 @@ def run_scan(
     recomputed (its findings are read back from SQL).
     """
     from pipeline.queue import enqueue_scan
-    from pipeline.report import write_report
     from pipeline.store import Store, config_hash
 
     options = options or ScanOptions()
@@ -405,7 +446,8 @@ def run_scan(
         mismatch = existing.mismatch
         log.info("scan %d already covers this version, data and options: reusing it", scan_id)
     else:
-        ranking, mismatch, explanations, stage_t = detect_stage(loaded, options)
+        ranking, timings["influence"] = influence_stage(loaded, options)
+        mismatch, explanations, stage_t = detect_stage(loaded, options, ranking)
         timings.update(stage_t)
         t0 = time.perf_counter()
         scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
@@ -415,21 +457,17 @@ def run_scan(
     verdict = gate_stage(store, loaded, scan_id, config=gate_config, tracking_uri=tracking_uri)
     timings["gate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = Path(report_dir) if report_dir else None
-    report = write_report(
-        out, loaded=loaded, ranking=ranking, mismatch=mismatch, verdict=verdict, scan_id=scan_id
+    report, scan_run_id = report_stage(
+        loaded,
+        ranking,
+        mismatch,
+        verdict,
+        scan_id,
+        options,
+        report_dir=report_dir,
+        tracking_uri=tracking_uri,
+        log_to_mlflow=log_to_mlflow,
     )
-    scan_run_id = None
-    if log_to_mlflow:
-        from pipeline.registry import log_scan_run
-
-        scan_run_id = log_scan_run(
-            loaded.mv,
-            metrics=report.metrics,
-            params={"scan_id": scan_id, **_flat(options.to_dict())},
-            artifact_dir=report.directory,
-            tracking_uri=tracking_uri,
-        )
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     return ScanOutcome(

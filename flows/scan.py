@@ -1,0 +1,270 @@
+"""``scan_model_version``: the Prefect flow that scans one registry model version.
+
+Tasks: load (registry I/O, retried) -> influence (cached on model version + dataset hash +
+options) -> detect -> store (database I/O, retried) -> gate -> report (Prefect markdown
+and table artifacts, MLflow scan run). The flow ends Failed when the gate blocks, so a
+blocked version is visible in the Prefect UI and to anything waiting on the run.
+
+The influence stage runs in-process by default; give ``influence_deployment`` (e.g.
+``"influence-stage/gpu"``, declared in ``flows/prefect.yaml`` on a GPU work pool) to run it
+as its own deployment via ``run_deployment``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import Completed, Failed, State
+
+from pipeline.gate import GateVerdict, load_gate_config
+from pipeline.scan import (
+    LoadedScan,
+    ScanOptions,
+    detect_stage,
+    gate_stage,
+    influence_stage,
+    load_stage,
+    report_stage,
+    store_stage,
+)
+
+__all__ = ["influence_stage_flow", "open_store", "options_from_dict", "scan_model_version"]
+
+_STORES: dict[str, Any] = {}
+IO_RETRIES = 3
+IO_DELAYS = [1.0, 5.0, 15.0]
+
+
+def open_store(db_url: str | None) -> Any:
+    """One migrated :class:`~pipeline.store.Store` per URL per process."""
+    from pipeline.store import Store
+
+    key = db_url or ""
+    if key not in _STORES:
+        store = Store.from_url(db_url)
+        store.upgrade()
+        _STORES[key] = store
+    return _STORES[key]
+
+
+def options_from_dict(options: dict[str, Any] | None) -> ScanOptions:
+    """Rebuild :class:`ScanOptions` from flow parameters (JSON)."""
+    from pipeline.config import InfluenceConfig
+
+    raw = dict(options or {})
+    influence = InfluenceConfig(**raw.pop("influence", {}))
+    return ScanOptions(influence=influence, **raw)
+
+
+def _scan_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Model version + dataset content hash + options hash: same inputs, same scan."""
+    from pipeline.store import config_hash
+
+    loaded: LoadedScan = parameters["loaded"]
+    opts: ScanOptions = parameters["options"]
+    return (
+        f"infgate-{context.task.name}-{loaded.mv.name}-{loaded.mv.version}-"
+        f"{loaded.train.data.content_hash[:16]}-{config_hash(opts.to_dict())[:16]}"
+    )
+
+
+@task(name="load", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+def load_task(
+    model: str,
+    version: str | None,
+    data_uri: str | None,
+    eval_uri: str | None,
+    tracking_uri: str | None,
+) -> LoadedScan:
+    """Resolve the version in the registry; load its model, training and eval data."""
+    return load_stage(
+        model, version=version, data_uri=data_uri, eval_uri=eval_uri, tracking_uri=tracking_uri
+    )
+
+
+@task(
+    name="influence",
+    cache_key_fn=_scan_cache_key,
+    cache_expiration=dt.timedelta(days=30),
+    persist_result=True,
+)
+def influence_task(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFrame, float]:
+    """Self-influence label-error ranking of every training example."""
+    return influence_stage(loaded, options)
+
+
+@task(
+    name="detect",
+    cache_key_fn=_scan_cache_key,
+    cache_expiration=dt.timedelta(days=30),
+    persist_result=True,
+)
+def detect_task(
+    loaded: LoadedScan, options: ScanOptions, ranking: pd.DataFrame
+) -> tuple[dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
+    """Mismatch report and explanations of the top suspects."""
+    return detect_stage(loaded, options, ranking)
+
+
+@task(name="store", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+def store_task(
+    db_url: str | None,
+    loaded: LoadedScan,
+    options: ScanOptions,
+    ranking: pd.DataFrame,
+    mismatch: dict[str, Any] | None,
+    explanations: pd.DataFrame | None,
+    timings: dict[str, float],
+) -> tuple[int, int]:
+    """Write the scan in one transaction and queue its suspects; returns (scan id, queued)."""
+    from pipeline.queue import enqueue_scan
+
+    store = open_store(db_url)
+    scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
+    queued = enqueue_scan(store, scan_id) if options.enqueue else 0
+    return scan_id, queued
+
+
+@task(name="gate", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+def gate_task(
+    db_url: str | None,
+    loaded: LoadedScan,
+    scan_id: int,
+    gate_config: str | None,
+    tracking_uri: str | None,
+) -> GateVerdict:
+    """Great Expectations checkpoint; records the verdict in SQL and MLflow, guards the alias."""
+    return gate_stage(
+        open_store(db_url),
+        loaded,
+        scan_id,
+        config=load_gate_config(gate_config),
+        tracking_uri=tracking_uri,
+    )
+
+
+@task(name="report", retries=2, retry_delay_seconds=[2.0, 10.0], cache_policy=NO_CACHE)
+def report_task(
+    loaded: LoadedScan,
+    ranking: pd.DataFrame,
+    mismatch: dict[str, Any] | None,
+    verdict: GateVerdict,
+    scan_id: int,
+    options: ScanOptions,
+    report_dir: str | None,
+    tracking_uri: str | None,
+) -> dict[str, Any]:
+    """Report files + MLflow scan run + Prefect artifacts (markdown summary, suspects table)."""
+    report, run_id = report_stage(
+        loaded,
+        ranking,
+        mismatch,
+        verdict,
+        scan_id,
+        options,
+        report_dir=report_dir,
+        tracking_uri=tracking_uri,
+    )
+    key = f"infgate-{loaded.mv.name}-v{loaded.mv.version}".lower().replace("_", "-")
+    create_markdown_artifact(report.markdown, key=f"{key}-summary", description="infgate scan")
+    if report.top_table:
+        create_table_artifact(
+            report.top_table, key=f"{key}-suspects", description="top suspected label errors"
+        )
+    return {"metrics": report.metrics, "report_dir": str(report.directory), "scan_run_id": run_id}
+
+
+@flow(name="influence-stage", persist_result=True)
+def influence_stage_flow(
+    model: str,
+    version: str | None = None,
+    data_uri: str | None = None,
+    options: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+) -> list[dict[str, Any]]:
+    """The influence stage alone (for a GPU work pool): the ranking as JSON records."""
+    loaded = load_stage(model, version=version, data_uri=data_uri, tracking_uri=tracking_uri)
+    ranking, _ = influence_stage(loaded, options_from_dict(options))
+    records: list[dict[str, Any]] = ranking.to_dict("records")
+    return records
+
+
+@flow(name="scan-model-version", persist_result=True)
+def scan_model_version(
+    model: str,
+    version: str | None = None,
+    data_uri: str | None = None,
+    eval_uri: str | None = None,
+    options: dict[str, Any] | None = None,
+    gate_config: str | None = None,
+    db_url: str | None = None,
+    tracking_uri: str | None = None,
+    report_dir: str | None = None,
+    influence_deployment: str | None = None,
+) -> State:
+    """Scan one model version: load, influence, detect, store, gate, report.
+
+    Args:
+        model: ``models:/name@alias``, ``models:/name/version`` or a registered name.
+        version: the version, when ``model`` is a bare name.
+        data_uri: training data URI (default: the version's tag, then its run's dataset).
+        eval_uri: evaluation/production data for the mismatch test (optional).
+        options: :class:`~pipeline.scan.ScanOptions` as a dict.
+        gate_config: path of a gate thresholds YAML (default: the documented defaults).
+        db_url: findings store URL (default ``$INFGATE_DB_URL`` or ``sqlite:///infgate.db``).
+        tracking_uri: MLflow tracking/registry URI (default: MLflow's own resolution).
+        report_dir: where report files go (default: a temporary directory).
+        influence_deployment: run the influence stage as this deployment (GPU pool).
+
+    Returns:
+        Completed with the scan summary, or Failed when the gate blocks the version.
+    """
+    logger = get_run_logger()
+    opts = options_from_dict(options)
+    loaded = load_task(model, version, data_uri, eval_uri, tracking_uri)
+    if influence_deployment:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(
+            influence_deployment,
+            parameters={
+                "model": loaded.mv.uri,
+                "data_uri": data_uri,
+                "options": opts.to_dict(),
+                "tracking_uri": tracking_uri,
+            },
+            timeout=None,
+        )
+        ranking = pd.DataFrame(run.state.result() if run.state else [])  # type: ignore[union-attr]
+        influence_s = 0.0
+    else:
+        ranking, influence_s = influence_task(loaded, opts)
+    mismatch, explanations, timings = detect_task(loaded, opts, ranking)
+    timings = {"influence": influence_s, **timings}
+    scan_id, queued = store_task(db_url, loaded, opts, ranking, mismatch, explanations, timings)
+    verdict = gate_task(db_url, loaded, scan_id, gate_config, tracking_uri)
+    report = report_task(
+        loaded, ranking, mismatch, verdict, scan_id, opts, report_dir, tracking_uri
+    )
+    summary = {
+        "model": loaded.mv.name,
+        "version": loaded.mv.version,
+        "scan_id": scan_id,
+        "verdict": verdict.verdict,
+        "reasons": verdict.reasons,
+        "queued": queued,
+        **report,
+    }
+    logger.info("scan %d of %s: gate %s", scan_id, loaded.mv.uri, verdict.verdict)
+    if not verdict.passed:
+        return Failed(
+            message=f"gate blocked {loaded.mv.uri} (scan {scan_id}): {verdict.summary()}",
+            data=summary,
+        )
+    return Completed(message=f"gate passed {loaded.mv.uri} (scan {scan_id})", data=summary)
