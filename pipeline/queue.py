@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import InvalidInputError
@@ -248,7 +248,7 @@ def claim_next(
 
 def get_item(store: Store, item_id: int) -> ClaimedItem:
     """Queue item ``item_id`` with its example (raises :class:`NotFoundError`)."""
-    with store.session() as s:
+    with store.read_session() as s:
         return _load(s, item_id)
 
 
@@ -377,20 +377,19 @@ def record_decision(
     if action not in ACTIONS:
         raise InvalidInputError(f"action must be one of {ACTIONS}, got {action!r}")
     now = utcnow()
-    lock = select(QueueItem).where(QueueItem.id == item_id)
-    if s.get_bind().dialect.name == "postgresql":
-        lock = lock.with_for_update()
-    item = s.scalar(lock)
-    if item is None:
-        raise NotFoundError(f"no queue item with id {item_id}")
-    finding = s.get(Finding, item.finding_id)
-    assert finding is not None
-    classes = s.scalar(
-        select(DatasetVersion.classes)
-        .join(Scan, Scan.dataset_version_id == DatasetVersion.id)
-        .where(Scan.id == item.scan_id)
+    lock = (
+        select(QueueItem, Finding.given_label, DatasetVersion.classes)
+        .join(Finding, QueueItem.finding_id == Finding.id)
+        .join(Scan, QueueItem.scan_id == Scan.id)
+        .join(DatasetVersion, Scan.dataset_version_id == DatasetVersion.id)
+        .where(QueueItem.id == item_id)
     )
-    before = finding.given_label
+    if s.get_bind().dialect.name == "postgresql":
+        lock = lock.with_for_update(of=QueueItem)
+    row = s.execute(lock).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no queue item with id {item_id}")
+    item, before, classes = row
     after: str | None = None
     if action == "relabel":
         after = check_label(label, classes)
@@ -400,13 +399,6 @@ def record_decision(
         raise InvalidInputError(f"a label only goes with relabel, not with {action!r}")
     if action == "keep":
         after = before
-    voted = s.scalar(
-        select(func.count()).where(
-            Decision.queue_item_id == item.id,
-            Decision.annotator_id == me,
-            Decision.counted.is_(True),
-        )
-    )
     if require_lease:
         lease_ok = (
             item.state == "claimed"
@@ -415,49 +407,59 @@ def record_decision(
             and (lease_token is None or lease_token == item.lease_token)
         )
     else:
+        voted = s.scalar(
+            select(func.count()).where(
+                Decision.queue_item_id == item.id,
+                Decision.annotator_id == me,
+                Decision.counted.is_(True),
+            )
+        )
         lease_ok = item.state != "done" and not voted
-    decision = Decision(
-        queue_item_id=item.id,
-        finding_id=finding.id,
-        annotator_id=me,
-        action=action,
-        label_before=before,
-        label_after=after,
-        counted=lease_ok,
-        lease_expired=require_lease and not lease_ok,
-        source=source,
-        note=note,
-        created_at=now,
+    decision_id = s.scalar(
+        insert(Decision)
+        .values(
+            queue_item_id=item.id,
+            finding_id=item.finding_id,
+            annotator_id=me,
+            action=action,
+            label_before=before,
+            label_after=after,
+            counted=lease_ok,
+            lease_expired=require_lease and not lease_ok,
+            source=source,
+            note=note,
+            created_at=now,
+        )
+        .returning(Decision.id)
     )
-    s.add(decision)
-    s.flush()
+    assert decision_id is not None
     if lease_ok:
-        _resolve(s, item, now)
-    result = DecisionResult(
-        decision.id, item.id, action, before, after, lease_ok, item.state, item.final_label
+        _resolve(s, item, action, after, now)
+    return DecisionResult(
+        decision_id, item.id, action, before, after, lease_ok, item.state, item.final_label
     )
-    return result
 
 
-def _resolve(s: Session, item: QueueItem, now: dt.datetime) -> None:
+def _resolve(s: Session, item: QueueItem, action: str, label: str | None, now: dt.datetime) -> None:
     """Release the lease; mark the item done once ``required_votes`` decisions agree."""
     item.claimed_by = None
     item.lease_token = None
     item.lease_expires_at = None
-    votes = s.execute(
-        select(Decision.action, Decision.label_after, func.count())
-        .where(
-            Decision.queue_item_id == item.id,
-            Decision.counted.is_(True),
-            Decision.action != "not_sure",
-        )
-        .group_by(Decision.action, Decision.label_after)
-    ).all()
-    for action, label, n in votes:
-        if n >= item.required_votes:
-            item.state = "done"
-            item.final_action = action
-            item.final_label = label
-            item.decided_at = now
-            return
     item.state = "pending"
+    if action == "not_sure":
+        return
+    if item.required_votes > 1:
+        agreeing = s.scalar(
+            select(func.count()).where(
+                Decision.queue_item_id == item.id,
+                Decision.counted.is_(True),
+                Decision.action == action,
+                Decision.label_after.is_(None) if label is None else Decision.label_after == label,
+            )
+        )
+        if int(agreeing or 0) < item.required_votes:
+            return
+    item.state = "done"
+    item.final_action = action
+    item.final_label = label
+    item.decided_at = now

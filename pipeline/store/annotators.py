@@ -113,7 +113,7 @@ def ensure_annotator(store: Store, name: str) -> int:
 
 def get_annotator(store: Store, name: str) -> AnnotatorInfo:
     """Annotator ``name``; raises :class:`NotFoundError` naming it when missing."""
-    with store.session() as s:
+    with store.read_session() as s:
         ann = s.scalar(select(Annotator).where(Annotator.name == name))
         if ann is None:
             raise NotFoundError(f"no annotator named {name!r} (create one: infgate annotator add)")
@@ -122,7 +122,7 @@ def get_annotator(store: Store, name: str) -> AnnotatorInfo:
 
 def list_annotators(store: Store) -> list[AnnotatorInfo]:
     """Every annotator, by name."""
-    with store.session() as s:
+    with store.read_session() as s:
         rows = s.scalars(select(Annotator).order_by(Annotator.name)).all()
         return [AnnotatorInfo(a.id, a.name, a.active) for a in rows]
 
@@ -131,7 +131,7 @@ def authenticate_token(store: Store, token: str) -> AnnotatorInfo | None:
     """The active annotator owning ``token``, or ``None``."""
     if not isinstance(token, str) or not token.startswith("igt_") or len(token) > 200:
         return None
-    with store.session() as s:
+    with store.read_session() as s:
         ann = s.scalar(select(Annotator).where(Annotator.token_hash == _token_hash(token)))
         if ann is None or not ann.active:
             return None
@@ -142,7 +142,7 @@ def authenticate_password(store: Store, name: str, password: str) -> AnnotatorIn
     """The active annotator ``name`` if ``password`` matches, else ``None``."""
     if not isinstance(name, str) or not isinstance(password, str) or len(password) > 1024:
         return None
-    with store.session() as s:
+    with store.read_session() as s:
         ann = s.scalar(select(Annotator).where(Annotator.name == name))
         if ann is None or not ann.active or not ann.password_hash:
             return None

@@ -86,7 +86,10 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # read-only sessions (Store.read_session) start a deferred transaction: in WAL mode
+        # they read a snapshot without blocking writers
+        read_only = conn.get_execution_options().get("infgate_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

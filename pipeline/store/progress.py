@@ -41,7 +41,7 @@ def queue_stats(
     """
     now = utcnow()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    with store.session() as s:
+    with store.read_session() as s:
         scope = [] if scan_id is None else [QueueItem.scan_id == scan_id]
         by_state = dict(
             s.execute(

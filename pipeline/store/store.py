@@ -87,6 +87,9 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            engine.execution_options(infgate_read_only=True), expire_on_commit=False
+        )
         self._schema_ok = False
 
     @classmethod
@@ -121,6 +124,13 @@ class Store:
         """A session in one transaction: committed on success, rolled back on any error."""
         self.check_schema()
         with self._sessions.begin() as sess:
+            yield sess
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only (SQLite: a snapshot that does not block writers)."""
+        self.check_schema()
+        with self._read_sessions.begin() as sess:
             yield sess
 
     def dispose(self) -> None:
@@ -282,7 +292,7 @@ class Store:
         Raises:
             NotFoundError: no such scan.
         """
-        with self.session() as s:
+        with self.read_session() as s:
             scan = s.get(Scan, scan_id)
             if scan is None:
                 raise NotFoundError(f"no scan with id {scan_id}")
@@ -290,7 +300,7 @@ class Store:
 
     def latest_scan(self, model_name: str, model_version: str) -> ScanInfo | None:
         """The most recently written scan of a model version, or ``None``."""
-        with self.session() as s:
+        with self.read_session() as s:
             scan = s.scalar(
                 select(Scan)
                 .join(ModelVersion, Scan.model_version_id == ModelVersion.id)
@@ -304,7 +314,7 @@ class Store:
         self, model_name: str, model_version: str, dataset_hash: str, config_hash: str
     ) -> ScanInfo | None:
         """The scan with exactly this identity, or ``None``."""
-        with self.session() as s:
+        with self.read_session() as s:
             scan = s.scalar(
                 select(Scan)
                 .join(ModelVersion, Scan.model_version_id == ModelVersion.id)
@@ -320,7 +330,7 @@ class Store:
 
     def list_scans(self, limit: int = 50) -> list[ScanInfo]:
         """The newest scans first."""
-        with self.session() as s:
+        with self.read_session() as s:
             scans = s.scalars(select(Scan).order_by(Scan.id.desc()).limit(limit)).all()
             return [self._info(s, sc) for sc in scans]
 
@@ -395,7 +405,7 @@ class Store:
             done = select(QueueItem.finding_id).where(QueueItem.state == "done")
             stmt = stmt.where(Finding.id.not_in(done))
         stmt = stmt.order_by(Finding.score.desc(), Finding.id)
-        with self.session() as s:
+        with self.read_session() as s:
             if s.get(Scan, scan_id) is None:
                 raise NotFoundError(f"no scan with id {scan_id}")
             rows = s.execute(stmt).all()
