@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,9 @@ def _as_ids(example_ids: Sequence[Any] | np.ndarray | None, n: int, prefix: str)
         return np.array([f"{prefix}{i}" for i in range(n)], dtype=object)
     ids = np.asarray([str(v) for v in example_ids], dtype=object)
     if len(ids) != n:
-        raise DatasetMismatchError(f"example_ids has {len(ids):,} entries but features has {n:,} rows")
+        raise DatasetMismatchError(
+            f"example_ids has {len(ids):,} entries but features has {n:,} rows"
+        )
     uniq, counts = np.unique(ids.astype(str), return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1][:3].tolist()
@@ -82,7 +84,7 @@ class TrainingData:
 
     features: np.ndarray
     labels: np.ndarray
-    example_ids: np.ndarray = field(default=None)  # type: ignore[assignment]
+    example_ids: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     classes: tuple[str, ...] | None = None
     feature_names: tuple[str, ...] | None = None
     image_shape: tuple[int, int] | None = None
@@ -179,9 +181,11 @@ class TrainingData:
                 f"label column {label_column!r} not in columns {list(df.columns)[:10]}"
             )
         ids = df[id_column].to_numpy() if id_column and id_column in df.columns else None
-        cols = list(feature_columns) if feature_columns is not None else [
-            c for c in df.columns if c not in {label_column, id_column}
-        ]
+        cols = (
+            list(feature_columns)
+            if feature_columns is not None
+            else [c for c in df.columns if c not in {label_column, id_column}]
+        )
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise InvalidInputError(f"feature columns missing from the frame: {missing}")
@@ -191,7 +195,7 @@ class TrainingData:
         return cls(
             features=df[cols].to_numpy(dtype=np.float32),
             labels=df[label_column].to_numpy(),
-            example_ids=ids,
+            example_ids=ids,  # type: ignore[arg-type]
             classes=tuple(classes) if classes is not None else None,
             feature_names=tuple(map(str, cols)) if image_shape is None else None,
             image_shape=image_shape,
@@ -206,7 +210,7 @@ class EvalData:
 
     features: np.ndarray
     labels: np.ndarray | None = None
-    example_ids: np.ndarray = field(default=None)  # type: ignore[assignment]
+    example_ids: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
     name: str = "eval"
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Relative damping used when ``damping=None``: lambda = 1e-3 * tr(H) / P.
 RELATIVE_DAMPING = 1e-3
 MAX_EXACT_PARAMS = 50_000
+FLUSH_EVERY = 8
 
 
 def default_damping(trace: float, n_params: int) -> float:
@@ -105,16 +106,28 @@ class ExactBackend(Backend):
             )
         t0 = time.perf_counter()
         h = torch.zeros(p, p, dtype=torch.float64, device=engine.device)
-        bar = tqdm(data, total=data.n_batches, desc=f"curvature ({self.curvature})",
-                   unit="batch", disable=not progress, leave=False)
-        for start, x, y in bar:
+        # Partial sums run in the model's dtype (in-place GEMMs, no temporaries) and are
+        # flushed into the float64 total every few batches, bounding float32 round-off.
+        part = h if engine.dtype == torch.float64 else torch.zeros_like(h, dtype=engine.dtype)
+        bar = tqdm(
+            data,
+            total=data.n_batches,
+            desc=f"curvature ({self.curvature})",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for k, (start, x, y) in enumerate(bar, start=1):
             if self.curvature == "gauss_newton":
-                # Chunk sums in the model's dtype (one GEMM), accumulated in float64.
                 u = engine.factor_grads(start, x, y).reshape(-1, p)
-                h += (u.T @ u).double()
+                part.addmm_(u.T, u)
             else:
                 engine.checked_outputs(start, x, y)
-                h += engine.batch_hessian(x, y).double()
+                part += engine.batch_hessian(x, y).to(part.dtype)
+            if part is not h and (k % FLUSH_EVERY == 0 or k == data.n_batches):
+                h += part
+                part.zero_()
+        del part
         h /= len(data)
         h = 0.5 * (h + h.T)
         if not bool(torch.isfinite(h).all()):

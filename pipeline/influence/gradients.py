@@ -33,7 +33,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise InvalidInputError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+        raise InvalidInputError(
+            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}"
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} asked for, but torch sees no CUDA device")
     return dev
@@ -134,7 +136,9 @@ class GradientEngine:
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = torch.split(flat, self.sizes, dim=-1)
         lead = flat.shape[:-1]
-        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+        return {
+            n: p.reshape(*lead, *s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)
+        }
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,14 @@ class GradientEngine:
         return self.forward(self.params, x)
 
     def checked_outputs(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Outputs, after checking labels fit them and they are finite."""
-        out = self.outputs(x)
+        """Outputs, after checking inputs fit the model, labels fit them and they are finite."""
+        try:
+            out = self.outputs(x)
+        except RuntimeError as exc:
+            raise InvalidInputError(
+                f"the model cannot take inputs of shape {tuple(x.shape[1:])} per example "
+                f"(examples {start}..{start + x.shape[0] - 1}): {exc}"
+            ) from exc
         self.objective.check_targets(out, y)
         finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):
@@ -183,7 +193,10 @@ class GradientEngine:
 
         jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
         j = torch.cat(
-            [jac[n].reshape(x.shape[0], -1, sz) for n, sz in zip(self.names, self.sizes, strict=True)],
+            [
+                jac[n].reshape(x.shape[0], -1, sz)
+                for n, sz in zip(self.names, self.sizes, strict=True)
+            ],
             dim=-1,
         )
         a = self.objective.output_hessian_factor(out.reshape(out.shape[0], -1), y).to(j.dtype)
