@@ -38,7 +38,9 @@ class InfluenceConfig:
 
     def __post_init__(self) -> None:
         if self.damping is not None and not (
-            isinstance(self.damping, int | float) and math.isfinite(self.damping) and self.damping > 0
+            isinstance(self.damping, int | float)
+            and math.isfinite(self.damping)
+            and self.damping > 0
         ):
             raise InvalidInputError(f"`damping` must be None or positive, got {self.damping!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -51,7 +51,9 @@ def run_demo(*, noise: float = 0.10, seed: int = 0, top: int = 10) -> dict[str, 
         f"({noise:.0%}), softmax regression trained with L-BFGS (weight decay {WEIGHT_DECAY})"
     )
     x, y = data.as_tensors()
-    model = make_classifier(x.shape[1], data.n_classes, generator=torch.Generator().manual_seed(seed))
+    model = make_classifier(
+        x.shape[1], data.n_classes, generator=torch.Generator().manual_seed(seed)
+    )
     train_classifier(model, x, y, weight_decay=WEIGHT_DECAY)
     result = self_influence(model, data, damping=WEIGHT_DECAY, device="auto")
     scores = result.scores
@@ -64,8 +66,13 @@ def run_demo(*, noise: float = 0.10, seed: int = 0, top: int = 10) -> dict[str, 
         table.add_column(col, justify="right")
     for rank, i in enumerate(order[:top], start=1):
         table.add_row(
-            str(rank), str(data.example_ids[i]), f"{scores[i]:.3f}", str(data.labels[i]),
-            str(pred[i]), str(clean[i]), "yes" if flipped[i] else "no",
+            str(rank),
+            str(data.example_ids[i]),
+            f"{scores[i]:.3f}",
+            str(data.labels[i]),
+            str(pred[i]),
+            str(clean[i]),
+            "yes" if flipped[i] else "no",
         )
     console.print(table)
 

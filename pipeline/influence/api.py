@@ -108,7 +108,10 @@ class InfluenceScorer:
         self.fit_seconds = time.perf_counter() - t0
         log.info(
             "fitted %s curvature on %d examples, %d params, damping %.3g in %.2fs",
-            self.backend.name, len(self.train), self.engine.n_params, self.backend.damping,
+            self.backend.name,
+            len(self.train),
+            self.engine.n_params,
+            self.backend.damping,
             self.fit_seconds,
         )
 
@@ -130,7 +133,11 @@ class InfluenceScorer:
             damping=self.backend.damping,
             n_params=self.engine.n_params,
             device=str(self.device),
-            timings={"fit": self.fit_seconds, "score": score_s, "total": self.fit_seconds + score_s},
+            timings={
+                "fit": self.fit_seconds,
+                "score": score_s,
+                "total": self.fit_seconds + score_s,
+            },
             details=self.backend.describe(),
         )
 
@@ -139,8 +146,9 @@ class InfluenceScorer:
         source = self.batches(data, what="query")
         return torch.cat([self.engine.per_example_grads(s, x, y) for s, x, y in source])
 
-    def influence(self, test: DatasetLike, *, train: DatasetLike | None = None,
-                  test_block: int | None = None) -> InfluenceMatrix:
+    def influence(
+        self, test: DatasetLike, *, train: DatasetLike | None = None, test_block: int | None = None
+    ) -> InfluenceMatrix:
         """``(n_train, n_test)`` matrix of I_up,loss, computed in test blocks.
 
         Test gradients are solved against the curvature block by block (``test_block``
@@ -158,8 +166,14 @@ class InfluenceScorer:
 
         def flush(grads: list[torch.Tensor], col0: int) -> None:
             solved = self.backend.solve(torch.cat(grads))  # (b, P)
-            bar = tqdm(train_src, total=train_src.n_batches, desc="train->test influence",
-                       unit="batch", disable=not self.progress, leave=False)
+            bar = tqdm(
+                train_src,
+                total=train_src.n_batches,
+                desc="train->test influence",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+            )
             for start, x, y in bar:
                 g = self.engine.per_example_grads(start, x, y)
                 vals = -(g.to(solved.dtype) @ solved.T)
@@ -227,8 +241,16 @@ def self_influence(
         CurvatureError: damped curvature not positive definite.
     """
     scorer = InfluenceScorer(
-        model, dataset, method=method, damping=damping, params=params, loss=loss,
-        batch_size=batch_size, device=device, progress=progress, backend_options=backend_options,
+        model,
+        dataset,
+        method=method,
+        damping=damping,
+        params=params,
+        loss=loss,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        backend_options=backend_options,
     )
     return scorer.self_influence()
 
@@ -254,7 +276,15 @@ def influence(
     :func:`self_influence`; the curvature is fitted on ``train``.
     """
     scorer = InfluenceScorer(
-        model, train, method=method, damping=damping, params=params, loss=loss,
-        batch_size=batch_size, device=device, progress=progress, backend_options=backend_options,
+        model,
+        train,
+        method=method,
+        damping=damping,
+        params=params,
+        loss=loss,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        backend_options=backend_options,
     )
     return scorer.influence(test)

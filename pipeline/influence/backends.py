@@ -89,8 +89,14 @@ class Backend(abc.ABC):
     ) -> np.ndarray:
         """Stream per-example gradients and score them; float64 scores in dataset order."""
         out = np.empty(len(data), dtype=np.float64)
-        bar = tqdm(data, total=data.n_batches, desc=f"self-influence ({self.name})",
-                   unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            data,
+            total=data.n_batches,
+            desc=f"self-influence ({self.name})",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         for start, x, y in bar:
             g = engine.per_example_grads(start, x, y)
             s = self.quadratic(g)

@@ -100,8 +100,7 @@ class MSEObjective(Objective):
         super().check_targets(outputs, targets)
         if targets.numel() != outputs.numel():
             raise InvalidInputError(
-                f"targets of shape {tuple(targets.shape)} do not fit outputs "
-                f"{tuple(outputs.shape)}"
+                f"targets of shape {tuple(targets.shape)} do not fit outputs {tuple(outputs.shape)}"
             )
 
     def output_hessian_factor(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -114,7 +113,10 @@ def resolve_objective(loss: Objective | str) -> Objective:
     """``"cross_entropy"`` / ``"mse"`` or an :class:`Objective` instance."""
     if isinstance(loss, Objective):
         return loss
-    table: dict[str, type[Objective]] = {"cross_entropy": CrossEntropyObjective, "mse": MSEObjective}
+    table: dict[str, type[Objective]] = {
+        "cross_entropy": CrossEntropyObjective,
+        "mse": MSEObjective,
+    }
     if loss not in table:
         raise InvalidInputError(
             f"loss must be an Objective or one of {sorted(table)}, got {loss!r}"
