@@ -1,0 +1,121 @@
+"""`apply_decisions`: a corrected dataset version in parquet, in the store and in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from pipeline.data import TrainingData
+from pipeline.errors import DatasetMismatchError
+from pipeline.queue import apply_decisions, claim_next, decide, enqueue_scan
+from pipeline.store import ScanRecord, Store
+from pipeline.store.models import DatasetVersion
+
+
+def _data(n: int = 20) -> TrainingData:
+    rng = np.random.default_rng(3)
+    return TrainingData(
+        features=rng.random((n, 64)).astype(np.float32),
+        labels=rng.integers(0, 10, n),
+        example_ids=[f"img{i}" for i in range(n)],
+        classes=tuple(str(c) for c in range(10)),
+        image_shape=(8, 8),
+        name="digits-sample",
+    )
+
+
+def _scan(store: Store, data: TrainingData, n_flagged: int) -> int:
+    findings = pd.DataFrame(
+        {
+            "example_id": data.example_ids[:n_flagged],
+            "score": np.arange(n_flagged, 0, -1, dtype=float),
+            "rank": np.arange(1, n_flagged + 1),
+            "given_label": data.labels[:n_flagged],
+            "predicted_label": (data.labels[:n_flagged] + 1) % 10,
+            "suggested_label": (data.labels[:n_flagged] + 1) % 10,
+            "suggestion_confidence": 0.9,
+            "is_suspect": True,
+            "kind": "label_error",
+            "features": list(data.features[:n_flagged]),
+        }
+    )
+    record = ScanRecord(
+        model_name="digits-clf",
+        model_version="4",
+        run_id=None,
+        dataset_hash=data.content_hash,
+        dataset_uri=None,
+        n_rows=len(data),
+        classes=list(data.classes or ()),
+        config={"method": "exact"},
+        method="exact",
+        damping=1e-3,
+        timings={},
+        findings=findings,
+        mismatch=None,
+        image_shape=(8, 8),
+    )
+    return store.record_scan(record)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_apply_writes_parquet_store_row_and_mlflow_input(store: Store, tmp_path: Path) -> None:
+    import mlflow
+
+    data = _data()
+    scan_id = _scan(store, data, 3)
+    enqueue_scan(store, scan_id)
+    from pipeline.store.annotators import add_annotator
+
+    add_annotator(store, "alice")
+    done = []
+    for action in ("relabel", "invalid", "keep"):
+        item = claim_next(store, "alice")
+        assert item is not None
+        label = str((int(str(item.given_label)) + 5) % 10) if action == "relabel" else None
+        decide(store, item.item_id, "alice", action, label=label)  # type: ignore[arg-type]
+        done.append((item.example_id, action, label))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "corrected.parquet"
+    applied = apply_decisions(store, data, scan_id=scan_id, out_path=out, tracking_uri=tracking)
+    assert (applied.n_relabeled, applied.n_dropped, applied.n_kept) == (1, 1, 1)
+    frame = pd.read_parquet(out)
+    assert len(frame) == len(data) - 1
+    ids = list(frame["example_id"])
+    (relabeled, _, new_label), (dropped, _, _), (kept, _, _) = done
+    assert dropped not in ids
+    row = frame.set_index("example_id")
+    assert str(row.loc[relabeled, "label"]) == new_label
+    orig = dict(zip(map(str, data.example_ids), data.labels, strict=True))
+    assert row.loc[kept, "label"] == orig[kept]
+    untouched = [e for e in ids if e not in {relabeled, kept}]
+    assert all(row.loc[e, "label"] == orig[e] for e in untouched)
+    with store.session() as s:
+        dv = s.get(DatasetVersion, applied.dataset_version_id)
+        parent = s.scalar(
+            select(DatasetVersion).where(DatasetVersion.content_hash == data.content_hash)
+        )
+        assert dv is not None and parent is not None
+        assert dv.parent_id == parent.id and dv.n_rows == len(data) - 1
+        assert dv.source_uri == str(out) and dv.mlflow_run_id == applied.mlflow_run_id
+    reloaded = TrainingData.from_frame(frame, classes=data.classes, image_shape=(8, 8))
+    assert reloaded.content_hash == applied.content_hash
+    run = mlflow.MlflowClient(tracking).get_run(str(applied.mlflow_run_id))
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == f"corrected-scan-{scan_id}"
+    assert inp.dataset.source_type == "local"
+    assert run.data.params["n_relabeled"] == "1" and run.data.params["n_dropped"] == "1"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_apply_refuses_another_dataset(store: Store, tmp_path: Path) -> None:
+    data = _data()
+    scan_id = _scan(store, data, 2)
+    other = data.with_labels((data.labels + 1) % 10)
+    with pytest.raises(DatasetMismatchError, match="content hash"):
+        apply_decisions(store, other, scan_id=scan_id, out_path=tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
