@@ -1,0 +1,29 @@
+"""Detection: label-error ranking with suggested labels, explanations, domain mismatch.
+
+Public functions: :func:`find_label_errors`, :func:`explain`, :func:`detect_mismatch`
+(and the reusable :class:`MismatchDetector`).
+"""
+
+from pipeline.detect.explain import EXPLAIN_COLUMNS, explain
+from pipeline.detect.label_errors import (
+    LABEL_ERROR_COLUMNS,
+    RankingMethod,
+    find_label_errors,
+    ranking_scores,
+)
+from pipeline.detect.loo import LooOutputs, approximate_loo
+from pipeline.detect.mismatch import MismatchDetector, MismatchReport, detect_mismatch
+
+__all__ = [
+    "EXPLAIN_COLUMNS",
+    "LABEL_ERROR_COLUMNS",
+    "LooOutputs",
+    "MismatchDetector",
+    "MismatchReport",
+    "RankingMethod",
+    "approximate_loo",
+    "detect_mismatch",
+    "explain",
+    "find_label_errors",
+    "ranking_scores",
+]

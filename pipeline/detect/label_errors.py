@@ -1,0 +1,216 @@
+"""Rank training examples by how likely their label is wrong, suggest the right label.
+
+Every ranking below comes from ONE curvature fit (:class:`~pipeline.influence.InfluenceScorer`)
+and one sweep over the training data (:func:`pipeline.detect.loo.approximate_loo`); none
+retrains the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.detect._inputs import example_ids
+from pipeline.detect.loo import LooOutputs, approximate_loo
+from pipeline.detect.stats import rank_average
+from pipeline.detect.suggest import estimate_n_errors, suggest_labels
+from pipeline.errors import InvalidInputError
+from pipeline.influence import InfluenceScorer
+from pipeline.influence.batches import DatasetLike
+
+__all__ = ["LABEL_ERROR_COLUMNS", "RankingMethod", "find_label_errors", "ranking_scores"]
+
+log = logging.getLogger(__name__)
+
+RankingMethod = Literal[
+    "consensus",
+    "loo_margin",
+    "loo_loss",
+    "margin",
+    "loss",
+    "self_influence",
+    "relatif",
+    "grad_norm",
+]
+
+LABEL_ERROR_COLUMNS = [
+    "example_id",
+    "score",
+    "rank",
+    "given_label",
+    "predicted_label",
+    "suggested_label",
+    "suggestion_confidence",
+    "is_suspect",
+    "loo_given_probability",
+    "self_influence",
+]
+
+_EPS = 1e-12
+
+
+def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Normalized margin, flipped so higher = more suspicious: ``max_{c != y} p_c - p_y``."""
+    idx = np.arange(len(labels))
+    others = probs.copy()
+    others[idx, labels] = -np.inf
+    return others.max(axis=1) - probs[idx, labels]
+
+
+def ranking_scores(out: LooOutputs, method: RankingMethod) -> np.ndarray:
+    """The score of ``method`` for every example; higher = more likely mislabeled.
+
+    * ``loss``: in-sample cross-entropy ``-log p_i[y_i]``.
+    * ``margin``: in-sample normalized margin ``max_{c != y} p_c - p_y``.
+    * ``loo_loss`` / ``loo_margin``: the same on the approximate leave-one-out
+      probabilities (Newton step of Koh & Liang Sec. 2.1 with the leverage correction; see
+      :mod:`pipeline.detect.loo`); confident learning's self-confidence / normalized
+      margin without K-fold retraining.
+    * ``self_influence``: ``g_i^T (H + lambda I)^{-1} g_i`` (Koh & Liang Sec. 5.4).
+    * ``relatif``: ``s_i / ||(H + lambda I)^{-1} g_i||`` (RelatIF, Barshan et al. 2020).
+    * ``grad_norm``: ``||g_i||``.
+    * ``consensus``: mean normalized rank of ``margin``, ``loo_margin`` and ``grad_norm``.
+    """
+    labels = out.labels
+    idx = np.arange(len(labels))
+    if method == "loss":
+        return -np.log(np.clip(out.probs[idx, labels], _EPS, 1.0))
+    if method == "margin":
+        return _margin(out.probs, labels)
+    if method == "loo_loss":
+        return -np.log(np.clip(out.loo_probs[idx, labels], _EPS, 1.0))
+    if method == "loo_margin":
+        return _margin(out.loo_probs, labels)
+    if method == "self_influence":
+        return out.self_influence
+    if method == "relatif":
+        return out.self_influence / np.maximum(out.solved_norm, _EPS)
+    if method == "grad_norm":
+        return out.grad_norm
+    if method == "consensus":
+        return rank_average(
+            _margin(out.probs, labels), _margin(out.loo_probs, labels), out.grad_norm
+        )
+    raise InvalidInputError(
+        f"method must be one of {list(get_args(RankingMethod))}, got {method!r}"
+    )
+
+
+def find_label_errors(
+    model: nn.Module,
+    train: DatasetLike,
+    *,
+    method: RankingMethod = "consensus",
+    damping: float | None = None,
+    scorer: InfluenceScorer | None = None,
+    influence_method: str = "exact",
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    backend_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Rank every training example by how likely its label is wrong.
+
+    The default, ``method="consensus"``, averages the normalized ranks of three signals
+    that fail in different places: the in-sample normalized margin (strong when the model
+    does not memorize its errors), the margin on the approximate leave-one-out
+    probabilities (the influence-function Newton step that removes the example, with its
+    leverage correction: it sees errors the model has partly memorized, like confident
+    learning's cross-validated probabilities but with no retraining), and the gradient
+    norm (large for examples the model still fights). It was chosen, and then frozen, on
+    a development grid (digits and breast_cancer, softmax regression and a 16-unit MLP,
+    10% uniform flips, 3 seeds): mean average precision 0.900 against 0.894 for in-sample
+    loss, 0.899 for cleanlab's best (5-fold retraining), 0.897 for leave-one-out margin
+    alone and 0.871 for plain self-influence. Plain self-influence is NOT the default: on
+    small data it also rewards high-leverage, correctly labelled points and loses to the
+    loss (see ``benchmarks/RESULTS.md`` for the full grid, including where it loses).
+
+    Args:
+        model: trained classifier returning logits (eval mode).
+        train: its training data (``TrainingData``, ``(features, labels)`` or a torch
+            Dataset of ``(x, y)``).
+        method: ranking; see :func:`ranking_scores`. Higher score = more likely mislabeled.
+        damping: lambda for the curvature; pass the model's weight decay when known.
+        scorer: an already fitted :class:`InfluenceScorer` on ``train`` (reuses its curvature).
+        influence_method: curvature back-end when ``scorer`` is not given.
+        batch_size: examples per streamed batch.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        progress: show progress bars.
+        backend_options: passed to the curvature back-end.
+
+    Returns:
+        One row per training example, most suspicious first, with columns
+        ``example_id, score, rank`` (1 = most suspicious), ``given_label``,
+        ``predicted_label`` (in-sample argmax), ``suggested_label`` and
+        ``suggestion_confidence`` (leave-one-out argmax and its probability; see
+        :func:`pipeline.detect.suggest.suggest_labels`), ``is_suspect`` (the top
+        ``n_est`` rows, ``n_est`` being confident learning's off-diagonal count on the
+        leave-one-out probabilities, :func:`pipeline.detect.suggest.estimate_n_errors`),
+        ``loo_given_probability`` and ``self_influence``. ``df.attrs`` holds
+        ``n_estimated_errors``, ``method`` and ``damping``.
+
+    Raises:
+        InvalidInputError: unknown ``method``, labels the model cannot output, empty data,
+            non-finite features, a non-cross-entropy scorer.
+    """
+    if method not in get_args(RankingMethod):
+        raise InvalidInputError(
+            f"method must be one of {list(get_args(RankingMethod))}, got {method!r}"
+        )
+    if scorer is None:
+        scorer = InfluenceScorer(
+            model,
+            train,
+            method=influence_method,
+            damping=damping,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            backend_options=backend_options,
+        )
+    elif len(scorer.train) != len(scorer.batches(train, what="train")):
+        raise InvalidInputError(
+            f"scorer was fitted on {len(scorer.train):,} examples but train has "
+            f"{len(scorer.batches(train, what='train')):,}"
+        )
+    out = approximate_loo(scorer)
+    return _compute_frame(out, method, example_ids(train, len(out.labels)), scorer)
+
+
+def _compute_frame(
+    out: LooOutputs, method: RankingMethod, ids: np.ndarray, scorer: InfluenceScorer
+) -> pd.DataFrame:
+    scores = ranking_scores(out, method)
+    suggested, confidence = suggest_labels(out.loo_probs)
+    n_est = estimate_n_errors(out.loo_probs, out.labels)
+    order = np.argsort(-scores, kind="stable")
+    idx = np.arange(len(scores))
+    df = (
+        pd.DataFrame(
+            {
+                "example_id": ids,
+                "score": scores,
+                "given_label": out.labels,
+                "predicted_label": out.probs.argmax(axis=1).astype(np.int64),
+                "suggested_label": suggested,
+                "suggestion_confidence": confidence,
+                "loo_given_probability": out.loo_probs[idx, out.labels],
+                "self_influence": out.self_influence,
+            }
+        )
+        .iloc[order]
+        .reset_index(drop=True)
+    )
+    df.insert(2, "rank", np.arange(1, len(df) + 1))
+    df.insert(7, "is_suspect", df["rank"] <= n_est)
+    df = df[LABEL_ERROR_COLUMNS].copy()
+    df.attrs.update(
+        {"n_estimated_errors": n_est, "method": method, "damping": scorer.backend.damping}
+    )
+    log.info("ranked %d examples by %s; %d estimated label errors", len(df), method, n_est)
+    return df

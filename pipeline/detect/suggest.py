@@ -1,0 +1,67 @@
+"""Suggested labels and the estimated number of label errors, from leave-one-out probabilities.
+
+Both use the approximate leave-one-out probabilities of :mod:`pipeline.detect.loo`: what
+the model would predict for an example had it never been trained on it, which is the
+quantity confident learning needs (Northcutt et al. 2021 use K-fold out-of-sample
+probabilities; here one curvature fit replaces the K retrainings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["estimate_n_errors", "per_class_thresholds", "suggest_labels"]
+
+
+def suggest_labels(loo_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class that would most reduce each example's loss, and a confidence in [0, 1].
+
+    The leave-one-out loss ``-log p^{(-i)}_c`` is smallest for the class with the largest
+    leave-one-out probability, so that class is the suggestion; its probability is the
+    confidence. When it equals the given label the suggestion is "keep the label".
+
+    Args:
+        loo_probs: ``(n, C)`` leave-one-out probabilities (rows sum to 1).
+
+    Returns:
+        ``(suggested_label, suggestion_confidence)``, both ``(n,)``.
+    """
+    suggested = loo_probs.argmax(axis=1).astype(np.int64)
+    confidence = np.clip(loo_probs[np.arange(len(suggested)), suggested], 0.0, 1.0)
+    return suggested, confidence
+
+
+def per_class_thresholds(loo_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Confident learning's per-class threshold ``t_c`` = mean of ``p_c`` over examples labelled c.
+
+    A class with no examples gets threshold 1 (it can never be "confidently" predicted).
+    """
+    n_classes = loo_probs.shape[1]
+    thresholds = np.ones(n_classes)
+    for c in range(n_classes):
+        rows = labels == c
+        if rows.any():
+            thresholds[c] = float(loo_probs[rows, c].mean())
+    return thresholds
+
+
+def estimate_n_errors(loo_probs: np.ndarray, labels: np.ndarray) -> int:
+    """Number of label errors estimated by confident learning's off-diagonal count.
+
+    Example i counts as a likely error when some class reaches its per-class threshold
+    (``p_c >= t_c``) and, among the classes that do, the most probable one is not the
+    given label (the off-diagonal of the confident joint; Northcutt et al. 2021, Eq. 1).
+
+    Args:
+        loo_probs: ``(n, C)`` leave-one-out probabilities.
+        labels: ``(n,)`` given labels.
+
+    Returns:
+        The estimated count, between 0 and n.
+    """
+    thresholds = per_class_thresholds(loo_probs, labels)
+    above = loo_probs >= thresholds[None, :] - 1e-12
+    masked = np.where(above, loo_probs, -np.inf)
+    confident = masked.argmax(axis=1)
+    has_any = above.any(axis=1)
+    return int(np.sum(has_any & (confident != labels)))
