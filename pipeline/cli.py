@@ -45,6 +45,14 @@ def demo(
     run_demo(noise=noise, seed=seed, top=top)
 
 
+from pipeline.store_cli import annotator_app, db_app, queue_app, ui_app  # noqa: E402
+
+app.add_typer(db_app, name="db")
+app.add_typer(annotator_app, name="annotator")
+app.add_typer(queue_app, name="queue")
+app.add_typer(ui_app, name="ui")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

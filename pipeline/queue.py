@@ -33,7 +33,7 @@ from pipeline.store.models import (
     Scan,
     utcnow,
 )
-from pipeline.store.progress import QueueStats, queue_stats
+from pipeline.store.progress import QueueStats, list_items, queue_stats
 
 __all__ = [
     "ACTIONS",
@@ -47,6 +47,7 @@ __all__ = [
     "decide",
     "enqueue_scan",
     "get_item",
+    "list_items",
     "queue_stats",
 ]
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 from sqlalchemy import func, select
 
-from pipeline.store.models import Annotator, Decision, QueueItem, utcnow
+from pipeline.errors import InvalidInputError
+from pipeline.store.models import Annotator, Decision, Finding, QueueItem, utcnow
 from pipeline.store.store import Store
 
-__all__ = ["QueueStats", "queue_stats"]
+__all__ = ["QueueStats", "list_items", "queue_stats"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,40 @@ def queue_stats(
         agreement=agree / len(pairs) if pairs else None,
         agreement_items=len(pairs),
     )
+
+
+def list_items(
+    store: Store, *, scan_id: int | None = None, state: str | None = None, limit: int = 50
+) -> pd.DataFrame:
+    """Queue items, highest priority first, with their finding and current lease holder."""
+    if state is not None and state not in ("pending", "claimed", "done"):
+        raise InvalidInputError(f"state must be pending, claimed or done, got {state!r}")
+    stmt = (
+        select(
+            QueueItem.id.label("item_id"),
+            QueueItem.state,
+            QueueItem.scan_id,
+            Finding.id.label("finding_id"),
+            Finding.example_id,
+            Finding.score,
+            Finding.given_label,
+            Finding.suggested_label,
+            Finding.suggestion_confidence,
+            QueueItem.required_votes,
+            Annotator.name.label("claimed_by"),
+            QueueItem.lease_expires_at,
+            QueueItem.final_action,
+            QueueItem.final_label,
+        )
+        .join(Finding, QueueItem.finding_id == Finding.id)
+        .outerjoin(Annotator, QueueItem.claimed_by == Annotator.id)
+        .order_by(QueueItem.priority.desc(), QueueItem.id)
+        .limit(int(limit))
+    )
+    if scan_id is not None:
+        stmt = stmt.where(QueueItem.scan_id == scan_id)
+    if state is not None:
+        stmt = stmt.where(QueueItem.state == state)
+    with store.read_session() as s:
+        result = s.execute(stmt)
+        return pd.DataFrame(result.all(), columns=list(result.keys()))
