@@ -20,6 +20,7 @@ from pipeline.store.store import Store
 __all__ = [
     "AnnotatorInfo",
     "add_annotator",
+    "annotator_by_id",
     "authenticate_password",
     "authenticate_token",
     "get_annotator",
@@ -118,6 +119,13 @@ def get_annotator(store: Store, name: str) -> AnnotatorInfo:
         if ann is None:
             raise NotFoundError(f"no annotator named {name!r} (create one: infgate annotator add)")
         return AnnotatorInfo(ann.id, ann.name, ann.active)
+
+
+def annotator_by_id(store: Store, annotator_id: int) -> AnnotatorInfo | None:
+    """The active annotator with this id, or ``None``."""
+    with store.read_session() as s:
+        ann = s.get(Annotator, annotator_id)
+        return AnnotatorInfo(ann.id, ann.name, ann.active) if ann and ann.active else None
 
 
 def list_annotators(store: Store) -> list[AnnotatorInfo]:

@@ -1,0 +1,99 @@
+"""Review page over HTTP: authentication, server-side validation, the JSON API."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from pipeline.queue import enqueue_scan
+from pipeline.store import Store
+from pipeline.store.annotators import add_annotator
+from pipeline.store.models import Decision
+from plugins.review_ui import create_app
+from tests.store.fixtures import make_record
+
+
+def _decisions(store: Store) -> int:
+    with store.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Decision)) or 0)
+
+
+@pytest.fixture
+def client(store: Store) -> TestClient:
+    scan_id = store.record_scan(make_record(5))
+    enqueue_scan(store, scan_id)
+    return TestClient(create_app(store))
+
+
+def test_requests_without_valid_credentials_get_401(
+    client: TestClient, annotators: dict[str, str]
+) -> None:
+    page = client.get("/", headers={"accept": "text/html"})
+    assert page.status_code == 401 and "Sign in" in page.text
+    assert client.get("/api/next").status_code == 401
+    assert (
+        client.get("/api/stats", headers={"authorization": "Bearer igt_wrong"}).status_code == 401
+    )
+    client.cookies.set("infgate_session", "1.99999999999.forged")
+    assert client.get("/api/stats").status_code == 401
+    client.cookies.clear()
+    bad = client.post("/login", data={"token": "igt_not-a-token"})
+    assert bad.status_code == 401 and "Wrong token" in bad.text
+    no_decision = client.post("/decide", data={"item_id": "1", "decision": "keep"})
+    assert no_decision.status_code == 401
+
+
+def test_token_and_password_sign_in(
+    client: TestClient, store: Store, annotators: dict[str, str]
+) -> None:
+    ok = client.post("/login", data={"token": annotators["alice"]}, follow_redirects=False)
+    assert ok.status_code == 303 and "infgate_session" in ok.headers["set-cookie"]
+    assert "httponly" in ok.headers["set-cookie"].lower()
+    page = client.get("/")
+    assert page.status_code == 200 and "id=who>alice<" in page.text
+    assert "data:image/png;base64," in page.text and 'data-key="k"' in page.text
+    assert "script-src 'nonce-" in page.headers["content-security-policy"]
+    add_annotator(store, "dora", password="correct horse")
+    fresh = TestClient(client.app)
+    wrong = fresh.post("/login", data={"name": "dora", "password": "wrong horse"})
+    assert wrong.status_code == 401
+    right = fresh.post("/login", data={"name": "dora", "password": "correct horse"})
+    assert right.status_code == 200 and "id=who>dora<" in right.text
+
+
+def test_form_input_is_validated_server_side(
+    client: TestClient, store: Store, annotators: dict[str, str]
+) -> None:
+    client.post("/login", data={"token": annotators["bob"]})
+    item_id = client.get("/api/next").json()["item"]["item_id"]
+    for data, code in [
+        ({"item_id": str(item_id), "decision": "delete"}, 400),
+        ({"item_id": str(item_id), "decision": "relabel:cat"}, 400),
+        ({"item_id": str(item_id), "decision": "relabel:"}, 400),
+        ({"item_id": "1; DROP TABLE decisions", "decision": "keep"}, 422),
+        ({"item_id": "9999", "decision": "keep"}, 404),
+    ]:
+        resp = client.post("/decide", data=data, headers={"accept": "text/html"})
+        assert resp.status_code == code, (data, resp.text)
+    assert _decisions(store) == 0
+    done = client.post("/decide", data={"item_id": str(item_id), "decision": "relabel:3"})
+    assert done.status_code == 200 and "Saved: item" in done.text
+    assert _decisions(store) == 1
+
+
+def test_json_api_with_bearer_token(client: TestClient, annotators: dict[str, str]) -> None:
+    auth = {"authorization": f"Bearer {annotators['carol']}"}
+    item = client.get("/api/next", headers=auth).json()["item"]
+    assert item["features"] is not None and item["image_shape"] == [8, 8]
+    bad = client.post(
+        "/api/decisions", headers=auth, json={"item_id": item["item_id"], "action": "zap"}
+    )
+    assert bad.status_code == 400
+    body = {"item_id": item["item_id"], "action": "keep", "lease_token": item["lease_token"]}
+    res = client.post("/api/decisions", headers=auth, json=body).json()
+    assert res["counted"] is True and res["item_state"] == "done"
+    stats = client.get("/api/stats", headers=auth).json()
+    assert stats["done"] == 1 and stats["mine_today"] == 1 and stats["left"] == 4
+    late = client.post("/api/decisions", headers=auth, json=body)
+    assert late.status_code == 409 and "recorded" in late.json()["detail"]
