@@ -35,6 +35,7 @@ main { max-width: 1100px; margin: 1.2rem auto; padding: 0 1rem; }
 table.features { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 table.features td, table.features th { border-bottom: 1px solid #e6e8ec; padding: .25rem .5rem;
                                        text-align: left; }
+table.features td { text-align: right; }
 .labels { display: flex; gap: 1rem; margin-bottom: 1rem; }
 .label { flex: 1; border-radius: 8px; padding: .6rem .9rem; background: #f4f5f7; }
 .label small { color: #5b6472; display: block; }
@@ -141,7 +142,7 @@ def _refs(
         img = ""
         if feats is not None and item.image_shape is not None:
             img = f'<img alt="training example {escape(ex)}" src="{png_data_uri(feats, item.image_shape, scale=4)}">'
-        text = f"{escape(ex)}" + (f" · {escape(str(label))}" if label is not None else "")
+        text = f"{escape(ex)}" + (f" · label {escape(str(label))}" if label is not None else "")
         if isinstance(infl, int | float):
             text += f"<br>{infl:+.3g}"
         out.append(f"<div class=ref>{img}{text}</div>")

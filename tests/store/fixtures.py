@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.datasets import load_digits
 from sqlalchemy import create_engine
 
 from pipeline.store import ScanRecord, Store
@@ -67,8 +68,11 @@ def make_record(
 ) -> ScanRecord:
     """A scan of ``n`` 8x8 examples (or 4-column tabular rows) with known findings."""
     rng = np.random.default_rng(seed)
-    width = 64 if image else 4
-    feats = rng.random((n, width))
+    if image:  # real 8x8 digits, so the review page shows something a person can read
+        digits = load_digits().data / 16.0
+        feats = digits[rng.integers(0, len(digits), n)]
+    else:
+        feats = rng.random((n, 4)) * [80, 1e5, 1, 20]
     given = rng.integers(0, n_classes, n)
     suggested = (given + 1) % n_classes
     scores = np.sort(rng.random(n) * 10)[::-1]
