@@ -50,7 +50,7 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except InfgateError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
