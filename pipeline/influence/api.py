@@ -71,7 +71,10 @@ class InfluenceScorer:
         model: the trained network (eval mode if it has dropout/batch-norm).
         train: training data: a torch Dataset of ``(x, y)``, a ``(features, labels)``
             pair, or :class:`~pipeline.data.TrainingData`.
-        method: back-end name (see :func:`pipeline.influence.available_backends`).
+        method: back-end name (see :func:`pipeline.influence.available_backends`), or
+            ``"auto"``: exact up to 20k selected parameters, else EK-FAC; what it picked and
+            why is in ``result.details["auto"]`` and the log. With ``auto``,
+            ``backend_options`` are keyed by back-end name.
         damping: lambda; ``None`` picks the back-end's documented default.
         params: names/modules whose parameters are differentiated (``None`` = all).
         loss: ``"cross_entropy"``, ``"mse"`` or an :class:`Objective`.
@@ -103,7 +106,17 @@ class InfluenceScorer:
         self.batch_size = batch_size
         self.progress = progress
         self.train = self.batches(train, what="train")
-        self.backend: Backend = get_backend(method, **(backend_options or {}))
+        #: ``{"picked": ..., "reason": ...}`` when ``method="auto"`` chose the back-end.
+        self.auto: dict[str, str] | None = None
+        options = dict(backend_options or {})
+        if method == "auto":
+            from pipeline.influence.auto import auto_options, choose_method
+
+            method, reason = choose_method(self.engine)
+            options = auto_options(method, backend_options)
+            self.auto = {"picked": method, "reason": reason}
+            log.info("method='auto' picked %r: %s", method, reason)
+        self.backend: Backend = get_backend(method, **options)
         self.backend.fit(self.engine, self.train, damping=damping, progress=progress)
         self.fit_seconds = time.perf_counter() - t0
         log.info(
@@ -138,7 +151,7 @@ class InfluenceScorer:
                 "score": score_s,
                 "total": self.fit_seconds + score_s,
             },
-            details=self.backend.describe(),
+            details={**self.backend.describe(), **({"auto": self.auto} if self.auto else {})},
         )
 
     def gradients(self, data: DatasetLike) -> torch.Tensor:
@@ -221,7 +234,9 @@ def self_influence(
     Args:
         model: trained ``nn.Module`` (or MLflow pt2 ``GraphModule``), in eval mode.
         dataset: torch Dataset of ``(x, y)``, ``(features, labels)`` tensors, or TrainingData.
-        method: curvature back-end; ``"exact"`` forms the full matrix (<= 50k params).
+        method: curvature back-end; ``"exact"`` forms the full matrix (<= 50k params);
+            ``"cg"``, ``"lissa"``, ``"arnoldi"``, ``"ekfac"``, ``"kfac"``, ``"tracin"``
+            approximate it; ``"auto"`` picks exact or ekfac by size (see ``details["auto"]``).
         damping: lambda; ``None`` = 1e-3 x mean curvature eigenvalue (scale-free). Pass the
             weight decay the model was trained with to get the exact training objective.
         params: parameter names/modules to differentiate (``None`` = all trainable).

@@ -51,7 +51,9 @@ def available_backends() -> list[str]:
 def get_backend(name: str, **options: Any) -> Backend:
     """Instantiate the back-end registered as ``name`` with its options."""
     if name not in BACKENDS:
-        raise InvalidInputError(f"method must be one of {available_backends()}, got {name!r}")
+        raise InvalidInputError(
+            f"method must be one of {available_backends()} or 'auto', got {name!r}"
+        )
     return BACKENDS[name](**options)
 
 
