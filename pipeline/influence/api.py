@@ -106,6 +106,7 @@ class InfluenceScorer:
         self.batch_size = batch_size
         self.progress = progress
         self.train = self.batches(train, what="train")
+        self.train_data = train  # as given, for sharding (pipeline.influence.sharding)
         #: ``{"picked": ..., "reason": ...}`` when ``method="auto"`` chose the back-end.
         self.auto: dict[str, str] | None = None
         options = dict(backend_options or {})

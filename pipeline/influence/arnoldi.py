@@ -55,7 +55,8 @@ def block_krylov_eigh(
     dev = op.engine.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     krylov_dim = min(krylov_dim, p)
-    block = min(block, krylov_dim)
+    # At least four Krylov blocks: one block alone is a random subspace, not a Krylov one.
+    block = max(1, min(block, -(-krylov_dim // 4)))
     n_blocks = -(-krylov_dim // block)
     q = torch.linalg.qr(torch.randn(p, block, generator=gen, dtype=torch.float64))[0].to(dev)
     qs: list[torch.Tensor] = [q]
@@ -105,7 +106,8 @@ class ArnoldiBackend(Backend):
     Args:
         rank: eigenpairs kept.
         krylov_dim: Krylov subspace size (default ``2 x rank``; more = more accurate pairs).
-        block: vectors per curvature pass (default 32).
+        block: vectors per curvature pass (default 32; at most ``krylov_dim / 4`` so the
+            subspace spans at least four Krylov powers).
         cache_bytes: memory for cached Gauss-Newton factor rows (products become GEMMs);
             ``0`` always streams forward/reverse-mode products.
         curvature: ``"gauss_newton"`` (default) or ``"hessian"``.
