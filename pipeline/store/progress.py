@@ -50,6 +50,14 @@ def queue_stats(
                 select(QueueItem.state, func.count()).where(*scope).group_by(QueueItem.state)
             ).all()
         )
+        expired = s.scalar(
+            select(func.count()).where(
+                *scope, QueueItem.state == "claimed", QueueItem.lease_expires_at < now
+            )
+        )
+        # an expired lease is back in the queue for everyone, whatever its row still says
+        by_state["claimed"] = by_state.get("claimed", 0) - int(expired or 0)
+        by_state["pending"] = by_state.get("pending", 0) + int(expired or 0)
         dec = select(func.count()).select_from(Decision).join(QueueItem)
         dec = dec.where(*scope)
         if annotator is not None:

@@ -110,6 +110,8 @@ def test_expired_lease_returns_item_and_late_decision_is_flagged(
     mine = claim_next(store, "alice", lease_seconds=60)
     assert mine is not None
     _expire(store, mine.item_id)
+    stats = queue_stats(store)
+    assert (stats.pending, stats.claimed) == (2, 0)  # the expired lease counts as waiting
     taken = claim_next(store, "bob")
     assert taken is not None and taken.item_id == mine.item_id  # the expired lease came back
     with pytest.raises(LeaseExpiredError, match="recorded") as err:
