@@ -102,7 +102,9 @@ def register_model_with_data(
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name)
-    mv = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=tags)
+    mv = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+    )
     n_flipped = (
         int((np.asarray(true_labels) != data.labels).sum()) if true_labels is not None else 0
     )

@@ -69,7 +69,7 @@ class GateConfig:
 
     max_suspect_rate: float = 0.05
     mismatch_alpha: float = 0.05
-    high_confidence: float = 0.9
+    high_confidence: float = 0.95
     max_unreviewed_high_confidence: int = 0
     check_row_count: bool = True
     deployment_alias: str = "champion"

@@ -151,10 +151,13 @@ def _plots(
         files.append(directory / "recall_curve.png")
         fig.savefig(files[-1], dpi=100)
         plt.close(fig)
-    if mismatch is not None and mismatch.get("example_scores") is not None:
+    if mismatch is not None and mismatch.get("examples"):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist(
-            np.asarray(mismatch["example_scores"], float), bins=40, alpha=0.8, label="eval examples"
+            np.asarray([e["score"] for e in mismatch["examples"]], float),
+            bins=40,
+            alpha=0.8,
+            label="eval examples",
         )
         ax.set_xlabel("mismatch score per evaluation example")
         ax.set_title(f"dataset-level p = {float(mismatch['p_value']):.3g}")
@@ -193,9 +196,8 @@ def write_report(
     if mismatch is not None:
         metrics["mismatch_p_value"] = float(mismatch["p_value"])
         metrics["mismatch_statistic"] = float(mismatch["statistic"])
-        flagged = mismatch.get("example_flagged")
-        if flagged is not None:
-            metrics["mismatch_flagged_examples"] = float(np.sum(np.asarray(flagged, bool)))
+        examples = mismatch.get("examples") or []
+        metrics["mismatch_flagged_examples"] = float(sum(bool(e.get("flagged")) for e in examples))
     if loaded.true_labels is not None:
         data = loaded.train.data
         wrong = set(data.example_ids[np.asarray(loaded.true_labels) != data.labels].astype(str))

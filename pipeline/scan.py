@@ -155,18 +155,21 @@ def load_stage(
 
 def influence_stage(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFrame, float]:
     """The influence stage: the full label-error ranking (``find_label_errors``) and its time."""
-    from pipeline import detect
+    from pipeline.detect import find_label_errors
 
+    cfg = options.influence
     t0 = time.perf_counter()
-    if not hasattr(detect, "find_label_errors"):  # detection (issue 4) not landed yet
-        ranking = _self_influence_ranking(loaded, options.influence)
-    else:
-        ranking = detect.find_label_errors(
-            loaded.model,
-            loaded.train.data,
-            damping=options.influence.damping,
-            **options.detect_options,
-        )
+    ranking = find_label_errors(
+        loaded.model,
+        loaded.train.data,
+        damping=cfg.damping,
+        influence_method=cfg.method,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        progress=False,
+        backend_options=cfg.backend_options or None,
+        **options.detect_options,
+    )
     return ranking, time.perf_counter() - t0
 
 
@@ -174,65 +177,31 @@ def detect_stage(
     loaded: LoadedScan, options: ScanOptions, ranking: pd.DataFrame
 ) -> tuple[dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
     """Mismatch report (when there is eval data) and explanations of the top suspects."""
-    from pipeline import detect
+    from pipeline.detect import detect_mismatch, explain
 
     timings: dict[str, float] = {}
     mismatch = None
-    if loaded.eval_data is not None and hasattr(detect, "detect_mismatch"):
+    if loaded.eval_data is not None:
         t0 = time.perf_counter()
-        report = detect.detect_mismatch(
-            loaded.model, loaded.train.data, loaded.eval_data, alpha=options.mismatch_alpha
+        report = detect_mismatch(
+            loaded.model,
+            loaded.train.data,
+            loaded.eval_data.features,
+            alpha=options.mismatch_alpha,
+            damping=options.influence.damping,
         )
         mismatch = report.to_dict()
         timings["mismatch"] = time.perf_counter() - t0
     explanations = None
     suspects = ranking[ranking["is_suspect"].astype(bool)]
-    if options.explain_top and len(suspects) and hasattr(detect, "explain"):
+    if options.explain_top and len(suspects):
         t0 = time.perf_counter()
-        examples = suspects["example_id"].head(options.explain_top).tolist()
-        explanations = detect.explain(loaded.model, loaded.train.data, examples, top=5)
+        examples = suspects["example_id"].head(options.explain_top).astype(str).tolist()
+        explanations = explain(
+            loaded.model, loaded.train.data, examples, top=5, damping=options.influence.damping
+        )
         timings["explain"] = time.perf_counter() - t0
     return mismatch, explanations, timings
-
-
-def _self_influence_ranking(loaded: LoadedScan, cfg: InfluenceConfig) -> pd.DataFrame:
-    """Interim ranking by plain self-influence (used only while ``pipeline.detect`` lacks
-    ``find_label_errors``): suspects are examples whose prediction disagrees with the label."""
-    import torch
-
-    from pipeline.influence import self_influence
-
-    data = loaded.train.data
-    res = self_influence(
-        loaded.model,
-        data,
-        method=cfg.method,
-        damping=cfg.damping,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        progress=False,
-    )
-    with torch.no_grad():
-        probs = torch.softmax(loaded.model(torch.as_tensor(data.features)), dim=1).numpy()
-    pred = probs.argmax(1)
-    order = np.argsort(-res.scores, kind="stable")
-    df = (
-        pd.DataFrame(
-            {
-                "example_id": data.example_ids.astype(str),
-                "score": res.scores,
-                "given_label": data.labels,
-                "predicted_label": pred,
-                "suggested_label": pred,
-                "suggestion_confidence": probs.max(1),
-                "is_suspect": pred != data.labels,
-            }
-        )
-        .iloc[order]
-        .reset_index(drop=True)
-    )
-    df.insert(2, "rank", np.arange(1, len(df) + 1))
-    return df
 
 
 def _json_safe(value: Any) -> Any:
@@ -262,23 +231,20 @@ def findings_to_store(
         r.tolist() for r in loaded.train.data.features.reshape(len(loaded.train.data), -1)[idx]
     ]
     frames = [rows]
-    if mismatch and loaded.eval_data is not None and mismatch.get("example_flagged") is not None:
-        flagged = np.asarray(mismatch["example_flagged"], bool)
-        scores = np.asarray(mismatch["example_scores"], float)
-        if flagged.any():
-            order = np.argsort(-scores[flagged], kind="stable")
-            ids = loaded.eval_data.example_ids[flagged][order]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "example_id": [str(i) for i in ids],
-                        "score": scores[flagged][order],
-                        "rank": np.arange(1, int(flagged.sum()) + 1),
-                        "is_suspect": True,
-                        "kind": "domain_mismatch",
-                    }
-                )
+    examples = (mismatch or {}).get("examples") or []
+    flagged = sorted((e for e in examples if e.get("flagged")), key=lambda e: -float(e["score"]))
+    if flagged:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example_id": [str(e["example_id"]) for e in flagged],
+                    "score": [float(e["score"]) for e in flagged],
+                    "rank": np.arange(1, len(flagged) + 1),
+                    "is_suspect": True,
+                    "kind": "domain_mismatch",
+                }
             )
+        )
     return pd.concat(frames, ignore_index=True)
 
 

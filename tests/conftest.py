@@ -13,6 +13,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.services import mlflow_server, prefect_harness  # noqa: E402, F401  (session services)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

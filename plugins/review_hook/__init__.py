@@ -1,0 +1,18 @@
+"""MLflow model-review hook: an HMAC-verified webhook receiver that starts scans.
+
+``infgate hook serve`` runs it; ``infgate hook register`` creates the webhook on an MLflow
+server. See :mod:`plugins.review_hook.app`.
+"""
+
+from plugins.review_hook.app import HookSettings, ScanRequest, create_app, verify_signature
+from plugins.review_hook.starters import DeploymentStarter, EmbeddedStarter, Starter
+
+__all__ = [
+    "DeploymentStarter",
+    "EmbeddedStarter",
+    "HookSettings",
+    "ScanRequest",
+    "Starter",
+    "create_app",
+    "verify_signature",
+]

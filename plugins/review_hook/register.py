@@ -1,0 +1,55 @@
+"""``infgate hook register``: create (or update) the infgate webhook on an MLflow server."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.errors import InvalidInputError
+from plugins.review_hook.app import EVENTS
+
+__all__ = ["register_webhook"]
+
+log = logging.getLogger(__name__)
+
+
+def register_webhook(
+    url: str,
+    *,
+    name: str = "infgate-review-hook",
+    tracking_uri: str | None = None,
+    secret: str | None = None,
+    events: tuple[str, ...] = EVENTS,
+) -> str:
+    """Point an MLflow webhook at the receiver's ``url`` (``http://host:port/webhook``).
+
+    Idempotent: a webhook with the same name is updated in place. The secret comes from
+    ``secret`` or ``INFGATE_WEBHOOK_SECRET`` and is never logged.
+
+    Returns:
+        The webhook id.
+
+    Raises:
+        InvalidInputError: no secret, or a tracking URI that is not an MLflow server.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities.webhook import WebhookEvent
+
+    secret = secret or os.environ.get("INFGATE_WEBHOOK_SECRET")
+    if not secret:
+        raise InvalidInputError("set INFGATE_WEBHOOK_SECRET (or pass --secret) before registering")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise InvalidInputError(
+            f"webhooks need an `mlflow server` tracking URI (http[s]://...), got {uri!r}"
+        )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    wanted = [WebhookEvent.from_str(e) for e in events]
+    existing = [w for w in client.list_webhooks() if w.name == name]
+    if existing:
+        hook = client.update_webhook(existing[0].webhook_id, url=url, events=wanted, secret=secret)
+        log.info("updated webhook %s -> %s", name, url)
+    else:
+        hook = client.create_webhook(name=name, url=url, events=wanted, secret=secret)
+        log.info("created webhook %s -> %s", name, url)
+    return str(hook.webhook_id)

@@ -1,0 +1,178 @@
+"""What the receiver does with an accepted event: start one flow run, in the background.
+
+* :class:`EmbeddedStarter` runs ``scan_model_version`` in-process on a worker thread (one
+  at a time, in arrival order): no Prefect server or worker needed (the flow uses the
+  ephemeral API or whatever ``PREFECT_API_URL`` points to).
+* :class:`DeploymentStarter` asks a Prefect server to run the ``scan-model-version``
+  deployment (``infgate flows serve`` or a worker picks it up).
+
+Both answer :meth:`submit` at once; the HTTP handler never waits on a scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from plugins.review_hook.app import ScanRequest
+
+__all__ = ["DeploymentStarter", "EmbeddedStarter", "Started", "Starter", "enforce_gate"]
+
+log = logging.getLogger(__name__)
+
+
+class Starter(Protocol):
+    """Anything that can start work for a :class:`ScanRequest` without blocking."""
+
+    def submit(self, request: ScanRequest) -> None:
+        """Queue the request; return at once."""
+
+
+@dataclass
+class Started:
+    """One request the starter began working on (for status pages, tests and benchmarks)."""
+
+    request: ScanRequest
+    started_at: float
+    finished_at: float | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+def enforce_gate(name: str, version: str, alias: str, tracking_uri: str | None) -> bool:
+    """Withdraw ``alias`` from the version unless its gate tag says ``passed``.
+
+    Returns:
+        True when the alias was withdrawn.
+    """
+    from pipeline.registry import TAG_GATE, resolve_model_version, withdraw_alias
+
+    mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
+    if mv.tags.get(TAG_GATE) == "passed":
+        return False
+    return withdraw_alias(mv, alias, tracking_uri=tracking_uri)
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self._queue: queue.Queue[ScanRequest | None] = queue.Queue()
+        self.started: list[Started] = []
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._loop, name="infgate-hook-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: ScanRequest) -> None:
+        self._idle.clear()
+        self._queue.put(request)
+
+    def _loop(self) -> None:
+        while True:
+            req = self._queue.get()
+            if req is None:
+                return
+            rec = Started(req, time.time())
+            self.started.append(rec)
+            try:
+                rec.outcome = self.handle(req)
+            except Exception as e:  # a failed scan must not kill the worker
+                log.exception("work for %s v%s failed", req.model_name, req.version)
+                rec.outcome = {"error": f"{type(e).__name__}: {e}"}
+            rec.finished_at = time.time()
+            if self._queue.empty():
+                self._idle.set()
+
+    def handle(self, request: ScanRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every submitted request is done (tests, ``hook serve`` shutdown)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the worker after the queued requests."""
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+class EmbeddedStarter(_Worker):
+    """Runs ``flows.scan.scan_model_version`` in this process, one flow run per event."""
+
+    def __init__(
+        self,
+        *,
+        db_url: str | None = None,
+        tracking_uri: str | None = None,
+        gate_config: str | None = None,
+        deployment_alias: str = "champion",
+        report_root: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.db_url = db_url
+        self.tracking_uri = tracking_uri
+        self.gate_config = gate_config
+        self.deployment_alias = deployment_alias
+        self.report_root = report_root
+        self.options = options
+        super().__init__()
+
+    def handle(self, request: ScanRequest) -> dict[str, Any]:
+        from flows.scan import scan_model_version
+
+        if request.action == "enforce":
+            withdrawn = enforce_gate(
+                request.model_name, request.version, self.deployment_alias, self.tracking_uri
+            )
+            return {"alias_withdrawn": withdrawn}
+        report_dir = None
+        if self.report_root:
+            report_dir = f"{self.report_root}/{request.model_name}-v{request.version}"
+        state = scan_model_version(
+            f"models:/{request.model_name}/{request.version}",
+            options=self.options,
+            gate_config=self.gate_config,
+            db_url=self.db_url,
+            tracking_uri=self.tracking_uri,
+            report_dir=report_dir,
+            return_state=True,
+        )
+        summary = state.result(raise_on_failure=False)
+        out: dict[str, Any] = {"state": state.type.value, "message": state.message}
+        if isinstance(summary, dict):
+            out.update({k: summary.get(k) for k in ("scan_id", "verdict", "queued")})
+        return out
+
+
+class DeploymentStarter(_Worker):
+    """Starts a run of a Prefect deployment per event (``scan-model-version/on-demand``)."""
+
+    def __init__(
+        self,
+        deployment: str = "scan-model-version/on-demand",
+        *,
+        deployment_alias: str = "champion",
+        tracking_uri: str | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.deployment_alias = deployment_alias
+        self.tracking_uri = tracking_uri
+        super().__init__()
+
+    def handle(self, request: ScanRequest) -> dict[str, Any]:
+        from prefect.deployments import run_deployment
+
+        if request.action == "enforce":
+            withdrawn = enforce_gate(
+                request.model_name, request.version, self.deployment_alias, self.tracking_uri
+            )
+            return {"alias_withdrawn": withdrawn}
+        run = run_deployment(
+            self.deployment,
+            parameters={"model": f"models:/{request.model_name}/{request.version}"},
+            timeout=0,
+            tags=["infgate", "webhook", request.event],
+        )
+        return {"flow_run_id": str(getattr(run, "id", ""))}

@@ -1,0 +1,220 @@
+"""Model-review hook: signature checks, routing, and an end-to-end run with real servers.
+
+End to end: a real ``mlflow server`` with webhooks enabled, the receiver under uvicorn on
+127.0.0.1, Prefect's test harness. Registering a model version with flipped labels must
+end with the version tagged ``blocked`` and its findings in SQL and in the queue; forged,
+stale and replayed deliveries start nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from plugins.review_hook import EmbeddedStarter, HookSettings, create_app, verify_signature
+from plugins.review_hook.app import route
+from tests.services import MlflowServer, free_port, small_digits
+
+
+def sign(secret: str, delivery_id: str, stamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{delivery_id}.{stamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def test_signature_matches_mlflow_implementation() -> None:
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    secret, did, stamp, body = "s" * 32, "d-1", "1700000000", '{"a": 1}'
+    header = _generate_hmac_signature(secret, did, stamp, body)
+    assert verify_signature(secret, did, stamp, body.encode(), header)
+    assert not verify_signature(secret, did, stamp, b'{"a": 2}', header)
+    assert not verify_signature("t" * 32, did, stamp, body.encode(), header)
+    assert not verify_signature(secret, did, "1700000001", body.encode(), header)
+    assert not verify_signature(secret, did, stamp, body.encode(), header.replace("v1", "v2"))
+
+
+def test_routing_ignores_own_tags_and_other_aliases() -> None:
+    s = HookSettings(secret="x" * 16)
+
+    def ev(entity: str, action: str, **data: str) -> dict[str, object]:
+        return {"entity": entity, "action": action, "data": {"name": "m", "version": "3", **data}}
+
+    assert route(s, ev("model_version", "created"), "d").action == "scan"  # type: ignore[union-attr]
+    assert route(s, ev("model_version_alias", "created", alias="candidate"), "d").action == "scan"  # type: ignore[union-attr]
+    assert route(s, ev("model_version_alias", "created", alias="champion"), "d").action == "enforce"  # type: ignore[union-attr]
+    assert route(s, ev("model_version_alias", "created", alias="other"), "d") is None
+    assert route(s, ev("model_version_tag", "set", key="infgate.gate"), "d") is None
+    assert route(s, ev("model_version_tag", "set", key="infgate.rescan"), "d").action == "scan"  # type: ignore[union-attr]
+    assert route(s, ev("registered_model", "created"), "d") is None
+    with pytest.raises(ValueError, match="16 characters"):
+        HookSettings(secret="short")
+
+
+@dataclass
+class Receiver:
+    url: str
+    secret: str
+    starter: EmbeddedStarter
+    db_url: str
+
+
+@pytest.fixture(scope="module")
+def receiver(
+    mlflow_server: MlflowServer, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Receiver]:
+    import uvicorn
+
+    from plugins.review_hook.register import register_webhook
+
+    root = tmp_path_factory.mktemp("hook")
+    secret = secrets.token_urlsafe(32)
+    db_url = f"sqlite:///{root}/infgate.db"
+    starter = EmbeddedStarter(
+        db_url=db_url, tracking_uri=mlflow_server.uri, report_root=str(root / "reports")
+    )
+    app = create_app(HookSettings(secret=secret, max_age_seconds=120), starter)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/webhook"
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    register_webhook(url, tracking_uri=mlflow_server.uri, secret=secret)
+    try:
+        yield Receiver(url, secret, starter, db_url)
+    finally:
+        starter.wait_idle(120)
+        starter.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _version_payload(name: str, version: str) -> bytes:
+    return json.dumps(
+        {
+            "entity": "model_version",
+            "action": "created",
+            "timestamp": "now",
+            "data": {
+                "name": name,
+                "version": version,
+                "source": "",
+                "run_id": None,
+                "tags": {},
+                "description": None,
+            },
+        }
+    ).encode()
+
+
+def test_registering_flipped_labels_blocks_the_version(
+    receiver: Receiver, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.demo_registry import register_model_with_data
+    from pipeline.queue import claim_next
+    from pipeline.store.annotators import ensure_annotator
+    from pipeline.store import Store
+
+    digits = small_digits(n=500, noise=0.1, seed=1)
+    reg = register_model_with_data(
+        digits.data,
+        name="hooked",
+        workdir=tmp_path,
+        tracking_uri=mlflow_server.uri,  # type: ignore[arg-type]
+        true_labels=digits.clean,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not receiver.starter.started:
+        time.sleep(0.2)
+    assert receiver.starter.started, "the webhook started no flow run"
+    assert receiver.starter.wait_idle(240)
+    runs = [s for s in receiver.starter.started if s.request.model_name == "hooked"]
+    assert len(runs) == 1
+    assert runs[0].request.event == "model_version.created"
+    assert runs[0].outcome.get("verdict") == "blocked", runs[0].outcome
+    tags = MlflowClient(mlflow_server.uri).get_model_version("hooked", reg.version).tags
+    assert tags["infgate.gate"] == "blocked"
+    assert "suspected label-error rate" in tags["infgate.reason"]
+    store = Store.from_url(receiver.db_url)
+    info = store.latest_scan("hooked", reg.version)
+    assert info is not None and str(info.id) == tags["infgate.scan_id"]
+    findings = store.findings_frame(info.id)
+    suspects = set(findings.loc[findings["is_suspect"].astype(bool), "example_id"].astype(str))
+    flipped_ids = {str(i) for i in range(500) if digits.flipped[i]}
+    assert len(suspects & flipped_ids) >= 0.5 * len(flipped_ids)
+    assert info.gate is not None and info.gate["verdict"] == "blocked"
+    ensure_annotator(store, "tester")
+    item = claim_next(store, "tester")
+    assert item is not None and item.scan_id == info.id and item.example_id in suspects
+
+
+def test_forged_stale_and_replayed_deliveries_start_nothing(receiver: Receiver) -> None:
+    receiver.starter.wait_idle(240)
+    before = len(receiver.starter.started)
+    body = _version_payload("hooked", "1")
+    now = str(int(time.time()))
+    did = str(uuid.uuid4())
+    forged = {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": now,
+        "X-MLflow-Signature": sign("not-the-secret-" + "x" * 20, did, now, body),
+    }
+    r = httpx.post(receiver.url, content=body, headers=forged)
+    assert r.status_code == 401 and "signature" in r.json()["error"]
+    r = httpx.post(receiver.url, content=body, headers={"X-MLflow-Delivery-Id": did})
+    assert r.status_code == 401
+    old = str(int(time.time()) - 3600)
+    stale = {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": old,
+        "X-MLflow-Signature": sign(receiver.secret, did, old, body),
+    }
+    r = httpx.post(receiver.url, content=body, headers=stale)
+    assert r.status_code == 401 and "stale" in r.json()["error"]
+    # a valid rescan request for a tag event infgate ignores: accepted, starts nothing ...
+    tag_body = json.dumps(
+        {
+            "entity": "model_version_tag",
+            "action": "set",
+            "data": {"name": "hooked", "version": "1", "key": "note", "value": "x"},
+        }
+    ).encode()
+    good = {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": now,
+        "X-MLflow-Signature": sign(receiver.secret, did, now, tag_body),
+    }
+    r = httpx.post(receiver.url, content=tag_body, headers=good)
+    assert r.status_code == 202 and r.json()["action"] == "ignored"
+    # ... and the same delivery again is a replay, even re-signed with a fresh body
+    r = httpx.post(receiver.url, content=tag_body, headers=good)
+    assert r.status_code == 409 and "replay" in r.json()["error"]
+    body2 = _version_payload("hooked", "1")
+    replay = {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": now,
+        "X-MLflow-Signature": sign(receiver.secret, did, now, body2),
+    }
+    r = httpx.post(receiver.url, content=body2, headers=replay)
+    assert r.status_code == 409
+    time.sleep(1.0)
+    assert len(receiver.starter.started) == before
