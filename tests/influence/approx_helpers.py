@@ -5,6 +5,8 @@ Everything is built inside fixtures with its own ``torch.Generator``; nothing at
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -92,3 +94,27 @@ def top_overlap(a: np.ndarray, b: np.ndarray, frac: float = 0.1) -> float:
     """Share of ``b``'s top ``frac`` examples that are also in ``a``'s top ``frac``."""
     k = max(1, round(len(a) * frac))
     return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+
+
+@functools.cache
+def _default_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    x, y = blobs()
+    return trained_mlp(x, y), x, y
+
+
+def default_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The MLP on :func:`blobs` (212 parameters), trained once per test session; copies."""
+    model, x, y = _default_mlp()
+    return copy.deepcopy(model), x.clone(), y.clone()
+
+
+@functools.cache
+def _default_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    x, y = images()
+    return trained_cnn(x, y), x, y
+
+
+def default_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """:class:`TinyCNN` on :func:`images`, trained once per test session; copies."""
+    model, x, y = _default_cnn()
+    return copy.deepcopy(model), x.clone(), y.clone()

@@ -10,7 +10,7 @@ from pipeline.errors import CurvatureError, InvalidInputError
 from pipeline.influence import InfluenceScorer, self_influence
 from tests.influence.approx_helpers import (
     DAMPING,
-    blobs,
+    default_mlp,
     one_thread,
     spearman,
     top_overlap,
@@ -25,8 +25,7 @@ RANK = 40
 
 @pytest.fixture(scope="module")
 def case():
-    x, y = blobs()
-    model = trained_mlp(x, y)
+    model, x, y = default_mlp()
     exact = InfluenceScorer(model, (x, y), damping=DAMPING, progress=False)
     return model, x, y, exact
 

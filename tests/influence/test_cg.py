@@ -7,15 +7,14 @@ import pytest
 
 from pipeline.errors import CurvatureError, InvalidInputError
 from pipeline.influence import InfluenceScorer, self_influence
-from tests.influence.approx_helpers import DAMPING, blobs, one_thread, trained_mlp
+from tests.influence.approx_helpers import DAMPING, default_mlp, one_thread, trained_mlp
 
 __all__ = ["one_thread"]
 
 
 @pytest.fixture(scope="module")
 def case():
-    x, y = blobs()
-    return trained_mlp(x, y), x, y
+    return default_mlp()
 
 
 def test_cg_matches_exact_within_1e4(case):

@@ -9,11 +9,10 @@ from pipeline.errors import CurvatureError, InvalidInputError
 from pipeline.influence import self_influence
 from tests.influence.approx_helpers import (
     DAMPING,
-    blobs,
+    default_mlp,
     one_thread,
     spearman,
     top_overlap,
-    trained_mlp,
 )
 
 __all__ = ["one_thread"]
@@ -27,8 +26,7 @@ LISSA_DAMPING = 0.05
 
 @pytest.fixture(scope="module")
 def case():
-    x, y = blobs()
-    model = trained_mlp(x, y)
+    model, x, y = default_mlp()
     exact = self_influence(model, (x, y), damping=LISSA_DAMPING, progress=False)
     return model, x, y, exact.scores
 

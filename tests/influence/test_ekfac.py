@@ -1,0 +1,122 @@
+"""K-FAC / EK-FAC back-ends: fidelity vs exact on an MLP and a tiny CNN, coverage errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import InvalidInputError, NonFiniteError
+from pipeline.influence import InfluenceScorer, self_influence
+from tests.influence.approx_helpers import (
+    DAMPING,
+    default_cnn,
+    default_mlp,
+    one_thread,
+    spearman,
+    top_overlap,
+    trained_mlp,
+)
+
+__all__ = ["one_thread"]
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    model, x, y = default_mlp()
+    return model, x, y, self_influence(model, (x, y), damping=DAMPING, progress=False).scores
+
+
+@pytest.fixture(scope="module")
+def cnn_case():
+    model, x, y = default_cnn()
+    return model, x, y, self_influence(model, (x, y), damping=DAMPING, progress=False).scores
+
+
+@pytest.mark.parametrize("method", ["ekfac", "kfac"])
+def test_mlp_ranks_like_exact(mlp_case, method):
+    model, x, y, exact = mlp_case
+    res = self_influence(
+        model, (x, y), method=method, damping=DAMPING, batch_size=64, progress=False
+    )
+    assert spearman(res.scores, exact) >= 0.9
+    assert top_overlap(res.scores, exact) >= 0.8
+    assert res.details["uncovered"] == [] and res.details["covered_params"] == res.n_params
+    assert [layer["layer"] for layer in res.details["layers"]] == ["0", "2"]
+
+
+def test_cnn_ranks_like_exact(cnn_case):
+    model, x, y, exact = cnn_case
+    res = self_influence(model, (x, y), method="ekfac", damping=DAMPING, progress=False)
+    assert spearman(res.scores, exact) >= 0.9
+    assert top_overlap(res.scores, exact) >= 0.8
+    kinds = {layer["layer"]: layer["kind"] for layer in res.details["layers"]}
+    assert kinds == {"conv1": "conv2d", "conv2": "conv2d", "head": "linear"}
+
+
+@pytest.mark.parametrize("fisher", ["sampled", "empirical"])
+def test_other_fishers_rank_like_exact(cnn_case, fisher):
+    model, x, y, exact = cnn_case
+    res = self_influence(
+        model,
+        (x, y),
+        method="ekfac",
+        damping=DAMPING,
+        progress=False,
+        backend_options={"fisher": fisher},
+    )
+    assert spearman(res.scores, exact) >= 0.9
+
+
+def test_hook_scores_equal_flat_gradient_scores(cnn_case):
+    """Self-influence from layer hooks == quadratic form on whole-model gradients."""
+    model, x, y, _ = cnn_case
+    sc = InfluenceScorer(model, (x, y), method="ekfac", damping=DAMPING, progress=False)
+    hooks = sc.self_influence().scores
+    flat = sc.backend.quadratic(sc.gradients((x, y))).numpy()
+    np.testing.assert_allclose(hooks, flat, rtol=1e-9)
+    g = sc.gradients((x[:5], y[:5]))
+    solved = sc.backend.solve(g)
+    np.testing.assert_allclose((g * solved).sum(1).numpy(), hooks[:5], rtol=1e-9)
+
+
+class _Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.norm(self.emb(x))))
+
+
+def test_uncovered_layers_are_reported_and_nothing_covered_raises(mlp_case, caplog):
+    _, x, y, _ = mlp_case
+    torch.manual_seed(0)
+    model = _Normed().double().eval()
+    with caplog.at_level("WARNING"):
+        res = self_influence(model, (x, y), method="ekfac", progress=False)
+    assert res.details["uncovered"] == ["norm.weight", "norm.bias"]
+    assert res.details["covered_params"] == res.n_params - 12
+    assert "norm.weight" in caplog.text
+    with pytest.raises(InvalidInputError, match=r"covers Linear and Conv2d layers .* only"):
+        self_influence(model, (x, y), method="ekfac", params=["norm"], progress=False)
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    tokens = torch.randint(0, 10, (20, 1), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InvalidInputError, match=r"uncovered: \['0.weight'\]"):
+        self_influence(emb, (tokens, y[:20] % 3), method="ekfac", params=["0"], progress=False)
+
+
+def test_non_finite_and_bad_options(mlp_case):
+    model, x, y, _ = mlp_case
+    broken = trained_mlp(x[:20], y[:20])
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        self_influence(broken, (x, y), method="ekfac", progress=False)
+    with pytest.raises(InvalidInputError, match="fisher must be"):
+        self_influence(
+            model, (x, y), method="ekfac", progress=False, backend_options={"fisher": "true"}
+        )

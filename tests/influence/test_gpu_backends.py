@@ -1,0 +1,36 @@
+"""Every back-end on CUDA agrees with itself on CPU (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.influence import self_influence
+from tests.influence.approx_helpers import DAMPING, default_cnn, default_mlp
+
+OPTIONS: dict[str, dict[str, object]] = {
+    "exact": {},
+    "cg": {},
+    "lissa": {"depth": 100, "scale": 5.0},
+    "arnoldi": {"rank": 40},
+    "ekfac": {},
+    "kfac": {},
+    "tracin": {},
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", sorted(OPTIONS))
+def test_cuda_matches_cpu(method):
+    for model, x, y in (default_mlp(), default_cnn()):
+        kw = {
+            "method": method,
+            "damping": DAMPING,
+            "progress": False,
+            "batch_size": 100,
+            "backend_options": OPTIONS[method],
+        }
+        cpu = self_influence(model, (x, y), device="cpu", **kw)
+        gpu = self_influence(model, (x, y), device="cuda", **kw)
+        assert gpu.device.startswith("cuda")
+        np.testing.assert_allclose(gpu.scores, cpu.scores, rtol=1e-6)

@@ -1,0 +1,46 @@
+"""Sharded self-influence on a local 2-worker Dask cluster equals one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InvalidInputError
+from pipeline.influence import InfluenceScorer
+from pipeline.influence.sharding import shard_bounds, sharded_self_influence
+from tests.influence.approx_helpers import DAMPING, default_mlp, one_thread
+
+__all__ = ["one_thread"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.mark.parametrize("method", ["exact", "ekfac", "arnoldi"])
+def test_dask_shards_equal_single_process(client, method, tmp_path):
+    model, x, y = default_mlp()
+    sc = InfluenceScorer(
+        model, (x, y), method=method, damping=DAMPING, batch_size=64, progress=False
+    )
+    single = sc.self_influence().scores
+    res = sharded_self_influence(sc, shard_size=70, client=client, out=tmp_path / "s.npy")
+    np.testing.assert_allclose(res.scores, single, rtol=1e-10)
+    assert res.details["shards"] == 5 and res.details["workers"] == 2
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), single, rtol=1e-10)
+    local = sharded_self_influence(sc, (x[:100], y[:100]), shard_size=33)
+    np.testing.assert_allclose(local.scores, single[:100], rtol=1e-10)
+
+
+def test_shard_bounds():
+    assert shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    with pytest.raises(InvalidInputError, match="shard_size must be >= 1"):
+        shard_bounds(10, 0)
