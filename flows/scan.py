@@ -191,7 +191,9 @@ def influence_stage_flow(
     """The influence stage alone (for a GPU work pool): the ranking as JSON records."""
     loaded = load_stage(model, version=version, data_uri=data_uri, tracking_uri=tracking_uri)
     ranking, _ = influence_stage(loaded, options_from_dict(options))
-    records: list[dict[str, Any]] = ranking.to_dict("records")
+    records: list[dict[str, Any]] = [
+        {str(k): v for k, v in r.items()} for r in ranking.to_dict("records")
+    ]
     return records
 
 

@@ -52,6 +52,13 @@ app.add_typer(annotator_app, name="annotator")
 app.add_typer(queue_app, name="queue")
 app.add_typer(ui_app, name="ui")
 
+from pipeline.ops_cli import flows_app, hook_app, promote, scan  # noqa: E402
+
+app.command()(scan)
+app.command()(promote)
+app.add_typer(hook_app, name="hook")
+app.add_typer(flows_app, name="flows")
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -131,8 +131,8 @@ def test_registering_flipped_labels_blocks_the_version(
 
     from pipeline.demo_registry import register_model_with_data
     from pipeline.queue import claim_next
-    from pipeline.store.annotators import ensure_annotator
     from pipeline.store import Store
+    from pipeline.store.annotators import ensure_annotator
 
     digits = small_digits(n=500, noise=0.1, seed=1)
     reg = register_model_with_data(

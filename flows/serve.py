@@ -1,0 +1,60 @@
+"""Deployments for a long-running Prefect setup; ``infgate flows serve`` runs them locally.
+
+* ``scan-model-version/on-demand``: started by the review hook (``DeploymentStarter``) and
+  by an event trigger on ``mlflow.model_version.created`` events (emit them with
+  ``prefect.events.emit_event`` or forward MLflow webhooks through the hook receiver);
+* ``registry-sweep/nightly``: cron sweep of versions with no scan of their current data;
+* ``relabel/on-demand``: apply queue decisions and re-run the gate;
+* ``influence-stage/local``: the influence stage alone (``flows/prefect.yaml`` declares
+  the same flow on a GPU work pool for ``prefect deploy``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["build_deployments", "serve_all"]
+
+
+def build_deployments(*, sweep_cron: str = "0 2 * * *") -> list[Any]:
+    """The runner deployments ``serve_all`` serves (parameters come from env defaults)."""
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.relabel import relabel
+    from flows.scan import influence_stage_flow, scan_model_version
+    from flows.sweep import registry_sweep
+
+    common = {
+        "db_url": os.environ.get("INFGATE_DB_URL"),
+        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+        "gate_config": os.environ.get("INFGATE_GATE_CONFIG"),
+    }
+    trigger = DeploymentEventTrigger(
+        name="scan-on-model-version-created",
+        expect={"mlflow.model_version.created"},
+        parameters={"model": "{{ event.resource.id }}", **common},
+    )
+    return [
+        scan_model_version.to_deployment(
+            name="on-demand", parameters=common, triggers=[trigger], tags=["infgate"]
+        ),
+        registry_sweep.to_deployment(
+            name="nightly", cron=sweep_cron, parameters=common, tags=["infgate"]
+        ),
+        relabel.to_deployment(
+            name="on-demand",
+            parameters={k: common[k] for k in ("db_url", "tracking_uri", "gate_config")},
+            tags=["infgate"],
+        ),
+        influence_stage_flow.to_deployment(
+            name="local", parameters={"tracking_uri": common["tracking_uri"]}, tags=["infgate"]
+        ),
+    ]
+
+
+def serve_all(*, sweep_cron: str = "0 2 * * *", limit: int | None = 2) -> None:
+    """Serve every deployment from this process until interrupted."""
+    from prefect import serve
+
+    serve(*build_deployments(sweep_cron=sweep_cron), limit=limit)

@@ -1,0 +1,109 @@
+"""``registry_sweep``: scan every registry model version with no scan of its current data.
+
+Runs on a cron schedule (see ``flows/serve.py`` / ``flows/prefect.yaml``). A version is
+skipped when the store already holds a scan for its name + version + training-data hash +
+options hash; versions without resolvable training data are listed, not failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.scan import IO_DELAYS, IO_RETRIES, open_store, options_from_dict, scan_model_version
+
+__all__ = ["list_model_versions", "registry_sweep"]
+
+
+@task(
+    name="list-versions", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE
+)
+def list_model_versions(tracking_uri: str | None, name_filter: str | None) -> list[tuple[str, str]]:
+    """Every (name, version) in the registry, newest versions first."""
+    from pipeline.registry import client
+
+    c = client(tracking_uri)
+    query = f"name LIKE '{name_filter}'" if name_filter else None
+    versions = (
+        c.search_model_versions(query, max_results=10_000)
+        if query
+        else c.search_model_versions(max_results=10_000)
+    )
+    out = [(mv.name, str(mv.version)) for mv in versions]
+    return sorted(out, key=lambda nv: (nv[0], -int(nv[1]) if nv[1].isdigit() else 0))
+
+
+@task(name="needs-scan", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+def needs_scan(
+    name: str,
+    version: str,
+    db_url: str | None,
+    tracking_uri: str | None,
+    options: dict[str, Any] | None,
+) -> str:
+    """``"scan"``, ``"current"`` (a scan of this data exists) or ``"no data: ..."``."""
+    from pipeline.registry import DataResolutionError, load_training_data, resolve_model_version
+    from pipeline.store import config_hash
+
+    mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
+    try:
+        data = load_training_data(mv, tracking_uri=tracking_uri).data
+    except DataResolutionError as e:
+        return f"no data: {e}"
+    found = open_store(db_url).find_scan(
+        name, version, data.content_hash, config_hash(options_from_dict(options).to_dict())
+    )
+    return "current" if found is not None and found.status == "completed" else "scan"
+
+
+@flow(name="registry-sweep")
+def registry_sweep(
+    tracking_uri: str | None = None,
+    db_url: str | None = None,
+    options: dict[str, Any] | None = None,
+    gate_config: str | None = None,
+    name_filter: str | None = None,
+    max_scans: int = 20,
+) -> dict[str, list[str]]:
+    """Scan versions whose current training data has no scan yet (at most ``max_scans``).
+
+    Returns:
+        ``{"scanned": [...], "blocked": [...], "current": [...], "unresolvable": [...]}``
+        of ``models:/name/version`` URIs.
+    """
+    logger = get_run_logger()
+    result: dict[str, list[str]] = {"scanned": [], "blocked": [], "current": [], "unresolvable": []}
+    for name, version in list_model_versions(tracking_uri, name_filter):
+        uri = f"models:/{name}/{version}"
+        verdict = needs_scan(name, version, db_url, tracking_uri, options)
+        if verdict == "current":
+            result["current"].append(uri)
+            continue
+        if verdict.startswith("no data"):
+            result["unresolvable"].append(uri)
+            logger.warning("%s: %s", uri, verdict)
+            continue
+        if len(result["scanned"]) >= max_scans:
+            logger.info("max_scans=%d reached; %s waits for the next sweep", max_scans, uri)
+            continue
+        state = scan_model_version(
+            uri,
+            options=options,
+            gate_config=gate_config,
+            db_url=db_url,
+            tracking_uri=tracking_uri,
+            return_state=True,
+        )
+        result["scanned"].append(uri)
+        if state.is_failed():
+            result["blocked"].append(uri)
+    logger.info(
+        "sweep: %d scanned (%d blocked), %d current, %d without data",
+        len(result["scanned"]),
+        len(result["blocked"]),
+        len(result["current"]),
+        len(result["unresolvable"]),
+    )
+    return result
