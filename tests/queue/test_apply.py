@@ -62,6 +62,7 @@ def _scan(store: Store, data: TrainingData, n_flagged: int) -> int:
     return store.record_scan(record)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's schema-inference hints
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_apply_writes_parquet_store_row_and_mlflow_input(store: Store, tmp_path: Path) -> None:
     import mlflow
