@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Engine, Integer, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.errors import InvalidInputError
@@ -159,25 +161,11 @@ class Store:
         now = utcnow()
         with self.session() as s:
             dv = self._dataset_version(s, record)
-            mv = s.scalar(
-                select(ModelVersion).where(
-                    ModelVersion.name == record.model_name,
-                    ModelVersion.version == record.model_version,
-                )
+            mv = _ensure_row(
+                s, ModelVersion, {"name": record.model_name, "version": record.model_version}, {}
             )
-            if mv is None:
-                mv = ModelVersion(name=record.model_name, version=record.model_version)
-                s.add(mv)
             if record.run_id:
                 mv.run_id = record.run_id
-            s.flush()
-            scan = s.scalar(
-                select(Scan).where(
-                    Scan.model_version_id == mv.id,
-                    Scan.dataset_version_id == dv.id,
-                    Scan.config_hash == record.config_hash,
-                )
-            )
             fields = {
                 "config": record.config,
                 "method": record.method,
@@ -186,17 +174,19 @@ class Store:
                 "status": record.status,
                 "updated_at": now,
             }
-            if scan is None:
-                scan = Scan(
-                    model_version_id=mv.id,
-                    dataset_version_id=dv.id,
-                    config_hash=record.config_hash,
-                    n_runs=1,
-                    created_at=now,
-                    **fields,
-                )
-                s.add(scan)
-            else:
+            identity = {
+                "model_version_id": mv.id,
+                "dataset_version_id": dv.id,
+                "config_hash": record.config_hash,
+            }
+            created = _insert_ignore(
+                s, Scan, {**identity, **fields, "n_runs": 1, "created_at": now}
+            )
+            scan = s.scalar(
+                select(Scan).where(*(getattr(Scan, k) == v for k, v in identity.items()))
+            )
+            assert scan is not None
+            if not created:
                 for key, value in fields.items():
                     setattr(scan, key, value)
                 scan.n_runs += 1
@@ -208,12 +198,12 @@ class Store:
 
     @staticmethod
     def _dataset_version(s: Session, record: ScanRecord) -> DatasetVersion:
-        dv = s.scalar(
-            select(DatasetVersion).where(DatasetVersion.content_hash == record.dataset_hash)
+        dv = _ensure_row(
+            s,
+            DatasetVersion,
+            {"content_hash": record.dataset_hash},
+            {"n_rows": int(record.n_rows)},
         )
-        if dv is None:
-            dv = DatasetVersion(content_hash=record.dataset_hash, n_rows=int(record.n_rows))
-            s.add(dv)
         dv.n_rows = int(record.n_rows)
         dv.source_uri = record.dataset_uri or dv.source_uri
         dv.classes = record.classes if record.classes is not None else dv.classes
@@ -410,3 +400,23 @@ class Store:
                 raise NotFoundError(f"no scan with id {scan_id}")
             rows = s.execute(stmt).all()
         return pd.DataFrame([tuple(r) for r in rows], columns=FINDINGS_FRAME_COLUMNS)
+
+
+def _insert_ignore(s: Session, model: Any, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted.
+
+    Two processes writing scans that share a dataset or model version at once must not
+    fail on the unique constraint: PostgreSQL waits for the other insert and skips.
+    """
+    dialect = s.get_bind().dialect.name
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(model).values(**values)
+    result = s.execute(stmt.on_conflict_do_nothing().returning(model.id))
+    return result.scalar() is not None
+
+
+def _ensure_row(s: Session, model: Any, keys: dict[str, Any], defaults: dict[str, Any]) -> Any:
+    """The row with these unique ``keys``, inserted (with ``defaults``) when missing."""
+    _insert_ignore(s, model, {**keys, **defaults})
+    row = s.scalar(select(model).where(*(getattr(model, k) == v for k, v in keys.items())))
+    assert row is not None
+    return row

@@ -133,3 +133,29 @@ def test_unreviewed_findings_filters(store: Store) -> None:
     assert len(store.unreviewed_findings(scan_id, kind="domain_mismatch")) == 0
     with pytest.raises(NotFoundError):
         store.findings_frame(77)
+
+
+def test_concurrent_scans_share_dataset_and_model_versions(store: Store) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def write(i: int) -> None:
+        try:
+            barrier.wait()
+            # three model versions x the same dataset, each written twice at once
+            store.record_scan(make_record(20, model_version=str(i % 3)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:2]
+    assert _count(store, DatasetVersion) == 1 and _count(store, ModelVersion) == 3
+    assert _count(store, Scan) == 3 and _count(store, Finding) == 60
+    with store.session() as s:
+        assert sorted(s.scalars(select(Scan.n_runs))) == [2, 2, 2]
