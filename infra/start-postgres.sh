@@ -18,7 +18,7 @@ DO \$\$ BEGIN
   END IF;
 END \$\$;
 SQL
-for db in infgate infgate_test; do
+for db in infgate infgate_test mlflow prefect; do
   su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='${db}'\"" | grep -q 1 \
     || su postgres -c "createdb -O infgate ${db}"
 done
