@@ -24,9 +24,10 @@ from xml.sax.saxutils import quoteattr
 from sqlalchemy import select
 
 from pipeline.errors import InvalidInputError
-from pipeline.queue import get_item, record_decision
+from pipeline.queue import get_item
 from pipeline.store import Store
 from pipeline.store.annotators import check_name
+from pipeline.store.decisions import record_decision
 from pipeline.store.models import Annotator, DatasetVersion, Finding, QueueItem, Scan
 from pipeline.store.render import png_data_uri
 

@@ -2,8 +2,8 @@
 and its append-only decisions, in SQLite (default) or PostgreSQL (``INFGATE_DB_URL``)."""
 
 from pipeline.store.exceptions import LeaseExpiredError, NotFoundError, SchemaVersionError
-from pipeline.store.records import ScanRecord, config_hash
-from pipeline.store.store import ScanInfo, Store
+from pipeline.store.records import ScanInfo, ScanRecord, config_hash
+from pipeline.store.store import Store
 
 __all__ = [
     "LeaseExpiredError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -13,7 +14,7 @@ import pandas as pd
 
 from pipeline.errors import InvalidInputError
 
-__all__ = ["FINDING_COLUMNS", "FINDING_KINDS", "ScanRecord", "config_hash"]
+__all__ = ["FINDING_COLUMNS", "FINDING_KINDS", "ScanInfo", "ScanRecord", "config_hash"]
 
 FINDING_KINDS = ("label_error", "domain_mismatch")
 #: Columns every findings frame must have (``find_label_errors`` output plus ``kind``).
@@ -137,3 +138,33 @@ class ScanRecord:
                 )
             return self.classes[idx]
         return str(label)
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """A stored scan, as :meth:`Store.get_scan` returns it."""
+
+    id: int
+    model_name: str
+    model_version: str
+    run_id: str | None
+    dataset_version_id: int
+    dataset_hash: str
+    dataset_uri: str | None
+    n_rows: int
+    classes: list[str] | None
+    image_shape: tuple[int, int] | None
+    feature_names: list[str] | None
+    config: dict[str, Any]
+    config_hash: str
+    method: str
+    damping: float
+    timings: dict[str, Any]
+    status: str
+    n_runs: int
+    n_findings: int
+    n_suspects: int
+    mismatch: dict[str, Any] | None
+    gate: dict[str, Any] | None
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -5,12 +5,10 @@ Every write is one transaction; a failure (or a killed process) leaves no partia
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
@@ -32,7 +30,7 @@ from pipeline.store.models import (
     Scan,
     utcnow,
 )
-from pipeline.store.records import ScanRecord
+from pipeline.store.records import ScanInfo, ScanRecord
 from pipeline.store.rows import explanation_map, finding_values
 
 __all__ = ["ScanInfo", "Store"]
@@ -51,36 +49,6 @@ FINDINGS_FRAME_COLUMNS = [
     "suggestion_confidence",
     "is_suspect",
 ]
-
-
-@dataclass(frozen=True)
-class ScanInfo:
-    """A stored scan, as :meth:`Store.get_scan` returns it."""
-
-    id: int
-    model_name: str
-    model_version: str
-    run_id: str | None
-    dataset_version_id: int
-    dataset_hash: str
-    dataset_uri: str | None
-    n_rows: int
-    classes: list[str] | None
-    image_shape: tuple[int, int] | None
-    feature_names: list[str] | None
-    config: dict[str, Any]
-    config_hash: str
-    method: str
-    damping: float
-    timings: dict[str, Any]
-    status: str
-    n_runs: int
-    n_findings: int
-    n_suspects: int
-    mismatch: dict[str, Any] | None
-    gate: dict[str, Any] | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
 
 
 class Store:
