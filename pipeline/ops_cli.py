@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["flows_app", "hook_app", "promote", "scan"]
+__all__ = ["embedded_prefect_env", "flows_app", "hook_app", "promote", "scan"]
 
 console = Console()
 err = Console(stderr=True)
@@ -31,6 +31,18 @@ _MLFLOW = typer.Option(
 _GATE = typer.Option(
     None, "--gate-config", help="Gate thresholds YAML (default pipeline/gate_defaults.yaml)."
 )
+
+
+def embedded_prefect_env() -> None:
+    """Defaults for Prefect's ephemeral API on a busy or small machine (set before import)."""
+    # Prefect's own default (20 s) is too short on a loaded 2-core machine.
+    key = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    if float(os.environ.get(key) or 0) < 300:
+        os.environ[key] = "300"
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
 def _fail(message: str) -> None:
@@ -72,6 +84,7 @@ def scan(
 
     try:
         if use_flow:
+            embedded_prefect_env()
             from flows.scan import scan_model_version
 
             state = scan_model_version(
@@ -174,6 +187,7 @@ def hook_serve(
     from pipeline.errors import InfgateError
     from plugins.review_hook import DeploymentStarter, EmbeddedStarter, HookSettings, create_app
 
+    embedded_prefect_env()
     try:
         settings = HookSettings.from_env()
     except InfgateError as e:
@@ -218,6 +232,7 @@ def flows_serve(
     sweep_cron: str = typer.Option("0 2 * * *", help="Cron schedule of the registry sweep."),
 ) -> None:
     """Serve the scan, sweep, relabel and influence-stage deployments from this process."""
+    embedded_prefect_env()
     from flows.serve import serve_all
 
     serve_all(sweep_cron=sweep_cron)

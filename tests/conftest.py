@@ -13,7 +13,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.services import mlflow_server, prefect_harness  # noqa: E402, F401  (session services)
+from tests.services import (  # noqa: F401  (session services)
+    mlflow_server,
+    noisy_version,
+    prefect_harness,
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

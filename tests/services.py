@@ -126,3 +126,32 @@ def small_digits(n: int = 500, noise: float = 0.1, seed: int = 0) -> SmallDigits
         features=x, labels=noisy, classes=tuple(str(c) for c in range(10)), image_shape=(8, 8)
     )
     return SmallDigits(data, flipped, y)
+
+
+@dataclass(frozen=True)
+class NoisyVersion:
+    """A registered model version trained on digits with planted flips."""
+
+    server: MlflowServer
+    name: str
+    version: str
+    data_path: Path
+    digits: SmallDigits
+
+
+@pytest.fixture(scope="session")
+def noisy_version(
+    mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> NoisyVersion:
+    """``noisy`` v1 on the session's mlflow server: 500 digits, 10% flips, pt2 format."""
+    from pipeline.demo_registry import register_model_with_data
+
+    digits = small_digits(n=500, noise=0.1, seed=3)
+    reg = register_model_with_data(
+        digits.data,  # type: ignore[arg-type]
+        name="noisy",
+        workdir=tmp_path_factory.mktemp("noisy"),
+        tracking_uri=mlflow_server.uri,
+        true_labels=digits.clean,
+    )
+    return NoisyVersion(mlflow_server, reg.name, reg.version, reg.data_path, digits)

@@ -140,7 +140,11 @@ class EmbeddedStarter(_Worker):
             return_state=True,
         )
         summary = state.result(raise_on_failure=False)
-        out: dict[str, Any] = {"state": state.type.value, "message": state.message}
+        out: dict[str, Any] = {
+            "state": state.type.value,
+            "message": state.message,
+            "flow_run_id": str(state.state_details.flow_run_id),
+        }
         if isinstance(summary, dict):
             out.update({k: summary.get(k) for k in ("scan_id", "verdict", "queued")})
         return out

@@ -1,0 +1,111 @@
+"""Prefect flows on the test harness: scan (Failed when blocked, cached re-run, artifacts),
+registry sweep (skips versions whose data is already scanned), relabel (decisions -> gate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.services import NoisyVersion
+
+
+@pytest.fixture(scope="module")
+def flow_scan(
+    noisy_version: NoisyVersion, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    from flows.scan import scan_model_version
+
+    root = tmp_path_factory.mktemp("flows")
+    db_url = f"sqlite:///{root}/infgate.db"
+    kwargs = {"db_url": db_url, "tracking_uri": noisy_version.server.uri}
+    first = scan_model_version(
+        f"models:/noisy/{noisy_version.version}", return_state=True, **kwargs
+    )
+    second = scan_model_version(
+        f"models:/noisy/{noisy_version.version}", return_state=True, **kwargs
+    )
+    return {"first": first, "second": second, "kwargs": kwargs, "root": root}
+
+
+def _task_states(flow_run_id: object) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs if r.state}
+
+
+def test_blocked_scan_ends_failed_with_reasons_and_artifacts(
+    flow_scan: dict, noisy_version: NoisyVersion
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    state = flow_scan["first"]
+    assert state.is_failed() and "gate blocked" in state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary["verdict"] == "blocked" and summary["queued"] > 0
+    assert any(r["expectation"] == "expect_column_mean_to_be_between" for r in summary["reasons"])
+    states = _task_states(state.state_details.flow_run_id)
+    assert set(states) == {"load", "influence", "detect", "store", "gate", "report"}
+    key = f"infgate-noisy-v{noisy_version.version}"
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{key}-summary", f"{key}-suspects"])
+            )
+        )
+    kinds = {a.key: a.type for a in arts}
+    assert kinds == {f"{key}-summary": "markdown", f"{key}-suspects": "table"}
+    assert any("BLOCKED" in str(a.data) for a in arts if a.type == "markdown")
+
+
+def test_rerun_hits_the_cache_and_updates_the_same_scan(flow_scan: dict) -> None:
+    second = flow_scan["second"]
+    states = _task_states(second.state_details.flow_run_id)
+    assert states["influence"] == "Cached" and states["detect"] == "Cached"
+    assert states["load"] == "Completed"
+    first = flow_scan["first"].result(raise_on_failure=False)
+    assert second.result(raise_on_failure=False)["scan_id"] == first["scan_id"]
+
+
+def test_sweep_skips_versions_already_scanned(flow_scan: dict, noisy_version: NoisyVersion) -> None:
+    from flows.sweep import registry_sweep
+
+    result = registry_sweep(name_filter="noisy", **flow_scan["kwargs"])
+    assert result["current"] == [f"models:/noisy/{noisy_version.version}"]
+    assert result["scanned"] == [] and result["unresolvable"] == []
+
+
+def test_relabel_applies_decisions_and_the_gate_passes(
+    flow_scan: dict, noisy_version: NoisyVersion
+) -> None:
+    import pandas as pd
+
+    from flows.relabel import relabel
+    from flows.scan import open_store
+    from pipeline.queue import claim_next, decide
+    from pipeline.store.annotators import ensure_annotator
+
+    store = open_store(flow_scan["kwargs"]["db_url"])
+    scan_id = flow_scan["first"].result(raise_on_failure=False)["scan_id"]
+    ensure_annotator(store, "fixer")
+    while (item := claim_next(store, "fixer")) is not None:
+        decide(store, item.item_id, "fixer", "relabel", label=item.suggested_label)
+    state = relabel(
+        scan_id, out_dir=str(flow_scan["root"]), return_state=True, **flow_scan["kwargs"]
+    )
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["gate"]["verdict"] == "passed"
+    corrected = pd.read_parquet(Path(summary["path"]))
+    assert summary["relabeled"] > 0 and len(corrected) == 500
+    # most relabels restore the true label of a planted flip
+    digits = noisy_version.digits
+    ids = corrected["example_id"].astype(int).to_numpy()
+    fixed = (corrected["label"].to_numpy() == digits.clean[ids]).mean()
+    assert fixed > (digits.data.labels == digits.clean).mean()  # type: ignore[attr-defined]

@@ -1,0 +1,106 @@
+"""In-process scan against a real ``mlflow server``: block, log back, reuse, promote."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.services import NoisyVersion
+
+
+@pytest.fixture(scope="module")
+def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from mlflow import MlflowClient
+
+    from pipeline.scan import run_scan
+    from pipeline.store import Store
+
+    root = tmp_path_factory.mktemp("scan")
+    store = Store.from_url(f"sqlite:///{root}/infgate.db")
+    store.upgrade()
+    uri, v = noisy_version.server.uri, noisy_version.version
+    client = MlflowClient(uri)
+    client.set_registered_model_alias("noisy", "champion", v)  # set before anyone checked
+    out = run_scan(f"models:/noisy/{v}", store=store, tracking_uri=uri, report_dir=root / "report")
+    return {"out": out, "store": store, "client": client, "root": root}
+
+
+def test_noisy_version_is_blocked_tagged_and_loses_the_alias(
+    scanned: dict, noisy_version: NoisyVersion
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    out, client = scanned["out"], scanned["client"]
+    assert out.verdict.verdict == "blocked"
+    failed = {r["expectation"]: r for r in out.verdict.reasons}
+    n_suspects = int(out.ranking["is_suspect"].sum())
+    assert failed["expect_column_mean_to_be_between"]["observed"] == pytest.approx(n_suspects / 500)
+    tags = client.get_model_version("noisy", noisy_version.version).tags
+    assert tags["infgate.gate"] == "blocked"
+    assert tags["infgate.scan_id"] == str(out.scan_id)
+    assert "suspected label-error rate" in tags["infgate.reason"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("noisy", "champion")
+    assert out.queued == n_suspects
+
+
+def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: NoisyVersion) -> None:
+    out, client = scanned["out"], scanned["client"]
+    run = client.get_run(out.scan_run_id)
+    m = run.data.metrics
+    assert m["n_rows"] == 500 and m["gate_passed"] == 0.0
+    assert m["suspect_rate"] == pytest.approx(int(out.ranking["is_suspect"].sum()) / 500)
+    # the planted flips are known (true_label column), so recall is logged: the ranking
+    # finds most flips in the top 20% of the data
+    assert m["n_true_label_errors"] == int(noisy_version.digits.flipped.sum())
+    assert m["recall_at_20pct"] >= 0.8
+    names = {f.path for f in client.list_artifacts(out.scan_run_id, "infgate")}
+    assert {
+        "infgate/findings.csv",
+        "infgate/score_histogram.png",
+        "infgate/recall_curve.png",
+        "infgate/gate_verdict.json",
+        "infgate/summary.md",
+    } <= names
+    version_tags = client.get_model_version("noisy", noisy_version.version).tags
+    assert version_tags["infgate.scan_run_id"] == out.scan_run_id
+
+
+def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion) -> None:
+    from pipeline.scan import run_scan
+
+    again = run_scan(
+        f"models:/noisy/{noisy_version.version}",
+        store=scanned["store"],
+        tracking_uri=noisy_version.server.uri,
+        log_to_mlflow=False,
+    )
+    assert again.reused and again.scan_id == scanned["out"].scan_id
+    assert again.queued == 0  # nothing queued twice
+    assert scanned["store"].get_scan(again.scan_id).n_runs == 1
+
+
+def test_promote_refuses_until_every_blocking_finding_is_decided(
+    scanned: dict, noisy_version: NoisyVersion
+) -> None:
+    from pipeline.gate import GateBlockedError
+    from pipeline.promote import promote
+    from pipeline.queue import claim_next, decide
+    from pipeline.store.annotators import ensure_annotator
+
+    store, client, uri = scanned["store"], scanned["client"], noisy_version.server.uri
+    ref = f"models:/noisy/{noisy_version.version}"
+    with pytest.raises(GateBlockedError, match="refusing to give") as info:
+        promote(store, ref, tracking_uri=uri)
+    assert any(r["expectation"] == "expect_column_mean_to_be_between" for r in info.value.reasons)
+    ensure_annotator(store, "reviewer")
+    decided = 0
+    while (item := claim_next(store, "reviewer")) is not None:
+        if item.suggested_label and item.suggested_label != item.given_label:
+            decide(store, item.item_id, "reviewer", "relabel", label=item.suggested_label)
+        else:
+            decide(store, item.item_id, "reviewer", "keep")
+        decided += 1
+    assert decided == scanned["out"].queued
+    promote(store, ref, tracking_uri=uri)
+    assert client.get_model_version_by_alias("noisy", "champion").version == noisy_version.version
+    assert client.get_model_version("noisy", noisy_version.version).tags["infgate.gate"] == "passed"
