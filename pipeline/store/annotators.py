@@ -1,5 +1,8 @@
-"""Annotator credentials: random tokens (sha256, looked up by hash) and passwords (salted
-scrypt). Nothing is stored in plain text and the token is shown once, at creation."""
+"""Annotator credentials: login tokens and passwords, both stored as salted scrypt hashes.
+
+A token reads ``igt_<annotator id>_<secret>``: the id finds the row, the secret is checked
+against its hash. Nothing is stored in plain text and the token is shown once, at creation.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_TOKEN = re.compile(r"^igt_([0-9]{1,12})_([A-Za-z0-9_-]{20,100})$")
 
 
 @dataclass(frozen=True)
@@ -40,18 +44,14 @@ class AnnotatorInfo:
     active: bool
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _hash_password(password: str) -> str:
+def _hash_secret(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
     b64 = base64.b64encode
     return f"scrypt${_SCRYPT['n']}${b64(salt).decode()}${b64(digest).decode()}"
 
 
-def _check_password(password: str, stored: str) -> bool:
+def _check_secret(password: str, stored: str) -> bool:
     try:
         scheme, n, salt, digest = stored.split("$")
     except ValueError:
@@ -85,17 +85,18 @@ def add_annotator(
     check_name(name)
     if password is not None and len(password) < 8:
         raise InvalidInputError("password must be at least 8 characters")
-    token = "igt_" + secrets.token_urlsafe(32) if with_token else None
+    secret = secrets.token_urlsafe(32) if with_token else None
     with store.session() as s:
         if s.scalar(select(Annotator.id).where(Annotator.name == name)) is not None:
             raise InvalidInputError(f"annotator {name!r} already exists")
-        s.add(
-            Annotator(
-                name=name,
-                token_hash=_token_hash(token) if token else None,
-                password_hash=_hash_password(password) if password else None,
-            )
+        ann = Annotator(
+            name=name,
+            token_hash=_hash_secret(secret) if secret else None,
+            password_hash=_hash_secret(password) if password else None,
         )
+        s.add(ann)
+        s.flush()
+        token = f"igt_{ann.id}_{secret}" if secret else None
     return token
 
 
@@ -137,11 +138,16 @@ def list_annotators(store: Store) -> list[AnnotatorInfo]:
 
 def authenticate_token(store: Store, token: str) -> AnnotatorInfo | None:
     """The active annotator owning ``token``, or ``None``."""
-    if not isinstance(token, str) or not token.startswith("igt_") or len(token) > 200:
+    if not isinstance(token, str) or len(token) > 200:
+        return None
+    match = _TOKEN.match(token)
+    if match is None:
         return None
     with store.read_session() as s:
-        ann = s.scalar(select(Annotator).where(Annotator.token_hash == _token_hash(token)))
-        if ann is None or not ann.active:
+        ann = s.get(Annotator, int(match.group(1)))
+        if ann is None or not ann.active or not ann.token_hash:
+            return None
+        if not _check_secret(match.group(2), ann.token_hash):
             return None
         return AnnotatorInfo(ann.id, ann.name, ann.active)
 
@@ -154,5 +160,5 @@ def authenticate_password(store: Store, name: str, password: str) -> AnnotatorIn
         ann = s.scalar(select(Annotator).where(Annotator.name == name))
         if ann is None or not ann.active or not ann.password_hash:
             return None
-        ok = _check_password(password, ann.password_hash)
+        ok = _check_secret(password, ann.password_hash)
         return AnnotatorInfo(ann.id, ann.name, ann.active) if ok else None

@@ -94,6 +94,7 @@ def test_cli_round_trip(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     with store.session() as s:
         stored = s.execute(select(Annotator.token_hash, Annotator.password_hash)).all()
     assert all(token.group(0) not in str(row) and "s3cret-pass" not in str(row) for row in stored)
+    assert all(str(h).startswith("scrypt$") for row in stored for h in row if h is not None)
     code, out = _run("annotator", "add", "alice", "--db", db_url)
     assert code == 1 and "already exists" in out
 

@@ -22,13 +22,12 @@ def upgrade() -> None:
         "annotators",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
-        sa.Column("token_hash", sa.String(length=64), nullable=True),
+        sa.Column("token_hash", sa.String(length=255), nullable=True),
         sa.Column("password_hash", sa.String(length=255), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
-        sa.UniqueConstraint("token_hash"),
     )
     op.create_table(
         "dataset_versions",
