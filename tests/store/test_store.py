@@ -159,3 +159,15 @@ def test_concurrent_scans_share_dataset_and_model_versions(store: Store) -> None
     assert _count(store, Scan) == 3 and _count(store, Finding) == 60
     with store.session() as s:
         assert sorted(s.scalars(select(Scan.n_runs))) == [2, 2, 2]
+
+
+def test_migrations_match_the_models(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from pipeline.store.models import Base
+
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == []
