@@ -47,10 +47,16 @@ ui_app = typer.Typer(help="The annotators' review page.", no_args_is_help=True)
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Show infgate's own errors as one red line and exit 1 (no traceback)."""
+    from sqlalchemy.exc import OperationalError
+
     try:
         yield
     except InfgateError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OperationalError as exc:  # server down, wrong password, unreadable file
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        err_console.print(f"[bold red]error:[/] cannot use the store: {first}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

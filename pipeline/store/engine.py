@@ -68,6 +68,12 @@ def make_engine(url: str) -> Engine:
         )
     if backend == "postgresql":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise InvalidInputError(
+                f"cannot create the SQLite store {url!r}: {folder} does not exist"
+            )
     kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
     if parsed.database not in (None, "", ":memory:"):
         kwargs.update(pool_size=10, max_overflow=20)

@@ -51,6 +51,8 @@ def test_default_url_comes_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     assert Store.from_url().url.endswith("/env.db")
     with pytest.raises(InvalidInputError, match="mysql"):
         Store.from_url("mysql://u@h/db")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        Store.from_url(f"sqlite:///{tmp_path}/no/such/dir/x.db")
 
 
 def test_record_scan_round_trip(store: Store) -> None:
