@@ -84,7 +84,9 @@ def register_model_with_data(
         tags["infgate.true_label_column"] = "true_label"
     with mlflow.start_run(run_name=f"train-{name}") as run:
         mlflow.log_params({"weight_decay": weight_decay, "hidden": str(hidden), "seed": seed})
-        ds = mlflow.data.from_pandas(frame, source=str(path), targets="label", name=f"{name}-train")
+        ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            frame, source=str(path), targets="label", name=f"{name}-train"
+        )
         mlflow.log_input(ds, context="training")
         with torch.no_grad():
             acc = float((model(x).argmax(1) == y).float().mean())

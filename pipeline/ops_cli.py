@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -45,7 +46,7 @@ def embedded_prefect_env() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
 
@@ -66,17 +67,17 @@ def _reasons_table(reasons: list[dict]) -> Table:
 
 def scan(
     model: str = typer.Argument(..., help="models:/name@alias, models:/name/version or a name."),
-    version: str = typer.Option(None, help="Version, when MODEL is a bare name."),
+    version: str | None = typer.Option(None, help="Version, when MODEL is a bare name."),
     data: str = typer.Option(
         None, "--data", help="Training data URI (overrides tag and run input)."
     ),
     eval_data: str = typer.Option(
         None, "--eval", help="Evaluation data URI for the mismatch test."
     ),
-    db_url: str = _DB,
-    tracking_uri: str = _MLFLOW,
-    gate_config: str = _GATE,
-    report_dir: str = typer.Option(None, help="Where report files go."),
+    db_url: str | None = _DB,
+    tracking_uri: str | None = _MLFLOW,
+    gate_config: str | None = _GATE,
+    report_dir: str | None = typer.Option(None, help="Where report files go."),
     use_flow: bool = typer.Option(True, "--flow/--no-flow", help="Run as a Prefect flow run."),
 ) -> None:
     """Scan a model version: influence, findings, SQL, gate, report. Exit 2 when blocked."""
@@ -135,13 +136,13 @@ def _store(db_url: str | None):  # type: ignore[no-untyped-def]
 
 def promote(
     model: str = typer.Argument(..., help="models:/name/version, models:/name@alias or a name."),
-    version: str = typer.Option(None, help="Version, when MODEL is a bare name."),
+    version: str | None = typer.Option(None, help="Version, when MODEL is a bare name."),
     alias: str = typer.Option(
         None, help="Deployment alias (default from the gate config: champion)."
     ),
-    db_url: str = _DB,
-    tracking_uri: str = _MLFLOW,
-    gate_config: str = _GATE,
+    db_url: str | None = _DB,
+    tracking_uri: str | None = _MLFLOW,
+    gate_config: str | None = _GATE,
 ) -> None:
     """Give the version the deployment alias, only if its gate passes (re-checked now)."""
     from pipeline.errors import InfgateError
@@ -177,9 +178,9 @@ def hook_serve(
     deployment: str = typer.Option(
         "scan-model-version/on-demand", help="Deployment to run in deployment mode."
     ),
-    db_url: str = _DB,
-    tracking_uri: str = _MLFLOW,
-    gate_config: str = _GATE,
+    db_url: str | None = _DB,
+    tracking_uri: str | None = _MLFLOW,
+    gate_config: str | None = _GATE,
 ) -> None:
     """Run the webhook receiver (secret from INFGATE_WEBHOOK_SECRET)."""
     import uvicorn
@@ -213,7 +214,7 @@ def hook_serve(
 @hook_app.command("register")
 def hook_register(
     url: str = typer.Argument(..., help="The receiver's URL, e.g. http://127.0.0.1:8765/webhook."),
-    tracking_uri: str = _MLFLOW,
+    tracking_uri: str | None = _MLFLOW,
     name: str = typer.Option("infgate-review-hook", help="Webhook name in MLflow."),
 ) -> None:
     """Create (or update) the MLflow webhook pointing at the receiver."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from pipeline.errors import InvalidInputError
 from plugins.review_hook.app import EVENTS
@@ -44,7 +45,7 @@ def register_webhook(
             f"webhooks need an `mlflow server` tracking URI (http[s]://...), got {uri!r}"
         )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    wanted = [WebhookEvent.from_str(e) for e in events]
+    wanted: list[Any] = [WebhookEvent.from_str(e) for e in events]  # type: ignore[arg-type]
     existing = [w for w in client.list_webhooks() if w.name == name]
     if existing:
         hook = client.update_webhook(existing[0].webhook_id, url=url, events=wanted, secret=secret)
