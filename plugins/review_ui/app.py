@@ -160,6 +160,11 @@ def create_app(store: Store) -> FastAPI:
             )
         return int(n or 0)
 
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        """Liveness for start scripts and compose (``/`` answers 401 without credentials)."""
+        return JSONResponse({"status": "ok"})
+
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
         return HTMLResponse(login_page(_nonce(request)))

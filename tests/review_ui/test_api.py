@@ -29,6 +29,7 @@ def client(store: Store) -> TestClient:
 def test_requests_without_valid_credentials_get_401(
     client: TestClient, annotators: dict[str, str]
 ) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}  # liveness needs no credentials
     page = client.get("/", headers={"accept": "text/html"})
     assert page.status_code == 401 and "Sign in" in page.text
     assert client.get("/api/next").status_code == 401
