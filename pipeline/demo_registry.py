@@ -45,6 +45,7 @@ def register_model_with_data(
     weight_decay: float = 1e-3,
     seed: int = 0,
     hidden: tuple[int, ...] = (),
+    artifact_root: str | Path | None = None,
 ) -> RegisteredDemo:
     """Train softmax regression (or an MLP) on ``data``, log data + model, register a version.
 
@@ -58,6 +59,7 @@ def register_model_with_data(
         weight_decay: L2 strength of the L-BFGS trainer.
         seed: model initialisation seed.
         hidden: hidden layer widths (``()`` = softmax regression).
+        artifact_root: artifact location of a new experiment (default: MLflow's choice).
     """
     import mlflow
     import mlflow.pytorch
@@ -76,7 +78,12 @@ def register_model_with_data(
     frame.to_parquet(path, index=False)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(f"infgate-{name}")
+    experiment = f"infgate-{name}"
+    if artifact_root is not None and mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(
+            experiment, artifact_location=Path(artifact_root).resolve().as_uri()
+        )
+    mlflow.set_experiment(experiment)
     tags = {"infgate.classes": json.dumps(list(data.classes or []))} if data.classes else {}
     if data.image_shape:
         tags["infgate.image_shape"] = "x".join(map(str, data.image_shape))

@@ -227,6 +227,15 @@ _MESSAGES = {
 }
 
 
+_BOUND = {"min_value": ">=", "max_value": "<=", "value": "=="}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _check_rows(result: Any, suite: str, n_classes: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for r in result.results:
@@ -239,11 +248,15 @@ def _check_rows(result: Any, suite: str, n_classes: int) -> list[dict[str, Any]]
         threshold = {k: kwargs[k] for k in ("min_value", "max_value", "value") if k in kwargs}
         what = _MESSAGES.get(cfg.type, cfg.type).format(n=n_classes)
         column = kwargs.get("column")
-        message = f"{what}: observed {observed!r}"
+        message = f"{what}: observed {_fmt(observed)}"
         if column:
             message = f"{column}: {message}"
         if threshold:
-            message += f" (allowed {threshold})"
+            message += (
+                " (allowed "
+                + ", ".join(f"{_BOUND[k]} {_fmt(v)}" for k, v in threshold.items() if v is not None)
+                + ")"
+            )
         rows.append(
             {
                 "suite": suite,
