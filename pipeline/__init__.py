@@ -6,6 +6,13 @@ integration surfaces in ``plugins``; this package imports neither.
 
 from pipeline.config import InfluenceConfig
 from pipeline.data import EvalData, TrainingData, flip_labels
+from pipeline.detect import (
+    MismatchDetector,
+    MismatchReport,
+    detect_mismatch,
+    explain,
+    find_label_errors,
+)
 from pipeline.errors import (
     CurvatureError,
     DatasetMismatchError,
@@ -34,10 +41,15 @@ __all__ = [
     "InfluenceResult",
     "InfluenceScorer",
     "InvalidInputError",
+    "MismatchDetector",
+    "MismatchReport",
     "ModelStateError",
     "NonFiniteError",
     "TrainingData",
     "__version__",
+    "detect_mismatch",
+    "explain",
+    "find_label_errors",
     "flip_labels",
     "influence",
     "self_influence",

@@ -26,6 +26,7 @@ def _resolve_examples(
     train: DatasetLike,
     train_ids: np.ndarray,
     examples: Any,
+    width: tuple[int, ...],
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray | None]:
     """Features, labels (given, else predicted), ids, and training row index (or None)."""
     if (
@@ -55,6 +56,11 @@ def _resolve_examples(
         ids = np.array([f"eval{i}" for i in range(len(x))], dtype=object)
     if x.shape[0] == 0:
         raise InvalidInputError("examples is empty (0 rows)")
+    if tuple(x.shape[1:]) != tuple(width):
+        raise InvalidInputError(
+            f"examples have rows of shape {tuple(x.shape[1:])} but the training data has "
+            f"{tuple(width)}"
+        )
     if y is None:  # explain the current prediction
         x_dev = x.to(scorer.device, scorer.engine.dtype)
         y = scorer.engine.outputs(x_dev).argmax(dim=1).cpu()
@@ -105,13 +111,8 @@ def explain(
     )
     n_train = len(scorer.train)
     train_ids = example_ids(train, n_train)
-    x, y, ids, rows = _resolve_examples(scorer, train, train_ids, examples)
-    width = dataset_tensors(train)[0].shape[1:]
-    if tuple(x.shape[1:]) != tuple(width):
-        raise InvalidInputError(
-            f"examples have rows of shape {tuple(x.shape[1:])} but the training data has "
-            f"{tuple(width)}"
-        )
+    width = tuple(dataset_tensors(train)[0].shape[1:])
+    x, y, ids, rows = _resolve_examples(scorer, train, train_ids, examples, width)
     values = scorer.influence((x, y)).values  # (n_train, n_examples)
     records: list[dict[str, Any]] = []
     k = min(top, n_train)

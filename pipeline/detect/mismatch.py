@@ -161,7 +161,7 @@ class MismatchDetector:
         if reference is None:
             rows = np.sort(self.rng.choice(n, size=min(n, max_reference), replace=False))
             loo = approximate_loo(self.scorer, rows=rows)
-            self.ref_features = self._standardize(x_tr[rows])
+            self.ref_features = self.standardize(x_tr[rows])
             self.ref_probs = loo.loo_probs
             self.cal_scores = loo.expected_influence
             self.reference_kind = "training rows (approximate leave-one-out)"
@@ -171,14 +171,15 @@ class MismatchDetector:
                 x_ref = x_ref[
                     np.sort(self.rng.choice(x_ref.shape[0], max_reference, replace=False))
                 ]
-            self.ref_features = self._standardize(x_ref)
-            self.ref_probs, self.cal_scores = self._probs_and_scores(x_ref)
+            self.ref_features = self.standardize(x_ref)
+            self.ref_probs, self.cal_scores = self.probs_and_scores(x_ref)
             self.reference_kind = "held-out reference rows"
 
-    def _standardize(self, x: torch.Tensor) -> np.ndarray:
+    def standardize(self, x: torch.Tensor) -> np.ndarray:
+        """Rows flattened and standardized with the training mean and std."""
         return (x.reshape(x.shape[0], -1).double().numpy() - self.mean) / self.std
 
-    def _probs_and_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def probs_and_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Softmax outputs and ``tr(L M)`` for unlabelled rows, in batches."""
         sc = self.scorer
         probs, scores = [], []
@@ -201,8 +202,8 @@ class MismatchDetector:
         x, labels, ids = parse_eval(eval_data, width=self.width, n_classes=self.n_classes)
         if x.shape[0] < 2:
             raise InvalidInputError(f"the evaluation set needs at least 2 rows, got {x.shape[0]}")
-        probs, scores = self._probs_and_scores(x)
-        feats = self._standardize(x)
+        probs, scores = self.probs_and_scores(x)
+        feats = self.standardize(x)
         s_feat, p_feat = mmd_permutation_test(
             self.ref_features, feats, n_permutations=self.n_permutations, rng=self.rng
         )
@@ -315,6 +316,8 @@ def detect_mismatch(
         InvalidInputError: empty evaluation set, evaluation rows of another width
             (``DatasetMismatchError``), labels the model cannot output, bad ``alpha``.
     """
+    if not 0.0 < alpha < 1.0:
+        raise InvalidInputError(f"alpha must be in (0, 1), got {alpha!r}")
     x_tr, _ = dataset_tensors(train)
     with torch.no_grad():
         first = next(model.parameters())
