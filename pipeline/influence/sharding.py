@@ -158,7 +158,7 @@ def sharded_self_influence(
         from distributed import as_completed
 
         workers = len(client.scheduler_info().get("workers", {})) or 1
-        shared = client.scatter(job, broadcast=True)
+        shared = _shared_job(scorer, client, job)
         futures = []
         for start, stop in bounds:
             part = client.scatter(_slice(raw, start, stop))
@@ -200,3 +200,12 @@ def sharded_self_influence(
         },
         details=details,
     )
+
+
+def _shared_job(scorer: InfluenceScorer, client: Client, job: FittedCurvature) -> Any:
+    """Scatter the fitted curvature to every worker once per (scorer, client, threads)."""
+    cache: dict[tuple[str, int | None], Any] = scorer.__dict__.setdefault("_dask_jobs", {})
+    key = (str(client.id), job.threads)
+    if key not in cache:
+        cache[key] = client.scatter(job, broadcast=True)
+    return cache[key]
