@@ -186,7 +186,7 @@ def detect_stage(
         report = detect_mismatch(
             loaded.model,
             loaded.train.data,
-            loaded.eval_data.features,
+            loaded.eval_data,
             alpha=options.mismatch_alpha,
             damping=options.influence.damping,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.services import NoisyVersion
@@ -104,3 +106,40 @@ def test_promote_refuses_until_every_blocking_finding_is_decided(
     promote(store, ref, tracking_uri=uri)
     assert client.get_model_version_by_alias("noisy", "champion").version == noisy_version.version
     assert client.get_model_version("noisy", noisy_version.version).tags["infgate.gate"] == "passed"
+
+
+def test_shifted_eval_data_fails_the_mismatch_check(
+    noisy_version: NoisyVersion, tmp_path: Path
+) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.scan import run_scan
+    from pipeline.store import Store
+
+    train = pd.read_parquet(noisy_version.data_path)
+    features = [c for c in train.columns if c.startswith("f")]
+    shifted = train.head(150).copy()
+    shifted[features] = 1.0 - shifted[features].to_numpy()  # inverted images
+    shifted["example_id"] = [f"e{i}" for i in range(len(shifted))]
+    eval_path = tmp_path / "eval.parquet"
+    shifted.drop(columns=["true_label"]).to_parquet(eval_path)
+    store = Store.from_url(f"sqlite:///{tmp_path}/infgate.db")
+    store.upgrade()
+    out = run_scan(
+        f"models:/noisy/{noisy_version.version}",
+        eval_uri=str(eval_path),
+        store=store,
+        tracking_uri=noisy_version.server.uri,
+        log_to_mlflow=False,
+    )
+    assert out.mismatch is not None and out.mismatch["flagged"]
+    reasons = {r["expectation"]: r for r in out.verdict.reasons}
+    assert reasons["expect_column_min_to_be_between"]["observed"] == pytest.approx(
+        out.mismatch["p_value"]
+    )
+    stored = store.findings_frame(out.scan_id)
+    mismatched = stored[stored["kind"] == "domain_mismatch"]
+    assert len(mismatched) > 0.5 * len(shifted)
+    assert set(mismatched["example_id"]) <= set(shifted["example_id"])
+    assert np.isfinite(mismatched["score"]).all()

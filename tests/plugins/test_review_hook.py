@@ -218,3 +218,25 @@ def test_forged_stale_and_replayed_deliveries_start_nothing(receiver: Receiver) 
     assert r.status_code == 409
     time.sleep(1.0)
     assert len(receiver.starter.started) == before
+
+
+def test_deployment_alias_on_a_blocked_version_is_withdrawn(
+    receiver: Receiver, mlflow_server: MlflowServer
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(mlflow_server.uri)
+    hooked = client.search_model_versions("name='hooked'")
+    assert hooked and hooked[0].tags.get("infgate.gate") == "blocked"
+    before = len(receiver.starter.started)
+    client.set_registered_model_alias("hooked", "champion", hooked[0].version)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(receiver.starter.started) == before:
+        time.sleep(0.1)
+    assert receiver.starter.wait_idle(60)
+    enforced = receiver.starter.started[before:]
+    assert [s.request.action for s in enforced] == ["enforce"]
+    assert enforced[0].outcome == {"alias_withdrawn": True}
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("hooked", "champion")
