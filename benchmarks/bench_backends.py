@@ -170,7 +170,7 @@ def run_model(kind: str, n: int, n_query: int, lissa_depth: int, peers: bool) ->
         )
         + WEIGHT_DECAY
     )
-    cg_opts = {"rtol": 1e-5, "maxiter": 300}
+    cg_opts = {"rtol": 1e-5, "maxiter": 100}
     arn = {"rank": 100}
     jobs: list[tuple[str, str, str, np.ndarray, Callable[[], np.ndarray]]] = [
         ("infgate", "exact (GN)", "exact", all_idx, lambda: ref),
@@ -451,12 +451,12 @@ def main() -> None:
         growth_child(args.growth_child)
         return
     torch.set_num_threads(args.threads)
-    n, n_query, depth = (300, 60, 100) if args.quick else (800, 150, 300)
+    n, n_query, depth = (300, 40, 100) if args.quick else (600, 50, 200)
     t0 = time.perf_counter()
     rows = []
     for kind in ("mlp", "cnn"):
         rows += run_model(kind, n, n_query, depth, peers=not args.no_peers)
-    scaling = dask_scaling(4000 if args.quick else 12000)
+    scaling = dask_scaling(4000 if args.quick else 10000)
     grow = growth([2000, 8000] if args.quick else [2000, 8000, 32000])
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

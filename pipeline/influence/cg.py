@@ -76,6 +76,12 @@ class CGBackend(Backend):
         maxiter: CG iterations per block at most (default ``min(P, 1000)`` + 10).
         block_size: right-hand sides solved together (memory ~ ``6 x block_size x P``
             floats).
+        precondition_rank: top eigenpairs of ``H`` (block Krylov, as in the arnoldi
+            back-end) used as a spectral preconditioner: it maps the kept directions to 1
+            and scales the rest by ``1/(l_r + lambda)``, so CG's condition number drops from
+            ``(l_1 + lambda)/lambda`` to about ``(l_r + lambda)/lambda``. ``None`` = 64
+            (at most P/4; 0 below 256 parameters), ``0`` = plain CG. The answer does not
+            depend on it, only the iteration count.
     """
 
     def __init__(
@@ -86,8 +92,13 @@ class CGBackend(Backend):
         rtol: float | None = None,
         maxiter: int | None = None,
         block_size: int = 512,
+        precondition_rank: int | None = None,
     ) -> None:
         check_curvature(curvature)
+        if precondition_rank is not None and precondition_rank < 0:
+            raise InvalidInputError(
+                f"precondition_rank must be None or >= 0, got {precondition_rank!r}"
+            )
         if rtol is not None and not 0 < rtol < 1:
             raise InvalidInputError(f"rtol must be in (0, 1), got {rtol!r}")
         if maxiter is not None and maxiter < 1:
@@ -99,6 +110,8 @@ class CGBackend(Backend):
         self.rtol = rtol
         self.maxiter = maxiter
         self.block_size = block_size
+        self.precondition_rank = precondition_rank
+        self.precond: tuple[torch.Tensor, torch.Tensor, float] | None = None
         self.damping = float("nan")
         self.iterations: list[int] = []
         self.worst_residual = 0.0
@@ -120,6 +133,25 @@ class CGBackend(Backend):
         if self.maxiter is None:
             self.maxiter = min(engine.n_params, 1000) + 10
         self.progress = progress
+        rank = self.precondition_rank
+        if rank is None:
+            rank = 0 if engine.n_params < 256 else min(64, engine.n_params // 4)
+        if rank > 0:
+            from pipeline.influence.arnoldi import block_krylov_eigh
+
+            evals, evecs = block_krylov_eigh(
+                self.op, rank=rank, krylov_dim=2 * rank, block=32, seed=0, progress=progress
+            )
+            if float(evals.min()) + self.damping > 0:
+                self.precond = (evals, evecs, float(evals.min()) + self.damping)
+
+    def _precondition(self, r: torch.Tensor) -> torch.Tensor:
+        """``M^{-1} r`` with ``M = V diag(l + lambda) V^T + mu (I - V V^T)``."""
+        if self.precond is None:
+            return r
+        evals, v, mu = self.precond
+        proj = v.T @ r
+        return r / mu + v @ (proj * (1.0 / (evals + self.damping) - 1.0 / mu).unsqueeze(1))
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
         assert self.op is not None
@@ -132,9 +164,11 @@ class CGBackend(Backend):
         b = b.double()
         x = torch.zeros_like(b)
         r = b.clone()
-        p = r.clone()
+        z = self._precondition(r)
+        p = z.clone()
+        rz = (r * z).sum(0)
+        target = (self.rtol**2) * r.pow(2).sum(0)
         rr = r.pow(2).sum(0)
-        target = (self.rtol**2) * rr
         active = rr > target
         it = 0
         bar = tqdm(
@@ -156,15 +190,18 @@ class CGBackend(Backend):
                     f"{self.curvature} is not positive definite; raise damping or use "
                     f"curvature='gauss_newton'"
                 )
-            alpha = rr[idx] / pap
+            alpha = rz[idx] / pap
             x[:, idx] += alpha * pa
             r[:, idx] -= alpha * ap
-            rr_new = r[:, idx].pow(2).sum(0)
-            if not bool(torch.isfinite(rr_new).all()):
+            ra = r[:, idx]
+            rr[idx] = ra.pow(2).sum(0)
+            if not bool(torch.isfinite(rr[idx]).all()):
                 raise CurvatureError("CG residuals became NaN or inf")
-            p[:, idx] = r[:, idx] + (rr_new / rr[idx]) * pa
-            rr[idx] = rr_new
-            active[idx] = rr_new > target[idx]
+            za = self._precondition(ra)
+            rz_new = (ra * za).sum(0)
+            p[:, idx] = za + (rz_new / rz[idx]) * pa
+            rz[idx] = rz_new
+            active[idx] = rr[idx] > target[idx]
             it += 1
             bar.update(1)
         bar.close()
@@ -193,6 +230,7 @@ class CGBackend(Backend):
         self, engine: GradientEngine, data: BatchSource, *, progress: bool
     ) -> np.ndarray:
         out = np.empty(len(data), dtype=np.float64)
+        self.progress = progress  # inner iteration bars follow the caller's choice
         for start, g in stream_blocks(
             engine, data, self.block_size, desc="self-influence (cg)", progress=progress
         ):
@@ -206,6 +244,7 @@ class CGBackend(Backend):
             "rtol": self.rtol,
             "maxiter": self.maxiter,
             "block_size": self.block_size,
+            "precondition_rank": 0 if self.precond is None else int(self.precond[0].numel()),
             "iterations_per_block": list(self.iterations),
             "worst_relative_residual": self.worst_residual,
         }

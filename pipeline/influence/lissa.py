@@ -214,6 +214,7 @@ class LissaBackend(Backend):
         self, engine: GradientEngine, data: BatchSource, *, progress: bool
     ) -> np.ndarray:
         out = np.empty(len(data), dtype=np.float64)
+        self.progress = progress  # inner iteration bars follow the caller's choice
         for start, g in stream_blocks(
             engine, data, self.block_size, desc="self-influence (lissa)", progress=progress
         ):

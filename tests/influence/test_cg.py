@@ -87,3 +87,13 @@ def test_cg_bad_options_and_indefinite_curvature(case):
             progress=False,
             backend_options={"curvature": "hessian"},
         )
+
+
+def test_spectral_preconditioner_same_answer_fewer_iterations(case):
+    model, x, y = case
+    kw = {"method": "cg", "damping": DAMPING, "progress": False}
+    plain = self_influence(model, (x, y), backend_options={"precondition_rank": 0}, **kw)
+    pre = self_influence(model, (x, y), backend_options={"precondition_rank": 40}, **kw)
+    np.testing.assert_allclose(pre.scores, plain.scores, rtol=1e-6)
+    assert pre.details["precondition_rank"] == 40
+    assert sum(pre.details["iterations_per_block"]) < sum(plain.details["iterations_per_block"])
