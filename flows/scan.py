@@ -94,8 +94,10 @@ def load_task(
     cache_expiration=dt.timedelta(days=30),
     persist_result=True,
 )
-def influence_task(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFrame, float]:
-    """Self-influence label-error ranking of every training example."""
+def influence_task(
+    loaded: LoadedScan, options: ScanOptions
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+    """Curvature fit, label-error ranking of every example, explanations of the suspects."""
     return influence_stage(loaded, options)
 
 
@@ -106,10 +108,10 @@ def influence_task(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFra
     persist_result=True,
 )
 def detect_task(
-    loaded: LoadedScan, options: ScanOptions, ranking: pd.DataFrame
-) -> tuple[dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
-    """Mismatch report and explanations of the top suspects."""
-    return detect_stage(loaded, options, ranking)
+    loaded: LoadedScan, options: ScanOptions
+) -> tuple[dict[str, Any] | None, dict[str, float]]:
+    """Dataset-level mismatch test against the evaluation data (if any)."""
+    return detect_stage(loaded, options)
 
 
 @task(name="store", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
@@ -190,7 +192,7 @@ def influence_stage_flow(
 ) -> list[dict[str, Any]]:
     """The influence stage alone (for a GPU work pool): the ranking as JSON records."""
     loaded = load_stage(model, version=version, data_uri=data_uri, tracking_uri=tracking_uri)
-    ranking, _ = influence_stage(loaded, options_from_dict(options))
+    ranking, _, _ = influence_stage(loaded, options_from_dict(options))
     records: list[dict[str, Any]] = [
         {str(k): v for k, v in r.items()} for r in ranking.to_dict("records")
     ]
@@ -244,11 +246,11 @@ def scan_model_version(
             timeout=None,
         )
         ranking = pd.DataFrame(run.state.result() if run.state else [])  # type: ignore[union-attr]
-        influence_s = 0.0
+        explanations, timings = None, dict[str, float]()
     else:
-        ranking, influence_s = influence_task(loaded, opts)
-    mismatch, explanations, timings = detect_task(loaded, opts, ranking)
-    timings = {"influence": influence_s, **timings}
+        ranking, explanations, timings = influence_task(loaded, opts)
+    mismatch, mismatch_t = detect_task(loaded, opts)
+    timings = {**timings, **mismatch_t}
     scan_id, queued = store_task(db_url, loaded, opts, ranking, mismatch, explanations, timings)
     verdict = gate_task(db_url, loaded, scan_id, gate_config, tracking_uri)
     report = report_task(

@@ -153,55 +153,58 @@ def load_stage(
     return LoadedScan(mv, model, train, eval_data, n_classes, train.true_labels)
 
 
-def influence_stage(loaded: LoadedScan, options: ScanOptions) -> tuple[pd.DataFrame, float]:
-    """The influence stage: the full label-error ranking (``find_label_errors``) and its time."""
-    from pipeline.detect import find_label_errors
+def influence_stage(
+    loaded: LoadedScan, options: ScanOptions
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+    """The influence stage: fit the curvature once, then the full label-error ranking
+    (``find_label_errors``) and the explanations of the top suspects (train -> suspect
+    influence, ``explain``) from the same fitted scorer."""
+    from pipeline.detect import explain, find_label_errors
+    from pipeline.influence import InfluenceScorer
 
     cfg = options.influence
     t0 = time.perf_counter()
-    ranking = find_label_errors(
+    scorer = InfluenceScorer(
         loaded.model,
         loaded.train.data,
+        method=cfg.method,
         damping=cfg.damping,
-        influence_method=cfg.method,
         batch_size=cfg.batch_size,
         device=cfg.device,
         progress=False,
         backend_options=cfg.backend_options or None,
-        **options.detect_options,
     )
-    return ranking, time.perf_counter() - t0
-
-
-def detect_stage(
-    loaded: LoadedScan, options: ScanOptions, ranking: pd.DataFrame
-) -> tuple[dict[str, Any] | None, pd.DataFrame | None, dict[str, float]]:
-    """Mismatch report (when there is eval data) and explanations of the top suspects."""
-    from pipeline.detect import detect_mismatch, explain
-
-    timings: dict[str, float] = {}
-    mismatch = None
-    if loaded.eval_data is not None:
-        t0 = time.perf_counter()
-        report = detect_mismatch(
-            loaded.model,
-            loaded.train.data,
-            loaded.eval_data,
-            alpha=options.mismatch_alpha,
-            damping=options.influence.damping,
-        )
-        mismatch = report.to_dict()
-        timings["mismatch"] = time.perf_counter() - t0
+    ranking = find_label_errors(
+        loaded.model, loaded.train.data, scorer=scorer, progress=False, **options.detect_options
+    )
+    timings = {"influence": time.perf_counter() - t0}
     explanations = None
     suspects = ranking[ranking["is_suspect"].astype(bool)]
     if options.explain_top and len(suspects):
         t0 = time.perf_counter()
         examples = suspects["example_id"].head(options.explain_top).astype(str).tolist()
-        explanations = explain(
-            loaded.model, loaded.train.data, examples, top=5, damping=options.influence.damping
-        )
+        explanations = explain(scorer, loaded.train.data, examples, top=5)
         timings["explain"] = time.perf_counter() - t0
-    return mismatch, explanations, timings
+    return ranking, explanations, timings
+
+
+def detect_stage(
+    loaded: LoadedScan, options: ScanOptions
+) -> tuple[dict[str, Any] | None, dict[str, float]]:
+    """The dataset-level mismatch test against the evaluation data, when there is any."""
+    from pipeline.detect import detect_mismatch
+
+    if loaded.eval_data is None:
+        return None, {}
+    t0 = time.perf_counter()
+    report = detect_mismatch(
+        loaded.model,
+        loaded.train.data,
+        loaded.eval_data,
+        alpha=options.mismatch_alpha,
+        damping=options.influence.damping,
+    )
+    return report.to_dict(), {"mismatch": time.perf_counter() - t0}
 
 
 def _json_safe(value: Any) -> Any:
@@ -412,9 +415,10 @@ def run_scan(
         mismatch = existing.mismatch
         log.info("scan %d already covers this version, data and options: reusing it", scan_id)
     else:
-        ranking, timings["influence"] = influence_stage(loaded, options)
-        mismatch, explanations, stage_t = detect_stage(loaded, options, ranking)
+        ranking, explanations, stage_t = influence_stage(loaded, options)
+        mismatch, mismatch_t = detect_stage(loaded, options)
         timings.update(stage_t)
+        timings.update(mismatch_t)
         t0 = time.perf_counter()
         scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
         timings["store"] = time.perf_counter() - t0

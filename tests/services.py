@@ -49,6 +49,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
         "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        # the server caches "which webhooks listen to this event" for 60 s by default; a
+        # webhook registered after earlier events would stay silent that long
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
     }
     log = (root / "server.log").open("w")
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))

@@ -97,7 +97,7 @@ class InfgateEvaluator(ModelEvaluator):
             explain_top=0,
             enqueue=False,
         )
-        ranking, _ = influence_stage(loaded, options)
+        ranking, _, _ = influence_stage(loaded, options)
         gate_cfg = load_gate_config(
             **{
                 k: cfg[k]
