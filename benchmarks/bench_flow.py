@@ -174,7 +174,7 @@ def webhook_latency(deliveries: int, work: Path) -> dict:
                 "hooked",
                 source.source,
                 run_id=reg.run_id,
-                model_id=getattr(source, "model_id", None),
+                model_id=source.source.removeprefix("models:/"),
             )
             before = len(starter.started)
             while len(starter.started) == before:

@@ -63,13 +63,18 @@ def options_from_dict(options: dict[str, Any] | None) -> ScanOptions:
 
 
 def _scan_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Model version + dataset content hash + options hash: same inputs, same scan."""
+    """Model version (and its stored model's identity) + dataset content hash + options hash:
+    same inputs, same scan. The model source (``models:/m-<id>`` or the run) keeps two
+    registries that both have a ``name/1`` apart."""
+    import hashlib
+
     from pipeline.store import config_hash
 
     loaded: LoadedScan = parameters["loaded"]
     opts: ScanOptions = parameters["options"]
+    model_id = hashlib.sha256(f"{loaded.mv.source}|{loaded.mv.run_id}".encode()).hexdigest()
     return (
-        f"infgate-{context.task.name}-{loaded.mv.name}-{loaded.mv.version}-"
+        f"infgate-{context.task.name}-{loaded.mv.name}-{loaded.mv.version}-{model_id[:12]}-"
         f"{loaded.train.data.content_hash[:16]}-{config_hash(opts.to_dict())[:16]}"
     )
 
