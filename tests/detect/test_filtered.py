@@ -48,4 +48,4 @@ def test_zero_strength_filter_returns_the_model_outputs() -> None:
     # lambda' = max(0, damping) = damping: theta' = theta exactly.
     np.testing.assert_allclose(filtered_probabilities(scorer, strength=0.0), p, atol=1e-9)
     shrunk = filtered_probabilities(scorer, strength=0.1)
-    assert np.abs(shrunk - p).max() > 1e-3  # a real filter moves the outputs
+    assert np.abs(shrunk - p).max() > 1e-5  # a real filter moves the outputs

@@ -69,7 +69,7 @@ def test_eval_forms_and_labels(detector: MismatchDetector, digits_split: Split) 
     x, y = digits_split.pool_x[:60], digits_split.pool_y[:60]
     by_pair = detector.test((torch.as_tensor(x), torch.as_tensor(y)))
     by_frame = detector.test(pd.DataFrame(x))
-    np.testing.assert_allclose(by_pair.example_scores, by_frame.example_scores)
+    np.testing.assert_allclose(by_pair.example_scores, by_frame.example_scores, rtol=1e-5)
 
 
 def test_bad_eval_input_raises_clear_errors(digits_split: Split) -> None:
