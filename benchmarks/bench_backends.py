@@ -346,7 +346,7 @@ def _fmt(r: dict) -> str:
 
 def dask_scaling(n: int) -> dict[str, Any]:
     """Throughput of 1 vs 2 Dask worker processes (1 thread each) scoring the same shards."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     x0, y0 = digits(1797)
     model = make_model("mlp", x0, y0)
@@ -366,11 +366,19 @@ def dask_scaling(n: int) -> dict[str, Any]:
             sharded_self_influence(
                 sc, (x[:1000], y[:1000]), shard_size=500, client=client, threads_per_task=1
             )  # warm-up: imports, scatter
-            t0 = time.perf_counter()
-            res = sharded_self_influence(
-                sc, (x, y), shard_size=500, client=client, threads_per_task=1
+            with get_task_stream(client) as stream:
+                t0 = time.perf_counter()
+                res = sharded_self_influence(
+                    sc, (x, y), shard_size=500, client=client, threads_per_task=1
+                )
+                out[f"seconds_{workers}w"] = time.perf_counter() - t0
+            # Summed task compute time: if it grows with workers, they share the same cores.
+            out[f"task_compute_sum_{workers}w"] = sum(
+                ss["stop"] - ss["start"]
+                for task in stream.data
+                for ss in task["startstops"]
+                if ss["action"] == "compute"
             )
-            out[f"seconds_{workers}w"] = time.perf_counter() - t0
             out[f"scores_{workers}w"] = res.scores
     out["speedup"] = out["seconds_1w"] / out["seconds_2w"]
     out["identical"] = bool(np.allclose(out.pop("scores_1w"), out.pop("scores_2w"), rtol=1e-6))
@@ -440,13 +448,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The results table for RESULTS.md."""
+    lines = [
+        "| model (params) | tool | method | n scored | seconds | x infgate time | Spearman "
+        "| top-10% |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        if r["tool"] == "floor":
+            continue
+        ratio = f"{r['slower_than_infgate_x']:.1f}" if "slower_than_infgate_x" in r else ""
+        fid = (
+            f"{r['spearman']:.3f} | {r['top10_overlap']:.2f}"
+            if "spearman" in r
+            else "fails | " + (r.get("error") or "")[:70].replace("|", "/")
+        )
+        lines.append(
+            f"| {r['model']} ({r['params']:,}) | {r['tool']} | {r['method']} | "
+            f"{r['n_scored']} | {r['seconds']:.2f} | {ratio} | {fid} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small n (a few minutes)")
     ap.add_argument("--no-peers", action="store_true", help="infgate and the loop only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender")
     ap.add_argument("--growth-child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the saved results as markdown")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(RESULTS.read_text())))
+        return
     if args.growth_child:
         growth_child(args.growth_child)
         return

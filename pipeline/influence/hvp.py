@@ -17,7 +17,8 @@ Products are computed in the model's dtype and summed in float64.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -76,6 +77,7 @@ class CurvatureOperator:
         self.n_products = 0  # columns multiplied over the whole data (for reports)
         self.cache: list[torch.Tensor] | None = None
         self.counts: list[int] = []
+        self.timing: dict[str, float] = {}
         if curvature == "gauss_newton" and cache_bytes > 0:
             self._try_cache(cache_bytes, progress)
 
@@ -84,15 +86,31 @@ class CurvatureOperator:
 
         Then a product is two GEMMs per batch, ``U_b^T (U_b V)``, instead of a forward-mode
         and a reverse-mode pass; it pays off for the tens to thousands of passes CG and
-        LiSSA make. The rows take ``n x outputs x P`` floats, so large models stream.
+        LiSSA make. The rows take ``n x outputs x P`` floats, so large models stream. The
+        rows cost ``outputs x P`` flops per example and column, the streamed passes a few
+        forward passes' worth: convolutions (weights reused at many positions) gain from
+        the cache, a dense net with many outputs may not, so both are timed on the first
+        batch and the faster one is kept.
         """
         eng = self.engine
-        _, x0, _ = next(iter(self.data))
+        start0, x0, y0 = next(iter(self.data))
         width = eng.outputs(x0[:1]).reshape(1, -1).shape[1]
         itemsize = torch.finfo(eng.dtype).bits // 8
         need = len(self.data) * width * eng.n_params * itemsize
         if need > cache_bytes:
             log.info("curvature rows need %.2f GB > cache_bytes; streaming products", need / 1e9)
+            return
+        u0 = eng.factor_grads(start0, x0, y0).reshape(-1, eng.n_params)
+        probe = torch.ones(eng.n_params, 16, dtype=eng.dtype, device=eng.device)
+        t_rows = min(_seconds(lambda: u0.T @ (u0 @ probe)) for _ in range(2))
+        t_stream = min(_seconds(lambda: self.batch_product(x0, y0, probe)) for _ in range(2))
+        self.timing = {"cached_rows_s": t_rows, "streamed_s": t_stream}
+        if t_stream < t_rows:
+            log.info(
+                "streamed curvature products are faster here (%.3gs vs %.3gs per batch)",
+                t_stream,
+                t_rows,
+            )
             return
         bar = tqdm(
             self.data,
@@ -190,6 +208,12 @@ class CurvatureOperator:
             raise CurvatureError("curvature-vector products are NaN or inf")
         self.n_products += v.shape[1]
         return acc
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def gauss_newton_trace(engine: GradientEngine, data: BatchSource, *, progress: bool) -> float:
