@@ -51,16 +51,17 @@ def peers(
     probs, _ = det.probs_and_scores(torch.as_tensor(x_eval))
     k = probs.shape[1]
     p_bbsd = min(1.0, k * min(ks_2samp(det.ref_probs[:, c], probs[:, c]).pvalue for c in range(k)))
-    z = np.concatenate([x_ref, x_eval]).reshape(len(x_ref) + len(x_eval), -1)
-    lab = np.r_[np.zeros(len(x_ref)), np.ones(len(x_eval))].astype(int)
+    # Balanced C2ST: as many reference rows as evaluation rows, so chance accuracy is 1/2.
+    ref = x_ref[rng.choice(len(x_ref), size=min(len(x_ref), len(x_eval)), replace=False)]
+    z = np.concatenate([ref, x_eval]).reshape(len(ref) + len(x_eval), -1)
+    lab = np.r_[np.zeros(len(ref)), np.ones(len(x_eval))].astype(int)
     pred = cross_val_predict(
         LogisticRegression(max_iter=500),
         z,
         lab,
         cv=StratifiedKFold(5, shuffle=True, random_state=0),
     )
-    chance = max(lab.mean(), 1 - lab.mean())
-    p_c2st = binomtest(int((pred == lab).sum()), len(lab), chance, alternative="greater").pvalue
+    p_c2st = binomtest(int((pred == lab).sum()), len(lab), 0.5, alternative="greater").pvalue
     return {
         "mmd_raw_features": p_mmd <= ALPHA,
         "bbsd_ks": p_bbsd <= ALPHA,

@@ -60,7 +60,8 @@ class MismatchReport:
             stranger to the model).
         example_p_values: conformal p-values of those scores.
         example_flagged: Benjamini-Hochberg rejections at FDR ``alpha``.
-        drivers: training examples most influential on the flagged examples' losses
+        drivers: training examples most influential on the flagged examples' losses (when
+            only the dataset is flagged: on its 10 strangest examples)
             (``train_example_id, given_label, group, mean_influence, mean_abs_influence,
             relative_magnitude, role``), Koh & Liang 2017 Sec. 5.3.
         driver_groups: per training group (default: given label) share of that influence
@@ -213,7 +214,11 @@ class MismatchDetector:
         p_value = min(1.0, 2.0 * min(p_feat, p_out))
         ex_p = conformal_p_values(self.cal_scores, scores)
         ex_flag = benjamini_hochberg(ex_p, alpha)
-        drivers, groups = self._drivers(x, labels, probs, ex_flag, ex_p, max_drivers)
+        focus = ex_flag
+        if not ex_flag.any() and p_value <= alpha:  # shifted as a whole: the strangest rows
+            focus = np.zeros_like(ex_flag)
+            focus[np.argsort(ex_p, kind="stable")[: min(10, len(ex_p))]] = True
+        drivers, groups = self._drivers(x, labels, probs, focus, ex_p, max_drivers)
         return MismatchReport(
             statistic=s_feat if p_feat <= p_out else s_out,
             p_value=p_value,
@@ -244,7 +249,11 @@ class MismatchDetector:
         p_values: np.ndarray,
         max_drivers: int,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Training examples driving the loss on flagged rows (their label, else prediction)."""
+        """Training examples driving the loss on the focus rows (their label, else prediction).
+
+        The focus rows are the flagged examples; when none is flagged but the dataset test
+        is, the 10 examples with the smallest p-values.
+        """
         if not flags.any():
             return pd.DataFrame(), pd.DataFrame()
         rows = np.flatnonzero(flags)
