@@ -163,26 +163,33 @@ def webhook_latency(deliveries: int, work: Path) -> dict:
         time.sleep(2)
         register_webhook(f"http://127.0.0.1:{hport}/webhook", tracking_uri=uri, secret=secret)
         data, _, _ = digits_with_flips(0.1, 0)
+
+        def started_for(version: str):  # type: ignore[no-untyped-def]
+            while True:
+                for rec in list(starter.started):
+                    if rec.request.version == version:
+                        return rec
+                time.sleep(0.01)
+
         reg = register_model_with_data(data, name="hooked", workdir=work, tracking_uri=uri)
+        started_for(str(reg.version))  # warm-up delivery and scan
         starter.wait_idle(600)
         client = MlflowClient(uri)
         source = client.get_model_version("hooked", reg.version)
         rows = []
         for _ in range(deliveries):
             t0 = time.time()
-            client.create_model_version(
+            mv = client.create_model_version(
                 "hooked",
                 source.source,
                 run_id=reg.run_id,
                 model_id=source.source.removeprefix("models:/"),
             )
-            before = len(starter.started)
-            while len(starter.started) == before:
-                time.sleep(0.01)
-            rec = starter.started[-1]
+            rec = started_for(str(mv.version))
             starter.wait_idle(600)
             rows.append(
                 {
+                    "version": str(mv.version),
                     "register_to_received_s": rec.request.received_at - t0,
                     "received_to_worker_s": rec.started_at - rec.request.received_at,
                     "flow_run_id": rec.outcome.get("flow_run_id"),
@@ -192,12 +199,11 @@ def webhook_latency(deliveries: int, work: Path) -> dict:
         import uuid
 
         with get_client(sync_client=True) as pc:
-            for row, rec in zip(rows, starter.started[-deliveries:], strict=True):
+            for row, rec in zip(rows, [started_for(r["version"]) for r in rows], strict=True):
                 run = pc.read_flow_run(uuid.UUID(str(row.pop("flow_run_id"))))
                 assert run.start_time is not None
-                row["received_to_flow_running_s"] = (
-                    run.start_time.timestamp() - rec.request.received_at
-                )
+                start = run.start_time.timestamp()
+                row["received_to_flow_running_s"] = start - rec.request.received_at
         srv.should_exit = True
         starter.close()
         return {
