@@ -147,8 +147,12 @@ def find_label_errors(
     breaks down), consensus of margin + leave-one-out margin + gradient norm 0.900,
     cleanlab self-confidence with 5-fold retraining 0.899, in-sample margin 0.895, loss
     0.894, leave-one-out margin 0.872, gradient norm 0.872, plain self-influence 0.866.
-    The benchmark grid (``benchmarks/bench_label_errors.py``, results in
-    ``benchmarks/RESULTS.md``) is larger and reports where the default wins and loses.
+    On the larger benchmark grid run afterwards (``benchmarks/bench_label_errors.py``:
+    3 datasets, 4 noise kinds, softmax + MLP, 5 seeds, 75 configurations) it has the best
+    mean AP (0.797; loss 0.786, cleanlab 0.780, TracIn 0.757, self-influence 0.710) and beats
+    the loss on 63 and cleanlab on 56 of 75 paired runs; it loses on class-conditional noise
+    and on an MLP that memorizes its flips (breast_cancer), where TracIn's early
+    checkpoints and cleanlab's cross-validation see more (``benchmarks/RESULTS.md``).
 
     Args:
         model: trained classifier returning logits (eval mode).
