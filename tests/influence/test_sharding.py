@@ -44,3 +44,31 @@ def test_shard_bounds():
     assert shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     with pytest.raises(InvalidInputError, match="shard_size must be >= 1"):
         shard_bounds(10, 0)
+
+
+def test_shards_from_a_prefect_flow_on_dask_task_runner(prefect_harness):
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner, get_dask_client
+
+    model, x, y = default_mlp()
+    sc = InfluenceScorer(model, (x, y), method="ekfac", damping=DAMPING, progress=False)
+
+    @task
+    def score(scorer: InfluenceScorer) -> np.ndarray:
+        with get_dask_client() as client:
+            return sharded_self_influence(scorer, shard_size=100, client=client).scores
+
+    runner = DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )
+
+    @flow(task_runner=runner)
+    def scan(scorer: InfluenceScorer) -> np.ndarray:
+        return score.submit(scorer).result()
+
+    np.testing.assert_allclose(scan(sc), sc.self_influence().scores, rtol=1e-10)
