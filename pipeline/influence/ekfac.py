@@ -46,26 +46,30 @@ log = logging.getLogger(__name__)
 
 Fisher = Literal["expected", "sampled", "empirical"]
 
+#: ``fisher=None`` takes the exact expectation up to this many outputs, else one probe.
+MAX_EXPECTED_OUTPUTS = 32
+
 
 @register_backend("ekfac")
 class EKFACBackend(Backend):
     """Eigenvalue-corrected Kronecker-factored curvature (EK-FAC).
 
     Args:
-        fisher: ``"expected"`` (default; exact true Fisher, one backward pass per model
-            output), ``"sampled"`` (one random probe per example with the true Fisher's
-            covariance; cheaper for many outputs) or ``"empirical"`` (the given labels).
+        fisher: ``"expected"`` (exact true Fisher, one backward pass per model output),
+            ``"sampled"`` (one random probe per example with the true Fisher's covariance;
+            one backward pass) or ``"empirical"`` (the given labels). ``None`` (default) =
+            expected up to 32 outputs, sampled above (e.g. 1,000-class models).
         seed: random probes for ``fisher="sampled"``.
     """
 
     refit_eigenvalues = True
 
-    def __init__(self, *, fisher: Fisher = "expected", seed: int = 0) -> None:
-        if fisher not in ("expected", "sampled", "empirical"):
+    def __init__(self, *, fisher: Fisher | None = None, seed: int = 0) -> None:
+        if fisher is not None and fisher not in ("expected", "sampled", "empirical"):
             raise InvalidInputError(
                 f"fisher must be 'expected', 'sampled' or 'empirical', got {fisher!r}"
             )
-        self.fisher: Fisher = fisher
+        self.fisher: Fisher | None = fisher
         self.seed = seed
         self.damping = float("nan")
         self.layers: list[KronLayer] = []
@@ -79,6 +83,8 @@ class EKFACBackend(Backend):
         if self.fisher == "empirical":
             return cap.output_grads(cap.engine.objective.loss(out, y).sum())
         factor = cap.engine.objective.output_hessian_factor(out.detach(), y).to(out.dtype)
+        if self.fisher is None:
+            self.fisher = "expected" if factor.shape[1] <= MAX_EXPECTED_OUTPUTS else "sampled"
         if self.fisher == "sampled":
             eps = torch.randn(factor.shape[:2], generator=gen, dtype=torch.float64)
             probe = torch.einsum("bkc,bk->bc", factor, eps.to(factor))

@@ -120,3 +120,13 @@ def test_non_finite_and_bad_options(mlp_case):
         self_influence(
             model, (x, y), method="ekfac", progress=False, backend_options={"fisher": "true"}
         )
+
+
+def test_default_fisher_is_exact_for_few_outputs_and_sampled_for_many(mlp_case):
+    model, x, y, _ = mlp_case
+    few = self_influence(model, (x, y), method="ekfac", progress=False)
+    assert few.details["fisher"] == "expected"
+    wide = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 40)).double().eval()
+    many = self_influence(wide, (x, y), method="ekfac", progress=False)
+    assert many.details["fisher"] == "sampled"
+    assert np.all(many.scores > 0)
