@@ -32,6 +32,7 @@ from pipeline.registry import (
     set_gate_tags,
     withdraw_alias,
 )
+from pipeline.scan_records import findings_to_store, flat_params, json_safe
 
 __all__ = [
     "LoadedScan",
@@ -207,50 +208,6 @@ def detect_stage(
     return report.to_dict(), {"mismatch": time.perf_counter() - t0}
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def findings_to_store(
-    loaded: LoadedScan, ranking: pd.DataFrame, mismatch: dict[str, Any] | None, options: ScanOptions
-) -> pd.DataFrame:
-    """The rows a scan stores: every suspect plus the top ``store_top`` of the ranking."""
-    keep = ranking["is_suspect"].astype(bool) | (ranking["rank"] <= options.store_top)
-    rows = ranking.loc[keep].copy()
-    rows["kind"] = "label_error"
-    pos = pd.Series(
-        np.arange(len(loaded.train.data)), index=loaded.train.data.example_ids.astype(str)
-    )
-    idx = pos.loc[rows["example_id"].astype(str)].to_numpy()
-    rows["features"] = [
-        r.tolist() for r in loaded.train.data.features.reshape(len(loaded.train.data), -1)[idx]
-    ]
-    frames = [rows]
-    examples = (mismatch or {}).get("examples") or []
-    flagged = sorted((e for e in examples if e.get("flagged")), key=lambda e: -float(e["score"]))
-    if flagged:
-        frames.append(
-            pd.DataFrame(
-                {
-                    "example_id": [str(e["example_id"]) for e in flagged],
-                    "score": [float(e["score"]) for e in flagged],
-                    "rank": np.arange(1, len(flagged) + 1),
-                    "is_suspect": True,
-                    "kind": "domain_mismatch",
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
 def store_stage(
     store: Any,
     loaded: LoadedScan,
@@ -277,7 +234,7 @@ def store_stage(
         damping=float(options.influence.damping or 0.0),
         timings=timings,
         findings=findings_to_store(loaded, ranking, mismatch, options),
-        mismatch=_json_safe(mismatch) if mismatch else None,
+        mismatch=json_safe(mismatch) if mismatch else None,
         image_shape=data.image_shape,
         feature_names=list(data.feature_names) if data.feature_names else None,
         explanations=explanations,
@@ -320,7 +277,7 @@ def gate_stage(
     )
 
     def record(v: GateVerdict) -> None:
-        store.record_gate(scan_id, verdict=v.verdict, reasons=_json_safe(v.reasons))
+        store.record_gate(scan_id, verdict=v.verdict, reasons=json_safe(v.reasons))
         set_gate_tags(
             loaded.mv,
             scan_id=scan_id,
@@ -363,7 +320,7 @@ def report_stage(
         scan_run_id = log_scan_run(
             loaded.mv,
             metrics=report.metrics,
-            params={"scan_id": scan_id, **_flat(options.to_dict())},
+            params={"scan_id": scan_id, **flat_params(options.to_dict())},
             artifact_dir=report.directory,
             tracking_uri=tracking_uri,
         )
@@ -453,13 +410,3 @@ def run_scan(
         report_dir=report.directory,
         scan_run_id=scan_run_id,
     )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
