@@ -173,7 +173,7 @@ def find_label_errors(
         ``predicted_label`` (in-sample argmax), ``suggested_label`` and
         ``suggestion_confidence`` (leave-one-out argmax and its probability; see
         :func:`pipeline.detect.suggest.suggest_labels`), ``is_suspect`` (the top
-        ``n_est`` rows, ``n_est`` being confident learning's off-diagonal count on the
+        ``n_est`` rows, ``n_est`` being confident learning's calibrated off-diagonal count on the
         leave-one-out probabilities, :func:`pipeline.detect.suggest.estimate_n_errors`),
         ``loo_given_probability`` and ``self_influence``. ``df.attrs`` holds
         ``n_estimated_errors``, ``method`` and ``damping``.

@@ -10,6 +10,7 @@ from pipeline.detect.stats import (
     mmd_permutation_test,
     rank_average,
 )
+from pipeline.detect.suggest import estimate_n_errors, suggest_labels
 
 
 def test_benjamini_hochberg_matches_hand_computation() -> None:
@@ -52,3 +53,15 @@ def test_mmd_statistic_matches_direct_formula_and_detects_a_shift() -> None:
     )
     assert abs(stat - direct) < 1e-10
     assert p == 1 / 200  # no permutation reaches a shift this large
+
+
+def test_calibrated_confident_joint_count_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.05, 0.95], [0.6, 0.4]])
+    # thresholds: t0 = (0.9 + 0.2) / 2 = 0.55, t1 = (0.9 + 0.7 + 0.95 + 0.4) / 4 = 0.7375.
+    # joint: row 0 -> [1 (ex 0), 1 (ex 1)]; row 1 -> [1 (ex 5), 2 (ex 2, 4)]; ex 3 dropped.
+    # calibrated: row 0 * 2/2 = [1, 1]; row 1 * 4/3 = [4/3, 8/3]; off-diagonal 1 + 4/3.
+    assert estimate_n_errors(probs, labels) == round(1 + 4 / 3)
+    suggested, confidence = suggest_labels(probs)
+    assert suggested.tolist() == [0, 1, 1, 1, 1, 0]
+    np.testing.assert_allclose(confidence, probs.max(axis=1))
