@@ -85,3 +85,21 @@ def test_bad_eval_input_raises_clear_errors(digits_split: Split) -> None:
         detect_mismatch(s.model, train, (s.pool_x[:50], labels))
     with pytest.raises(InvalidInputError, match="alpha"):
         detect_mismatch(s.model, train, s.pool_x[:50], alpha=1.5)
+
+
+def test_held_out_reference_path(digits_split: Split) -> None:
+    s = digits_split
+    det = MismatchDetector(
+        s.model,
+        (s.x_train, s.y_train),
+        reference=s.pool_x[:400],
+        damping=WEIGHT_DECAY,
+        n_permutations=99,
+        seed=1,
+    )
+    assert det.reference_kind == "held-out reference rows"
+    assert len(det.cal_scores) == 400
+    null = det.test(s.pool_x[400:600])
+    shifted = det.test(s.pool_x[400:600] + 0.3)
+    assert not null.flagged and shifted.flagged
+    assert null.details["n_reference"] == 400
