@@ -81,6 +81,29 @@ def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion
     assert scanned["store"].get_scan(again.scan_id).n_runs == 1
 
 
+def test_promote_cli_refuses_with_the_failed_checks(
+    scanned: dict, noisy_version: NoisyVersion
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "promote",
+            f"models:/noisy/{noisy_version.version}",
+            "--db",
+            str(scanned["store"].engine.url),
+            "--tracking-uri",
+            noisy_version.server.uri,
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "refused" in result.output and "Why the gate blocks" in result.output
+    assert "suspect_unreviewed" in result.output
+
+
 def test_promote_refuses_until_every_blocking_finding_is_decided(
     scanned: dict, noisy_version: NoisyVersion
 ) -> None:
