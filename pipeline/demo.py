@@ -97,7 +97,13 @@ def run_demo(
     )
     from flows.scan import scan_model_version  # the demo drives the real flow
 
-    for name in ("prefect", "great_expectations", "mlflow", "alembic"):
+    for name in (
+        "prefect",
+        "great_expectations",
+        "great_expectations.data_context.types.base",  # GX resets its root logger's level
+        "mlflow",
+        "alembic",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
     report_dir = work / f"report-{reg.name}-v{reg.version}"
