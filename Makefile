@@ -46,8 +46,14 @@ test: lint
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Each benchmark prints a table and writes benchmarks/results/*.json (see benchmarks/RESULTS.md).
 bench: install
 	$(PY) benchmarks/bench_exact.py
+	$(PY) benchmarks/bench_backends.py
+	$(PY) benchmarks/bench_label_errors.py
+	$(PY) benchmarks/bench_mismatch.py
+	$(PY) benchmarks/bench_flow.py
+	$(PY) benchmarks/bench_queue.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
