@@ -13,7 +13,7 @@ Back-ends that never form whole-model per-example gradients (EK-FAC) override
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -24,7 +24,15 @@ from pipeline.errors import InvalidInputError
 from pipeline.influence.batches import BatchSource
 from pipeline.influence.gradients import GradientEngine
 
-__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "register_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ColumnSolverBackend",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+    "stream_blocks",
+]
 
 BACKENDS: dict[str, type[Backend]] = {}
 _B = TypeVar("_B", bound="type[Backend]")
@@ -103,4 +111,62 @@ class Backend(abc.ABC):
             g = engine.per_example_grads(start, x, y)
             s = self.quadratic(g)
             out[start : start + x.shape[0]] = s.detach().double().cpu().numpy()
+        return out
+
+
+def stream_blocks(
+    engine: GradientEngine, data: BatchSource, block_size: int, *, desc: str, progress: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, grads)`` with ``grads`` ``(<= block_size, P)`` per-example gradients.
+
+    Consecutive streamed batches are concatenated up to ``block_size`` rows so iterative
+    solvers get wide right-hand-side blocks while memory stays ``O(block_size x P)``.
+    """
+    pending: list[torch.Tensor] = []
+    first = 0
+    rows = 0
+    bar = tqdm(
+        data, total=data.n_batches, desc=desc, unit="batch", disable=not progress, leave=False
+    )
+    for start, x, y in bar:
+        if not pending:
+            first = start
+        pending.append(engine.per_example_grads(start, x, y))
+        rows += x.shape[0]
+        if rows >= block_size:
+            yield first, torch.cat(pending)
+            pending, rows = [], 0
+    if pending:
+        yield first, torch.cat(pending)
+
+
+class ColumnSolverBackend(Backend):
+    """A back-end that solves ``(H + lambda I) X = B`` for a block of columns at once.
+
+    Subclasses (cg, lissa) implement :meth:`solve_columns`; quadratic forms, solves and
+    streamed self-influence over ``block_size``-wide blocks follow from it.
+    """
+
+    block_size: int = 512
+    progress: bool = False
+
+    @abc.abstractmethod
+    def solve_columns(self, b: torch.Tensor) -> torch.Tensor:
+        """``(P, k)`` float64 solutions for right-hand sides ``b`` of shape ``(P, k)``."""
+
+    def quadratic(self, grads: torch.Tensor) -> torch.Tensor:
+        return (grads.T.double() * self.solve_columns(grads.T)).sum(0)
+
+    def solve(self, grads: torch.Tensor) -> torch.Tensor:
+        return self.solve_columns(grads.T).T.to(grads.dtype)
+
+    def self_influence(
+        self, engine: GradientEngine, data: BatchSource, *, progress: bool
+    ) -> np.ndarray:
+        out = np.empty(len(data), dtype=np.float64)
+        self.progress = progress  # inner iteration bars follow the caller's choice
+        for start, g in stream_blocks(
+            engine, data, self.block_size, desc=f"self-influence ({self.name})", progress=progress
+        ):
+            out[start : start + g.shape[0]] = self.quadratic(g).cpu().numpy()
         return out

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.errors import CurvatureError, InvalidInputError
-from pipeline.influence.backends import Backend, register_backend
+from pipeline.influence.backends import ColumnSolverBackend, register_backend
 from pipeline.influence.batches import BatchSource
 from pipeline.influence.gradients import GradientEngine
 from pipeline.influence.hvp import (
@@ -30,39 +29,13 @@ from pipeline.influence.hvp import (
     resolve_damping,
 )
 
-__all__ = ["CGBackend", "stream_blocks"]
+__all__ = ["CGBackend"]
 
 log = logging.getLogger(__name__)
 
 
-def stream_blocks(
-    engine: GradientEngine, data: BatchSource, block_size: int, *, desc: str, progress: bool
-) -> Any:
-    """Yield ``(start, grads)`` with ``grads`` ``(<= block_size, P)`` per-example gradients.
-
-    Consecutive streamed batches are concatenated up to ``block_size`` rows so iterative
-    solvers get wide right-hand-side blocks while memory stays ``O(block_size x P)``.
-    """
-    pending: list[torch.Tensor] = []
-    first = 0
-    rows = 0
-    bar = tqdm(
-        data, total=data.n_batches, desc=desc, unit="batch", disable=not progress, leave=False
-    )
-    for start, x, y in bar:
-        if not pending:
-            first = start
-        pending.append(engine.per_example_grads(start, x, y))
-        rows += x.shape[0]
-        if rows >= block_size:
-            yield first, torch.cat(pending)
-            pending, rows = [], 0
-    if pending:
-        yield first, torch.cat(pending)
-
-
 @register_backend("cg")
-class CGBackend(Backend):
+class CGBackend(ColumnSolverBackend):
     """Batched conjugate gradients on ``H + lambda I``.
 
     Args:
@@ -218,24 +191,6 @@ class CGBackend(Backend):
                 float(rel.max()),
             )
         return x
-
-    def quadratic(self, grads: torch.Tensor) -> torch.Tensor:
-        sol = self.solve_columns(grads.T)
-        return (grads.T.double() * sol).sum(0)
-
-    def solve(self, grads: torch.Tensor) -> torch.Tensor:
-        return self.solve_columns(grads.T).T.to(grads.dtype)
-
-    def self_influence(
-        self, engine: GradientEngine, data: BatchSource, *, progress: bool
-    ) -> np.ndarray:
-        out = np.empty(len(data), dtype=np.float64)
-        self.progress = progress  # inner iteration bars follow the caller's choice
-        for start, g in stream_blocks(
-            engine, data, self.block_size, desc="self-influence (cg)", progress=progress
-        ):
-            out[start : start + g.shape[0]] = self.quadratic(g).cpu().numpy()
-        return out
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -27,9 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.errors import CurvatureError, InvalidInputError
-from pipeline.influence.backends import Backend, register_backend
+from pipeline.influence.backends import ColumnSolverBackend, register_backend
 from pipeline.influence.batches import BatchSource
-from pipeline.influence.cg import stream_blocks
 from pipeline.influence.gradients import GradientEngine
 from pipeline.influence.hvp import (
     DEFAULT_CACHE_BYTES,
@@ -60,7 +59,7 @@ def top_eigenvalue(op: CurvatureOperator, *, iters: int = 12, seed: int = 0) -> 
 
 
 @register_backend("lissa")
-class LissaBackend(Backend):
+class LissaBackend(ColumnSolverBackend):
     """Stochastic Neumann series (LiSSA) with scale, damping and averaged repeats.
 
     Args:
@@ -203,23 +202,6 @@ class LissaBackend(Backend):
         for r in range(self.repeats):
             total += self._recursion(v, int(gen.integers(n_b)), r)
         return total / self.repeats
-
-    def quadratic(self, grads: torch.Tensor) -> torch.Tensor:
-        return (grads.T.double() * self.solve_columns(grads.T)).sum(0)
-
-    def solve(self, grads: torch.Tensor) -> torch.Tensor:
-        return self.solve_columns(grads.T).T.to(grads.dtype)
-
-    def self_influence(
-        self, engine: GradientEngine, data: BatchSource, *, progress: bool
-    ) -> np.ndarray:
-        out = np.empty(len(data), dtype=np.float64)
-        self.progress = progress  # inner iteration bars follow the caller's choice
-        for start, g in stream_blocks(
-            engine, data, self.block_size, desc="self-influence (lissa)", progress=progress
-        ):
-            out[start : start + g.shape[0]] = self.quadratic(g).cpu().numpy()
-        return out
 
     def describe(self) -> dict[str, Any]:
         return {
