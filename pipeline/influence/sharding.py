@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,11 @@ __all__ = ["FittedCurvature", "shard_bounds", "sharded_self_influence"]
 
 log = logging.getLogger(__name__)
 
+# ``functional_call`` swaps parameters on the module while it runs, so two threads of one
+# process must not score with the same model at once. Worker *processes* (LocalCluster's
+# default) each hold their own copy and run in parallel; threads of one process take turns.
+_SCORE_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class FittedCurvature:
@@ -58,6 +64,10 @@ class FittedCurvature:
 
     def score(self, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
         """Self-influence of one shard; returns ``(start, scores)``."""
+        with _SCORE_LOCK:
+            return self._score_unlocked(data, start)
+
+    def _score_unlocked(self, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         source = BatchSource(
