@@ -27,6 +27,7 @@ if nothing is covered the fit raises.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -114,35 +115,13 @@ class EKFACBackend(Backend):
         self.n_covered = sum(layer.n_params for layer in self.layers)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         n = len(data)
-        bar = tqdm(
-            data,
-            total=data.n_batches,
-            desc=f"{self.name} factors",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-        )
-        for start, x, y in bar:
-            with LayerCapture(engine, self.layers, start, x, y) as cap:
-                grads = self._fisher_grads(cap, gen)
-                for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
-                    layer.accumulate_factors(acts, gs)
+        self._fisher_sweep(engine, data, gen, "factors", progress, KronLayer.accumulate_factors)
         for layer in self.layers:
             layer.eigendecompose(n)
         if self.refit_eigenvalues:
-            bar = tqdm(
-                data,
-                total=data.n_batches,
-                desc=f"{self.name} eigenvalues",
-                unit="batch",
-                disable=not progress,
-                leave=False,
+            self._fisher_sweep(
+                engine, data, gen, "eigenvalues", progress, KronLayer.accumulate_eigenvalues
             )
-            for start, x, y in bar:
-                with LayerCapture(engine, self.layers, start, x, y) as cap:
-                    grads = self._fisher_grads(cap, gen)
-                    for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
-                        layer.accumulate_eigenvalues(acts, gs)
         for layer in self.layers:
             layer.finish_eigenvalues(n, refit=self.refit_eigenvalues)
         trace = sum(float(layer.eigenvalues.sum()) for layer in self.layers)
@@ -152,6 +131,30 @@ class EKFACBackend(Backend):
         for layer in self.layers:
             layer.set_damping(self.damping, engine.dtype)
         self.bind(engine)
+
+    def _fisher_sweep(
+        self,
+        engine: GradientEngine,
+        data: BatchSource,
+        gen: torch.Generator,
+        what: str,
+        progress: bool,
+        update: Callable[[KronLayer, torch.Tensor, list[torch.Tensor]], None],
+    ) -> None:
+        """One pass over ``data`` feeding each layer's ``update`` method (activations, grads)."""
+        bar = tqdm(
+            data,
+            total=data.n_batches,
+            desc=f"{self.name} {what}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for start, x, y in bar:
+            with LayerCapture(engine, self.layers, start, x, y) as cap:
+                grads = self._fisher_grads(cap, gen)
+                for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
+                    update(layer, acts, gs)
 
     # -- scoring ---------------------------------------------------------------------------
     def self_influence(
