@@ -33,7 +33,7 @@ from pipeline.influence.hvp import (
     Curvature,
     CurvatureOperator,
     check_curvature,
-    resolve_damping,
+    fit_operator,
 )
 
 __all__ = ["ArnoldiBackend", "block_krylov_eigh"]
@@ -146,14 +146,14 @@ class ArnoldiBackend(Backend):
     def fit(
         self, engine: GradientEngine, data: BatchSource, *, damping: float | None, progress: bool
     ) -> None:
-        op = CurvatureOperator(
+        op, self.damping = fit_operator(
             engine,
             data,
             curvature=self.curvature,
             cache_bytes=self.cache_bytes,
+            damping=damping,
             progress=progress,
         )
-        self.damping = resolve_damping(engine, data, damping, progress=progress)
         evals, evecs = block_krylov_eigh(
             op,
             rank=self.rank,

@@ -26,7 +26,7 @@ from pipeline.influence.hvp import (
     Curvature,
     CurvatureOperator,
     check_curvature,
-    resolve_damping,
+    fit_operator,
 )
 
 __all__ = ["CGBackend"]
@@ -93,14 +93,14 @@ class CGBackend(ColumnSolverBackend):
     def fit(
         self, engine: GradientEngine, data: BatchSource, *, damping: float | None, progress: bool
     ) -> None:
-        self.op = CurvatureOperator(
+        self.op, self.damping = fit_operator(
             engine,
             data,
             curvature=self.curvature,
             cache_bytes=self.cache_bytes,
+            damping=damping,
             progress=progress,
         )
-        self.damping = resolve_damping(engine, data, damping, progress=progress)
         if self.rtol is None:
             self.rtol = 1e-10 if engine.dtype == torch.float64 else 1e-6
         if self.maxiter is None:

@@ -246,3 +246,19 @@ def resolve_damping(
     from pipeline.influence.exact import default_damping
 
     return default_damping(gauss_newton_trace(engine, data, progress=progress), engine.n_params)
+
+
+def fit_operator(
+    engine: GradientEngine,
+    data: BatchSource,
+    *,
+    curvature: Curvature,
+    cache_bytes: int,
+    damping: float | None,
+    progress: bool,
+) -> tuple[CurvatureOperator, float]:
+    """The matrix-free curvature of ``data`` and the resolved damping (cg, lissa, arnoldi)."""
+    op = CurvatureOperator(
+        engine, data, curvature=curvature, cache_bytes=cache_bytes, progress=progress
+    )
+    return op, resolve_damping(engine, data, damping, progress=progress)

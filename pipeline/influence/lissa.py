@@ -35,7 +35,7 @@ from pipeline.influence.hvp import (
     Curvature,
     CurvatureOperator,
     check_curvature,
-    resolve_damping,
+    fit_operator,
 )
 
 __all__ = ["LissaBackend", "top_eigenvalue"]
@@ -121,15 +121,15 @@ class LissaBackend(ColumnSolverBackend):
     def fit(
         self, engine: GradientEngine, data: BatchSource, *, damping: float | None, progress: bool
     ) -> None:
-        self.op = CurvatureOperator(
+        self.op, self.damping = fit_operator(
             engine,
             data,
             curvature=self.curvature,
             cache_bytes=self.cache_bytes,
+            damping=damping,
             progress=progress,
         )
         self.data = data
-        self.damping = resolve_damping(engine, data, damping, progress=progress)
         if self.scale is None:
             self.top_eig = top_eigenvalue(self.op, seed=self.seed)
             self.scale = 1.2 * (self.top_eig + self.damping)
