@@ -6,8 +6,15 @@ and table artifacts, MLflow scan run). The flow ends Failed when the gate blocks
 blocked version is visible in the Prefect UI and to anything waiting on the run.
 
 The influence stage runs in-process by default; give ``influence_deployment`` (e.g.
-``"influence-stage/gpu"``, declared in ``flows/prefect.yaml`` on a GPU work pool) to run it
-as its own deployment via ``run_deployment``.
+``"influence-stage/gpu"``, declared in ``flows/prefect.yaml`` on a GPU work pool, or
+``"influence-stage/local"`` from ``infgate flows serve``) to run it as its own deployment via
+``run_deployment``: a child flow run that returns the ranking, explanations and timings as
+JSON (``flows/influence_payload.py``), so both paths store the same scan. The child's result
+is persisted in the result storage of the machine that ran it and read back by this flow run:
+one machine needs nothing more; a GPU pool on another machine needs result storage both
+sides can read (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``, e.g. an S3 bucket block, set on
+both workers; or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` on a filesystem both mount at the
+same path), else the parent fails reading the result.
 """
 
 from __future__ import annotations
@@ -187,21 +194,42 @@ def report_task(
     return {"metrics": report.metrics, "report_dir": str(report.directory), "scan_run_id": run_id}
 
 
-@flow(name="influence-stage", persist_result=True)
+@flow(name="influence-stage", persist_result=True, result_serializer="json")
 def influence_stage_flow(
     model: str,
     version: str | None = None,
     data_uri: str | None = None,
     options: dict[str, Any] | None = None,
     tracking_uri: str | None = None,
-) -> list[dict[str, Any]]:
-    """The influence stage alone (for a GPU work pool): the ranking as JSON records."""
+) -> dict[str, Any]:
+    """The influence stage alone (for a GPU work pool), started by ``scan_model_version``.
+
+    ``$INFGATE_DEVICE`` (the GPU pool sets ``cuda``) replaces an ``"auto"`` device in
+    ``options``. The result is persisted as JSON in *this* worker's result storage, and the
+    parent flow run reads it from there: on one machine the default local storage works; across
+    machines set ``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`` (e.g. an S3 bucket block) on both
+    workers, or a ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` on a filesystem both mount at the same
+    path.
+
+    Returns:
+        :func:`flows.influence_payload.stage_to_payload`: the ranking, the explanations of
+        the top suspects, the stage timings and the hash of the data ranked.
+    """
+    import dataclasses
+    import os
+
+    from flows.influence_payload import stage_to_payload
+
+    opts = options_from_dict(options)
+    device = os.environ.get("INFGATE_DEVICE")
+    if device and opts.influence.device == "auto":
+        influence = dataclasses.replace(opts.influence, device=device)
+        opts = dataclasses.replace(opts, influence=influence)
     loaded = load_stage(model, version=version, data_uri=data_uri, tracking_uri=tracking_uri)
-    ranking, _, _ = influence_stage(loaded, options_from_dict(options))
-    records: list[dict[str, Any]] = [
-        {str(k): v for k, v in r.items()} for r in ranking.to_dict("records")
-    ]
-    return records
+    ranking, explanations, timings = influence_stage(loaded, opts)
+    return stage_to_payload(
+        ranking, explanations, timings, dataset_hash=loaded.train.data.content_hash
+    )
 
 
 @flow(name="scan-model-version", persist_result=True)
@@ -238,20 +266,16 @@ def scan_model_version(
     opts = options_from_dict(options)
     loaded = load_task(model, version, data_uri, eval_uri, tracking_uri)
     if influence_deployment:
-        from prefect.deployments import run_deployment
+        from flows.influence_payload import run_influence_deployment
 
-        run = run_deployment(
+        ranking, explanations, timings = run_influence_deployment(
             influence_deployment,
-            parameters={
-                "model": loaded.mv.uri,
-                "data_uri": data_uri,
-                "options": opts.to_dict(),
-                "tracking_uri": tracking_uri,
-            },
-            timeout=None,
+            model=loaded.mv.uri,
+            data_uri=data_uri,
+            options=opts.to_dict(),
+            tracking_uri=tracking_uri,
+            dataset_hash=loaded.train.data.content_hash,
         )
-        ranking = pd.DataFrame(run.state.result() if run.state else [])  # type: ignore[union-attr]
-        explanations, timings = None, dict[str, float]()
     else:
         ranking, explanations, timings = influence_task(loaded, opts)
     mismatch, mismatch_t = detect_task(loaded, opts)
