@@ -54,7 +54,10 @@ def build_deployments(*, sweep_cron: str = "0 2 * * *") -> list[Any]:
 
 
 def serve_all(*, sweep_cron: str = "0 2 * * *", limit: int | None = 2) -> None:
-    """Serve every deployment from this process until interrupted."""
+    """Serve every deployment from this process until interrupted (at most ``limit`` flow
+    runs at once). A scan run with ``influence_deployment="influence-stage/local"`` holds
+    its slot while its child influence run needs another: keep ``limit`` above the number
+    of such scans running at once, or the children never start."""
     from prefect import serve
 
     serve(*build_deployments(sweep_cron=sweep_cron), limit=limit)

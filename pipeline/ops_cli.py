@@ -231,9 +231,12 @@ def hook_register(
 @flows_app.command("serve")
 def flows_serve(
     sweep_cron: str = typer.Option("0 2 * * *", help="Cron schedule of the registry sweep."),
+    limit: int = typer.Option(
+        2, min=1, help="Flow runs at once (a scan waiting on an influence-stage run holds one)."
+    ),
 ) -> None:
     """Serve the scan, sweep, relabel and influence-stage deployments from this process."""
     embedded_prefect_env()
     from flows.serve import serve_all
 
-    serve_all(sweep_cron=sweep_cron)
+    serve_all(sweep_cron=sweep_cron, limit=limit)

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from plugins.review_hook.app import ScanRequest
 
@@ -166,6 +166,7 @@ class DeploymentStarter(_Worker):
         super().__init__()
 
     def handle(self, request: ScanRequest) -> dict[str, Any]:
+        from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
 
         if request.action == "enforce":
@@ -173,10 +174,13 @@ class DeploymentStarter(_Worker):
                 request.model_name, request.version, self.deployment_alias, self.tracking_uri
             )
             return {"alias_withdrawn": withdrawn}
+        # the delivery id as idempotency key: a delivery that reaches two receiver replicas
+        # (or is re-sent after a lost answer) starts one flow run, not two
         run = run_deployment(
             self.deployment,
             parameters={"model": f"models:/{request.model_name}/{request.version}"},
             timeout=0,
             tags=["infgate", "webhook", request.event],
+            idempotency_key=f"infgate-hook-{request.delivery_id}",
         )
-        return {"flow_run_id": str(getattr(run, "id", ""))}
+        return {"flow_run_id": str(cast(FlowRun, run).id)}  # sync call: a FlowRun
