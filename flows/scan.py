@@ -15,11 +15,19 @@ one machine needs nothing more; a GPU pool on another machine needs result stora
 sides can read (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``, e.g. an S3 bucket block, set on
 both workers; or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` on a filesystem both mount at the
 same path), else the parent fails reading the result.
+
+Large training sets shard over Dask: run the flow on ``DaskTaskRunner``
+(``scan_model_version.with_options(task_runner=dask_task_runner(workers=4))``, or
+``infgate scan --dask-workers 4`` / ``--dask-address tcp://scheduler:8786``) and the
+influence task splits its per-example sweep into shards of ``options["shard_size"]`` rows
+(default 20,000) across the cluster; the curvature is fitted once and shared.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -41,7 +49,13 @@ from pipeline.scan import (
     store_stage,
 )
 
-__all__ = ["influence_stage_flow", "open_store", "options_from_dict", "scan_model_version"]
+__all__ = [
+    "dask_task_runner",
+    "influence_stage_flow",
+    "open_store",
+    "options_from_dict",
+    "scan_model_version",
+]
 
 _STORES: dict[str, Any] = {}
 IO_RETRIES = 3
@@ -109,8 +123,45 @@ def load_task(
 def influence_task(
     loaded: LoadedScan, options: ScanOptions
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
-    """Curvature fit, label-error ranking of every example, explanations of the suspects."""
-    return influence_stage(loaded, options)
+    """Curvature fit, label-error ranking of every example, explanations of the suspects.
+
+    On ``DaskTaskRunner`` this task runs on a Dask worker; it then hands the per-example
+    sweep of a large training set to the whole cluster in shards (``options.shard_size``),
+    seceding from its worker slot while it waits (``distributed.worker_client``).
+    """
+    with _dask_client() as client:
+        return influence_stage(loaded, options, client=client)
+
+
+@contextmanager
+def _dask_client() -> Iterator[Any]:
+    """A client of the Dask cluster this task runs on, or ``None`` outside Dask."""
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    with worker_client() as client:
+        yield client
+
+
+def dask_task_runner(workers: int | None = None, address: str | None = None) -> Any:
+    """A ``DaskTaskRunner`` for :func:`scan_model_version` (``.with_options(task_runner=...)``):
+    a local cluster of ``workers`` one-thread processes, or the scheduler at ``address``."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers or 2,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
 
 
 @task(
@@ -277,7 +328,8 @@ def scan_model_version(
             dataset_hash=loaded.train.data.content_hash,
         )
     else:
-        ranking, explanations, timings = influence_task(loaded, opts)
+        # submitted, not called: on DaskTaskRunner it runs on the cluster and can shard there
+        ranking, explanations, timings = influence_task.submit(loaded, opts).result()
     mismatch, mismatch_t = detect_task(loaded, opts)
     timings = {**timings, **mismatch_t}
     scan_id, queued = store_task(db_url, loaded, opts, ranking, mismatch, explanations, timings)

@@ -79,6 +79,17 @@ def scan(
     gate_config: str | None = _GATE,
     report_dir: str | None = typer.Option(None, help="Where report files go."),
     use_flow: bool = typer.Option(True, "--flow/--no-flow", help="Run as a Prefect flow run."),
+    dask_workers: int | None = typer.Option(
+        None,
+        help="Run the flow on a local Dask cluster of this many one-thread worker processes; "
+        "training sets above --shard-size rows are scored in shards across them.",
+    ),
+    dask_address: str | None = typer.Option(
+        None, help="Run the flow's tasks on the Dask scheduler at this address."
+    ),
+    shard_size: int | None = typer.Option(
+        None, help="Rows per influence shard on Dask (default 20,000)."
+    ),
 ) -> None:
     """Scan a model version: influence, findings, SQL, gate, report. Exit 2 when blocked."""
     from pipeline.errors import InfgateError
@@ -86,10 +97,16 @@ def scan(
     try:
         if use_flow:
             embedded_prefect_env()
-            from flows.scan import scan_model_version
+            from flows.scan import dask_task_runner, scan_model_version
 
-            state = scan_model_version(
+            flow_fn = scan_model_version
+            if dask_workers or dask_address:
+                flow_fn = scan_model_version.with_options(
+                    task_runner=dask_task_runner(dask_workers, dask_address)
+                )
+            state = flow_fn(
                 model,
+                options={"shard_size": shard_size} if shard_size else None,
                 version=version,
                 data_uri=data,
                 eval_uri=eval_data,
@@ -106,6 +123,9 @@ def scan(
         else:
             from pipeline.gate import load_gate_config
             from pipeline.scan import run_scan
+
+            if dask_workers or dask_address:
+                _fail("--dask-workers/--dask-address need the flow (drop --no-flow)")
 
             out = run_scan(
                 model,

@@ -17,6 +17,7 @@ features and used only for the recall curve) refine how they are read.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -176,7 +177,38 @@ def load_model(mv: ModelVersionRef, *, tracking_uri: str | None = None) -> nn.Mo
         model.eval()
     except (NotImplementedError, RuntimeError):  # exported programs refuse mode switches
         log.debug("model %s has no train/eval switch", mv.uri)
+    _reload_when_unpickled(model, mv.uri, tracking_uri)
     return model
+
+
+def _reload_when_unpickled(model: nn.Module, uri: str, tracking_uri: str | None) -> None:
+    """Let a ``pt2`` model travel to another process (a Dask worker, a Prefect result).
+
+    ``torch.export``'s GraphModule cannot be pickled (it holds local functions). Each such
+    module has a class of its own (``GraphModule.__new__`` makes one per instance), so we
+    teach that class alone to pickle as "load ``uri`` from the registry", which the other
+    process does once (:func:`_load_cached`). Picklable modules are left as they are.
+    """
+    import pickle
+
+    try:
+        pickle.dumps(model)
+        return
+    except Exception:
+        pass
+    cls = type(model)
+    if not cls.__qualname__.endswith("<locals>.GraphModuleImpl"):  # never patch a shared class
+        log.debug("model %s cannot be pickled; it stays in this process", uri)
+        return
+    cls.__reduce_ex__ = lambda self, protocol: (_load_cached, (uri, tracking_uri))  # type: ignore[assignment,method-assign]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(uri: str, tracking_uri: str | None) -> nn.Module:
+    """``load_model`` once per process for a version URI (what an unpickled pt2 model is)."""
+    return load_model(
+        resolve_model_version(uri, tracking_uri=tracking_uri), tracking_uri=tracking_uri
+    )
 
 
 def _download(uri: str) -> Path:

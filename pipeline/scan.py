@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from pipeline.registry import (
     withdraw_alias,
 )
 from pipeline.scan_records import findings_to_store, flat_params, json_safe
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = [
     "LoadedScan",
@@ -61,6 +64,11 @@ class ScanOptions:
         store_top: besides every suspect, store this many top-ranked rows as findings.
         explain_top: explain this many top suspects (supporting/opposing examples); 0 = off.
         enqueue: put the scan's suspects in the relabel queue.
+        shard_size: when the influence stage has a Dask cluster (the flow runs on
+            ``DaskTaskRunner``, e.g. ``infgate scan --dask-workers 2``) and the training set
+            has more rows than this, the per-example sweep runs in shards of this many rows
+            on the cluster's workers; the curvature is fitted once and shared. Results
+            equal the single-process sweep up to floating-point summation order.
     """
 
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
@@ -69,6 +77,7 @@ class ScanOptions:
     store_top: int = 100
     explain_top: int = 20
     enqueue: bool = True
+    shard_size: int = 20_000
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mismatch_alpha < 1.0:
@@ -79,6 +88,8 @@ class ScanOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise InvalidInputError(f"`{name}` must be an int >= 0, got {v!r}")
+        if not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise InvalidInputError(f"`shard_size` must be an int >= 1, got {self.shard_size!r}")
         object.__setattr__(self, "detect_options", dict(self.detect_options))
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,11 +166,16 @@ def load_stage(
 
 
 def influence_stage(
-    loaded: LoadedScan, options: ScanOptions
+    loaded: LoadedScan, options: ScanOptions, *, client: Client | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
     """The influence stage: fit the curvature once, then the full label-error ranking
     (``find_label_errors``) and the explanations of the top suspects (train -> suspect
-    influence, ``explain``) from the same fitted scorer."""
+    influence, ``explain``) from the same fitted scorer.
+
+    With a Dask ``client`` and more than ``options.shard_size`` training rows, the ranking's
+    per-example sweep runs in shards on the cluster (:func:`~pipeline.detect.loo.
+    sharded_approximate_loo`); the fit, the filtered model and the explanations stay here.
+    """
     from pipeline.detect import explain, find_label_errors
     from pipeline.influence import InfluenceScorer
 
@@ -175,10 +191,24 @@ def influence_stage(
         progress=False,
         backend_options=cfg.backend_options or None,
     )
+    n = len(loaded.train.data)
+    shard = client is not None and n > options.shard_size
+    if shard:
+        log.info(
+            "influence stage: %d rows in shards of %d on the Dask cluster", n, options.shard_size
+        )
     ranking = find_label_errors(
-        loaded.model, loaded.train.data, scorer=scorer, progress=False, **options.detect_options
+        loaded.model,
+        loaded.train.data,
+        scorer=scorer,
+        progress=False,
+        shard_size=options.shard_size if shard else None,
+        client=client if shard else None,
+        **options.detect_options,
     )
     timings = {"influence": time.perf_counter() - t0}
+    if shard:
+        timings["influence_shards"] = float(-(-n // options.shard_size))
     explanations = None
     suspects = ranking[ranking["is_suspect"].astype(bool)]
     if options.explain_top and len(suspects):

@@ -79,6 +79,15 @@ def test_pt2_and_pickled_models_load_and_agree(noisy_version: NoisyVersion, tmp_
     x = torch.as_tensor(noisy_version.digits.data.features[:7])  # type: ignore[attr-defined]
     with torch.no_grad():
         assert torch.allclose(pt2(x), pickled(x), atol=1e-6)
+    # a pt2 model travels to Dask workers / Prefect results as "reload this version"
+    import pickle
+
+    import cloudpickle
+
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        again = pickle.loads(dumps(pt2))
+        with torch.no_grad():
+            assert torch.equal(again(x), pt2(x))
 
 
 def test_training_data_resolution_order(noisy_version: NoisyVersion, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ retrains the model.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -17,12 +17,15 @@ from torch import nn
 
 from pipeline.detect._inputs import example_ids
 from pipeline.detect.filtered import filtered_probabilities
-from pipeline.detect.loo import LooOutputs, approximate_loo
+from pipeline.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
 from pipeline.detect.stats import rank_average
 from pipeline.detect.suggest import estimate_n_errors, suggest_labels
 from pipeline.errors import InvalidInputError
 from pipeline.influence import InfluenceScorer
 from pipeline.influence.batches import DatasetLike
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["LABEL_ERROR_COLUMNS", "RankingMethod", "find_label_errors", "ranking_scores"]
 
@@ -127,6 +130,8 @@ def find_label_errors(
     device: str | torch.device = "auto",
     progress: bool = True,
     backend_options: dict[str, Any] | None = None,
+    shard_size: int | None = None,
+    client: Client | None = None,
 ) -> pd.DataFrame:
     """Rank every training example by how likely its label is wrong.
 
@@ -166,6 +171,10 @@ def find_label_errors(
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         progress: show progress bars.
         backend_options: passed to the curvature back-end.
+        shard_size: compute the per-example sweep (the leave-one-out outputs, the costly
+            part) in shards of this many rows, on ``client``'s Dask workers when given
+            (the fitted curvature is sent to each worker once). ``None`` = one sweep here.
+        client: a ``dask.distributed`` client for the shards.
 
     Returns:
         One row per training example, most suspicious first, with columns
@@ -202,7 +211,11 @@ def find_label_errors(
             f"scorer was fitted on {len(scorer.train):,} examples but train has "
             f"{len(scorer.batches(train, what='train')):,}"
         )
-    out = approximate_loo(scorer)
+    if shard_size is None and client is None:
+        out = approximate_loo(scorer)
+    else:
+        n = len(scorer.train)
+        out = sharded_approximate_loo(scorer, shard_size=shard_size or n, client=client)
     filtered = filtered_probabilities(scorer) if method.startswith("filtered") else None
     return _compute_frame(out, method, filtered, example_ids(train, len(out.labels)), scorer)
 

@@ -22,7 +22,8 @@ gradient norm and RelatIF's ``||H^{-1} g_i||``, so every ranking in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,8 +32,15 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import InvalidInputError
 from pipeline.influence import InfluenceScorer
+from pipeline.influence.backends import Backend
+from pipeline.influence.batches import BatchSource, DatasetLike
+from pipeline.influence.gradients import GradientEngine
+from pipeline.influence.sharding import _SCORE_LOCK, map_shards
 
-__all__ = ["LooOutputs", "approximate_loo"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["LooOutputs", "LooShardJob", "approximate_loo", "sharded_approximate_loo"]
 
 
 @dataclass(frozen=True)
@@ -59,10 +67,18 @@ class LooOutputs:
     solved_norm: np.ndarray
     expected_influence: np.ndarray
 
+    @classmethod
+    def concat(cls, parts: list[LooOutputs]) -> LooOutputs:
+        """Join consecutive pieces (batches or shards) in order."""
+        if not parts:
+            raise InvalidInputError("no examples to compute leave-one-out outputs for")
+        return cls(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)}
+        )
 
-def _jacobians(scorer: InfluenceScorer, x: torch.Tensor) -> torch.Tensor:
+
+def _jacobians(engine: GradientEngine, x: torch.Tensor) -> torch.Tensor:
     """``(B, C, P)`` Jacobians of the logits w.r.t. the selected parameters."""
-    engine = scorer.engine
 
     def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         return engine.forward(params, xi.unsqueeze(0)).reshape(-1)
@@ -75,6 +91,74 @@ def _jacobians(scorer: InfluenceScorer, x: torch.Tensor) -> torch.Tensor:
         ],
         dim=-1,
     )
+
+
+def _loo_batch(
+    engine: GradientEngine,
+    backend: Backend,
+    n: int,
+    start: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, np.ndarray]:
+    """Every :class:`LooOutputs` field for one batch; ``n`` = training-set size."""
+    logits = engine.checked_outputs(start, x, y).double()
+    b, c = logits.shape
+    jac = _jacobians(engine, x)  # (B, C, P)
+    solved = backend.solve(jac.reshape(b * c, -1)).reshape(b, c, -1).double()
+    jd = jac.double()
+    lev = torch.einsum("bcp,bdp->bcd", jd, solved)  # M_i = J_i H^-1 J_i^T
+    lev = 0.5 * (lev + lev.transpose(1, 2))
+    p = torch.softmax(logits, dim=1)
+    r = p.clone()
+    r[torch.arange(b), y] -= 1.0
+    cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L_i
+    eye = torch.eye(c, dtype=torch.float64, device=logits.device).expand(b, c, c)
+    # (I - L M / n)^{-1} r, then M (...) / n
+    inner = torch.linalg.solve(eye - cov @ lev / n, r.unsqueeze(2))
+    delta = (lev @ inner).squeeze(2) / n
+    p_loo = torch.softmax(logits + delta, dim=1)
+    cov_loo = torch.diag_embed(p_loo) - p_loo.unsqueeze(2) * p_loo.unsqueeze(1)
+    # M_{-i} = J H_{-i}^{-1} J^T = M (I - L M / n)^{-1}; its transpose solves below.
+    lev_loo_t = torch.linalg.solve(eye - lev @ cov / n, lev)
+    ei = torch.einsum("bcd,bcd->b", cov_loo, lev_loo_t).clamp_min(0.0)
+    si = torch.einsum("bc,bcd,bd->b", r, lev, r).clamp_min(0.0)
+    g = torch.einsum("bc,bcp->bp", r, jd)
+    hg = torch.einsum("bc,bcp->bp", r, solved)
+    return {
+        "labels": y.cpu().numpy().astype(np.int64),
+        "probs": p.cpu().numpy(),
+        "loo_probs": p_loo.cpu().numpy(),
+        "self_influence": si.cpu().numpy(),
+        "grad_norm": g.norm(dim=1).cpu().numpy(),
+        "solved_norm": hg.norm(dim=1).cpu().numpy(),
+        "expected_influence": ei.cpu().numpy(),
+    }
+
+
+def _check_objective(scorer: InfluenceScorer) -> None:
+    if scorer.objective.name != "cross_entropy":
+        raise InvalidInputError(
+            f"label-error detection needs a classifier trained with cross-entropy; the "
+            f"scorer's objective is {scorer.objective.name!r}"
+        )
+
+
+def _sweep(
+    engine: GradientEngine, backend: Backend, n: int, source: BatchSource, bar: bool
+) -> LooOutputs:
+    parts = [
+        _loo_batch(engine, backend, n, start, x, y)
+        for start, x, y in tqdm(
+            source,
+            total=source.n_batches,
+            desc="leave-one-out outputs",
+            unit="batch",
+            disable=not bar,
+            leave=False,
+        )
+    ]
+    return LooOutputs.concat([LooOutputs(**p) for p in parts])
 
 
 def approximate_loo(scorer: InfluenceScorer, rows: np.ndarray | None = None) -> LooOutputs:
@@ -91,65 +175,73 @@ def approximate_loo(scorer: InfluenceScorer, rows: np.ndarray | None = None) -> 
     Raises:
         InvalidInputError: the scorer's objective is not cross-entropy.
     """
-    if scorer.objective.name != "cross_entropy":
-        raise InvalidInputError(
-            f"label-error detection needs a classifier trained with cross-entropy; the "
-            f"scorer's objective is {scorer.objective.name!r}"
-        )
+    _check_objective(scorer)
     n = len(scorer.train)
     source = scorer.train
     if rows is not None:
         xs, ys = (torch.cat(t) for t in zip(*[(x, y) for _, x, y in scorer.train], strict=True))
         source = scorer.batches((xs[rows], ys[rows]), what="train")
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("labels", "probs", "loo", "si", "gn", "sn", "ei")
-    }
-    bar = tqdm(
-        source,
-        total=source.n_batches,
-        desc="leave-one-out outputs",
-        unit="batch",
-        disable=not scorer.progress,
-        leave=False,
+    return _sweep(scorer.engine, scorer.backend, n, source, scorer.progress)
+
+
+@dataclass(frozen=True)
+class LooShardJob:
+    """What a worker needs to compute one shard's :class:`LooOutputs`: the engine, the
+    fitted back-end and the training-set size (never the training data itself)."""
+
+    engine: GradientEngine
+    backend: Backend
+    n_train: int
+    batch_size: int
+    threads: int | None = None
+
+    def __call__(self, data: DatasetLike, start: int) -> tuple[int, LooOutputs]:
+        with _SCORE_LOCK:  # functional_call swaps module parameters: one thread at a time
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            source = BatchSource(
+                data,
+                batch_size=self.batch_size,
+                device=self.engine.device,
+                dtype=self.engine.dtype,
+                what=f"training rows {start}..",
+            )
+            return start, _sweep(self.engine, self.backend, self.n_train, source, False)
+
+
+def sharded_approximate_loo(
+    scorer: InfluenceScorer,
+    *,
+    shard_size: int,
+    client: Client | None = None,
+    threads_per_task: int | None = None,
+) -> LooOutputs:
+    """:func:`approximate_loo` over every training row, in shards of ``shard_size`` rows.
+
+    The fitted curvature is sent to each Dask worker once; shards are scored where the
+    cluster has room and merged in dataset order (equal to the single-process sweep up to
+    floating-point summation order). Without a client the shards run here, in order.
+
+    Args:
+        scorer: a fitted, cross-entropy :class:`~pipeline.influence.InfluenceScorer`.
+        shard_size: training rows per shard (one Dask task each).
+        client: a ``dask.distributed`` client (e.g. ``distributed.worker_client()`` inside a
+            Prefect task on ``DaskTaskRunner``); ``None`` runs the shards in this process.
+        threads_per_task: ``torch.set_num_threads`` inside each shard task.
+    """
+    _check_objective(scorer)
+    job = LooShardJob(
+        scorer.engine, scorer.backend, len(scorer.train), scorer.batch_size, threads_per_task
     )
-    for start, x, y in bar:
-        logits = scorer.engine.checked_outputs(start, x, y).double()
-        b, c = logits.shape
-        jac = _jacobians(scorer, x)  # (B, C, P)
-        solved = scorer.backend.solve(jac.reshape(b * c, -1)).reshape(b, c, -1).double()
-        jd = jac.double()
-        lev = torch.einsum("bcp,bdp->bcd", jd, solved)  # M_i = J_i H^-1 J_i^T
-        lev = 0.5 * (lev + lev.transpose(1, 2))
-        p = torch.softmax(logits, dim=1)
-        r = p.clone()
-        r[torch.arange(b), y] -= 1.0
-        cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L_i
-        eye = torch.eye(c, dtype=torch.float64).expand(b, c, c)
-        # (I - L M / n)^{-1} r, then M (...) / n
-        inner = torch.linalg.solve(eye - cov @ lev / n, r.unsqueeze(2))
-        delta = (lev @ inner).squeeze(2) / n
-        loo_logits = logits + delta
-        p_loo = torch.softmax(loo_logits, dim=1)
-        cov_loo = torch.diag_embed(p_loo) - p_loo.unsqueeze(2) * p_loo.unsqueeze(1)
-        # M_{-i} = J H_{-i}^{-1} J^T = M (I - L M / n)^{-1}; its transpose solves below.
-        lev_loo_t = torch.linalg.solve(eye - lev @ cov / n, lev)
-        ei = torch.einsum("bcd,bcd->b", cov_loo, lev_loo_t).clamp_min(0.0)
-        si = torch.einsum("bc,bcd,bd->b", r, lev, r).clamp_min(0.0)
-        g = torch.einsum("bc,bcp->bp", r, jd)
-        hg = torch.einsum("bc,bcp->bp", r, solved)
-        parts["labels"].append(y.cpu().numpy())
-        parts["probs"].append(p.cpu().numpy())
-        parts["loo"].append(p_loo.cpu().numpy())
-        parts["ei"].append(ei.cpu().numpy())
-        parts["si"].append(si.cpu().numpy())
-        parts["gn"].append(g.norm(dim=1).cpu().numpy())
-        parts["sn"].append(hg.norm(dim=1).cpu().numpy())
-    return LooOutputs(
-        labels=np.concatenate(parts["labels"]).astype(np.int64),
-        probs=np.concatenate(parts["probs"]),
-        loo_probs=np.concatenate(parts["loo"]),
-        self_influence=np.concatenate(parts["si"]),
-        grad_norm=np.concatenate(parts["gn"]),
-        solved_norm=np.concatenate(parts["sn"]),
-        expected_influence=np.concatenate(parts["ei"]),
-    )
+    done: dict[int, LooOutputs] = {}
+    for start, out in map_shards(
+        job,
+        scorer.train_data,
+        len(scorer.train),
+        shard_size=shard_size,
+        client=client,
+        desc="leave-one-out shards",
+        progress=scorer.progress,
+    ):
+        done[start] = out
+    return LooOutputs.concat([done[k] for k in sorted(done)])

@@ -25,8 +25,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ from pipeline.influence.gradients import GradientEngine
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["FittedCurvature", "shard_bounds", "sharded_self_influence"]
+__all__ = ["FittedCurvature", "map_shards", "shard_bounds", "sharded_self_influence"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class FittedCurvature:
     backend: Backend
     batch_size: int
     threads: int | None = None
+
+    def __call__(self, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
+        return self.score(data, start)
 
     def score(self, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
         """Self-influence of one shard; returns ``(start, scores)``."""
@@ -81,8 +87,64 @@ class FittedCurvature:
         return start, scores
 
 
-def _score(job: FittedCurvature, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
-    return job.score(data, start)
+def _run(
+    job: Callable[[DatasetLike, int], tuple[int, T]], data: DatasetLike, start: int
+) -> tuple[int, T]:
+    return job(data, start)
+
+
+def _n_workers(client: Client | None) -> int:
+    if client is None:
+        return 1
+    return len(client.scheduler_info().get("workers", {})) or 1
+
+
+def map_shards(
+    job: Callable[[DatasetLike, int], tuple[int, T]],
+    data: DatasetLike,
+    n: int,
+    *,
+    shard_size: int,
+    client: Client | None = None,
+    bar: Any = None,
+    desc: str = "shards",
+    progress: bool = False,
+    scattered: Any = None,
+) -> Iterator[tuple[int, T]]:
+    """Run ``job(shard, start)`` on every shard of ``data``; yield ``(start, result)``.
+
+    With a Dask ``client`` the job (holding the fitted curvature) is scattered to every
+    worker once, each shard is one task, and results arrive as shards finish (any order;
+    ``start`` says where each belongs). Without one, shards run here, in order. ``bar``
+    (a tqdm bar counting examples) is advanced as shards finish; otherwise one is made
+    from ``desc``/``progress``. ``scattered``: the job already scattered to the workers.
+    """
+    bounds = shard_bounds(n, shard_size)
+    own = bar is None
+    if own:
+        bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress, leave=False)
+    try:
+        if client is None:
+            for start, stop in bounds:
+                out = job(_slice(data, start, stop), start)
+                bar.update(stop - start)
+                yield out
+            return
+        from distributed import as_completed
+
+        shared = scattered if scattered is not None else client.scatter(job, broadcast=True)
+        futures = [
+            client.submit(_run, shared, client.scatter(_slice(data, a, b)), a, pure=False)
+            for a, b in bounds
+        ]
+        for fut in as_completed(futures):
+            start, result = fut.result()
+            bar.update(min(start + shard_size, n) - start)
+            fut.release()
+            yield start, result
+    finally:
+        if own:
+            bar.close()
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -158,26 +220,12 @@ def sharded_self_influence(
         disable=not scorer.progress,
         leave=False,
     )
-    workers = 1
-    if client is None:
-        for start, stop in bounds:
-            _, s = job.score(_slice(raw, start, stop), start)
-            scores[start:stop] = s
-            bar.update(stop - start)
-    else:
-        from distributed import as_completed
-
-        workers = len(client.scheduler_info().get("workers", {})) or 1
-        shared = _shared_job(scorer, client, job)
-        futures = []
-        for start, stop in bounds:
-            part = client.scatter(_slice(raw, start, stop))
-            futures.append(client.submit(_score, shared, part, start, pure=False))
-        for fut in as_completed(futures):
-            start, s = fut.result()
-            scores[start : start + len(s)] = s
-            bar.update(len(s))
-            fut.release()
+    shared = _shared_job(scorer, client, job) if client is not None else None
+    for start, s in map_shards(
+        job, raw, n, shard_size=shard_size, client=client, bar=bar, scattered=shared
+    ):
+        scores[start : start + len(s)] = s
+    workers = _n_workers(client)
     bar.close()
     if isinstance(scores, np.memmap):
         scores.flush()

@@ -109,3 +109,38 @@ def test_relabel_applies_decisions_and_the_gate_passes(
     ids = corrected["example_id"].astype(int).to_numpy()
     fixed = (corrected["label"].to_numpy() == digits.clean[ids]).mean()
     assert fixed > (digits.data.labels == digits.clean).mean()  # type: ignore[attr-defined]
+
+
+def test_scan_on_dask_shards_the_influence_stage_with_the_same_findings(
+    flow_scan: dict, noisy_version: NoisyVersion
+) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.scan import open_store, scan_model_version
+
+    runner = DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )
+    own_db = f"sqlite:///{flow_scan['root']}/dask.db"  # leaves the other tests' store alone
+    state = scan_model_version.with_options(task_runner=runner)(
+        f"models:/noisy/{noisy_version.version}",
+        options={"shard_size": 150},
+        return_state=True,
+        **{**flow_scan["kwargs"], "db_url": own_db},
+    )
+    summary = state.result(raise_on_failure=False)
+    assert summary["verdict"] == "blocked"
+    sharded_id = summary["scan_id"]
+    assert open_store(own_db).get_scan(sharded_id).timings["influence_shards"] == 4  # 500/150
+    sharded = open_store(own_db).findings_frame(sharded_id)
+    first_id = flow_scan["first"].result(raise_on_failure=False)["scan_id"]
+    one_sweep = open_store(flow_scan["kwargs"]["db_url"]).findings_frame(first_id)
+    for frame in (one_sweep, sharded):
+        frame.query("kind == 'label_error'", inplace=True)
+    assert sharded["example_id"].tolist() == one_sweep["example_id"].tolist()
+    assert sharded["score"].to_numpy() == pytest.approx(one_sweep["score"].to_numpy(), rel=1e-9)

@@ -72,3 +72,20 @@ def test_shards_from_a_prefect_flow_on_dask_task_runner(prefect_harness):
         return score.submit(scorer).result()
 
     np.testing.assert_allclose(scan(sc), sc.self_influence().scores, rtol=1e-10)
+
+
+def test_label_error_ranking_sharded_on_dask_equals_one_sweep(client):
+    from pipeline.detect import find_label_errors
+
+    model, x, y = default_mlp()
+    sc = InfluenceScorer(model, (x, y), damping=DAMPING, batch_size=64, progress=False)
+    single = find_label_errors(model, (x, y), scorer=sc, progress=False)
+    sharded = find_label_errors(
+        model, (x, y), scorer=sc, progress=False, shard_size=70, client=client
+    )
+    assert sharded["example_id"].tolist() == single["example_id"].tolist()
+    np.testing.assert_allclose(sharded["score"], single["score"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sharded["self_influence"], single["self_influence"], rtol=1e-9)
+    assert sharded["is_suspect"].tolist() == single["is_suspect"].tolist()
+    local = find_label_errors(model, (x, y), scorer=sc, progress=False, shard_size=101)
+    np.testing.assert_allclose(local["score"], single["score"], rtol=1e-9, atol=1e-12)
