@@ -105,13 +105,23 @@ def _loo_batch(
     logits = engine.checked_outputs(start, x, y).double()
     b, c = logits.shape
     jac = _jacobians(engine, x)  # (B, C, P)
-    solved = backend.solve(jac.reshape(b * c, -1)).reshape(b, c, -1).double()
     jd = jac.double()
-    lev = torch.einsum("bcp,bdp->bcd", jd, solved)  # M_i = J_i H^-1 J_i^T
-    lev = 0.5 * (lev + lev.transpose(1, 2))
     p = torch.softmax(logits, dim=1)
     r = p.clone()
     r[torch.arange(b), y] -= 1.0
+    g = torch.einsum("bc,bcp->bp", r, jd)  # per-example gradients J_i^T r_i
+    whiten, unwhiten = getattr(backend, "whiten", None), getattr(backend, "unwhiten", None)
+    if callable(whiten) and callable(unwhiten):
+        # exact: Z_i = J_i W^T (one GEMM), M_i = Z_i Z_i^T, W g_i = Z_i^T r_i, H^-1 g_i = W^T W g_i
+        z = whiten(jac.reshape(b * c, -1)).reshape(b, c, -1)
+        zd = z.double()
+        lev = torch.einsum("bcp,bdp->bcd", zd, zd)
+        hg = unwhiten(torch.einsum("bc,bcp->bp", r.to(z.dtype), z)).double()
+    else:
+        solved = backend.solve(jac.reshape(b * c, -1)).reshape(b, c, -1).double()
+        lev = torch.einsum("bcp,bdp->bcd", jd, solved)  # M_i = J_i H^-1 J_i^T
+        hg = torch.einsum("bc,bcp->bp", r, solved)
+    lev = 0.5 * (lev + lev.transpose(1, 2))
     cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L_i
     eye = torch.eye(c, dtype=torch.float64, device=logits.device).expand(b, c, c)
     # (I - L M / n)^{-1} r, then M (...) / n
@@ -123,8 +133,6 @@ def _loo_batch(
     lev_loo_t = torch.linalg.solve(eye - lev @ cov / n, lev)
     ei = torch.einsum("bcd,bcd->b", cov_loo, lev_loo_t).clamp_min(0.0)
     si = torch.einsum("bc,bcd,bd->b", r, lev, r).clamp_min(0.0)
-    g = torch.einsum("bc,bcp->bp", r, jd)
-    hg = torch.einsum("bc,bcp->bp", r, solved)
     return {
         "labels": y.cpu().numpy().astype(np.int64),
         "probs": p.cpu().numpy(),

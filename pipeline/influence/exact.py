@@ -194,6 +194,16 @@ class ExactBackend(Backend):
         z = grads @ self._whitener(grads.dtype).T
         return z.pow(2).sum(dim=1)
 
+    def whiten(self, grads: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` rows ``W g`` with ``W^T W = (H + lambda I)^{-1}``, in the gradients'
+        dtype (as :meth:`quadratic`): ``g_a^T (H + lambda I)^{-1} g_b`` is then a dot product
+        of two whitened rows, one GEMM instead of the two of :meth:`solve`."""
+        return grads @ self._whitener(grads.dtype).T
+
+    def unwhiten(self, rows: torch.Tensor) -> torch.Tensor:
+        """``W^T z`` for rows ``z``: ``unwhiten(whiten(g)) = (H + lambda I)^{-1} g``."""
+        return rows @ self._whitener(rows.dtype)
+
     def solve(self, grads: torch.Tensor) -> torch.Tensor:
         w = self._whitener(torch.float64)
         return ((grads.double() @ w.T) @ w).to(grads.dtype)
