@@ -345,8 +345,16 @@ def _fmt(r: dict) -> str:
 
 
 def dask_scaling(n: int) -> dict[str, Any]:
-    """Throughput of 1 vs 2 Dask worker processes (1 thread each) scoring the same shards."""
+    """Throughput of 1 vs 2 Dask worker processes (1 thread each) on the same shards.
+
+    Two jobs: exact self-influence (``sharded_self_influence``; a GEMM per batch, cheap per
+    example) and the scan flow's influence-stage sweep (``sharded_approximate_loo``: Jacobian,
+    solve and leave-one-out outputs per example), both fitted once on digits and run on
+    ``n`` jittered copies.
+    """
     from distributed import Client, LocalCluster, get_task_stream
+
+    from pipeline.detect.loo import sharded_approximate_loo
 
     x0, y0 = digits(1797)
     model = make_model("mlp", x0, y0)
@@ -355,38 +363,56 @@ def dask_scaling(n: int) -> dict[str, Any]:
     x = (x0.repeat(reps, 1) + 0.05 * torch.randn(reps * len(y0), 64, generator=g))[:n]
     y = y0.repeat(reps)[:n]
     sc = InfluenceScorer(model, (x0, y0), damping=WEIGHT_DECAY, progress=False)
-    out: dict[str, Any] = {"n": n, "backend": "exact", "shard_size": 500}
-    for workers in (1, 2):
-        with (
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            sharded_self_influence(
-                sc, (x[:1000], y[:1000]), shard_size=500, client=client, threads_per_task=1
-            )  # warm-up: imports, scatter
-            with get_task_stream(client) as stream:
-                t0 = time.perf_counter()
-                res = sharded_self_influence(
-                    sc, (x, y), shard_size=500, client=client, threads_per_task=1
+    big = InfluenceScorer(model, (x, y), damping=WEIGHT_DECAY, progress=False)
+    jobs: dict[str, tuple[int, Callable[[Any], np.ndarray]]] = {
+        "self_influence": (
+            1000,
+            lambda c: (
+                sharded_self_influence(
+                    sc, (x, y), shard_size=1000, client=c, threads_per_task=1
+                ).scores
+            ),
+        ),
+        "loo_sweep": (
+            1000,
+            lambda c: (
+                sharded_approximate_loo(
+                    big, shard_size=1000, client=c, threads_per_task=1
+                ).loo_probs
+            ),
+        ),
+    }
+    out: dict[str, Any] = {"n": n, "backend": "exact", "jobs": {}}
+    for name, (shard, run) in jobs.items():
+        res: dict[str, Any] = {"shard_size": shard}
+        values = {}
+        for workers in (1, 2):
+            with (
+                LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                run(client)  # warm-up: worker imports, the scatter of the fitted curvature
+                with get_task_stream(client) as stream:
+                    t0 = time.perf_counter()
+                    values[workers] = run(client)
+                    res[f"seconds_{workers}w"] = time.perf_counter() - t0
+                # Summed task compute time: if it grows with workers, they share cores.
+                res[f"task_compute_sum_{workers}w"] = sum(
+                    ss["stop"] - ss["start"]
+                    for task in stream.data
+                    for ss in task["startstops"]
+                    if ss["action"] == "compute"
                 )
-                out[f"seconds_{workers}w"] = time.perf_counter() - t0
-            # Summed task compute time: if it grows with workers, they share the same cores.
-            out[f"task_compute_sum_{workers}w"] = sum(
-                ss["stop"] - ss["start"]
-                for task in stream.data
-                for ss in task["startstops"]
-                if ss["action"] == "compute"
-            )
-            out[f"scores_{workers}w"] = res.scores
-    out["speedup"] = out["seconds_1w"] / out["seconds_2w"]
-    out["identical"] = bool(np.allclose(out.pop("scores_1w"), out.pop("scores_2w"), rtol=1e-6))
-    print(
-        f"dask: 1 worker {out['seconds_1w']:.1f}s, 2 workers {out['seconds_2w']:.1f}s, "
-        f"speedup x{out['speedup']:.2f}, same scores: {out['identical']}",
-        flush=True,
-    )
+        res["speedup"] = res["seconds_1w"] / res["seconds_2w"]
+        res["identical"] = bool(np.allclose(values[1], values[2], rtol=1e-6))
+        print(
+            f"dask {name}: 1 worker {res['seconds_1w']:.1f}s, 2 workers "
+            f"{res['seconds_2w']:.1f}s, speedup x{res['speedup']:.2f}, same: {res['identical']}",
+            flush=True,
+        )
+        out["jobs"][name] = res
     return out
 
 
@@ -478,6 +504,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender")
     ap.add_argument("--growth-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--table", action="store_true", help="print the saved results as markdown")
+    ap.add_argument(
+        "--dask-only",
+        action="store_true",
+        help="rerun only the 1 vs 2 Dask workers part (on an idle machine) into the JSON",
+    )
     args = ap.parse_args()
     if args.table:
         print(markdown(json.loads(RESULTS.read_text())))
@@ -486,12 +517,20 @@ def main() -> None:
         growth_child(args.growth_child)
         return
     torch.set_num_threads(args.threads)
+    if args.dask_only:
+        saved = json.loads(RESULTS.read_text())
+        saved["dask"] = dask_scaling(4000 if args.quick else 20000)
+        saved["dask"]["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+        saved["dask"]["command"] = "python " + " ".join(sys.argv)
+        RESULTS.write_text(json.dumps(saved, indent=2, default=float))
+        print(f"updated the dask part of {RESULTS}")
+        return
     n, n_query, depth = (300, 40, 100) if args.quick else (600, 50, 200)
     t0 = time.perf_counter()
     rows = []
     for kind in ("mlp", "cnn"):
         rows += run_model(kind, n, n_query, depth, peers=not args.no_peers)
-    scaling = dask_scaling(4000 if args.quick else 10000)
+    scaling = dask_scaling(4000 if args.quick else 20000)
     grow = growth([2000, 8000] if args.quick else [2000, 8000, 32000])
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
