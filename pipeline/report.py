@@ -90,11 +90,7 @@ def summary_markdown(
             f"({'flagged' if mismatch.get('flagged') else 'not flagged'})"
         )
     lines += ["", "## Gate checks", ""]
-    lines += [
-        f"- {'✅' if c['success'] else '❌'} {c['message']}"
-        for c in verdict.checks
-        if c["expectation"] != "expect_column_values_to_not_be_null" or not c["success"]
-    ]
+    lines += [f"- {'✅' if c['success'] else '❌'} {c['message']}" for c in verdict.checks]
     if len(top):
         lines += [
             "",

@@ -60,7 +60,7 @@ def test_clean_scan_passes_every_check(config: GateConfig) -> None:
     assert {c["expectation"] for c in v.checks} >= {
         "expect_column_values_to_be_in_set",
         "expect_column_values_to_be_unique",
-        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_between",
         "expect_table_row_count_to_equal",
         "expect_column_mean_to_be_between",
         "expect_column_sum_to_be_between",
@@ -101,8 +101,9 @@ def test_training_data_checks(config: GateConfig) -> None:
     reasons = failed(v)
     assert reasons["expect_column_values_to_be_in_set"]["unexpected_examples"] == [7]
     assert reasons["expect_column_values_to_be_unique"]["observed"] == 2
-    assert reasons["expect_column_values_to_not_be_null"]["column"] == "b"
-    assert reasons["expect_column_values_to_not_be_null"]["observed"] == 2
+    missing = reasons["expect_column_values_to_be_between"]
+    assert missing["column"] == "missing_features" and missing["observed"] == 2  # rows
+    assert missing["null_columns"] == {"b": 2} and "b: 2" in missing["message"]
     assert reasons["expect_table_row_count_to_equal"]["observed"] == N
     assert v.summary().count(";") == len(v.reasons) - 1
 
