@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.errors import InvalidInputError
@@ -152,11 +152,15 @@ def enqueue_scan(
                 continue
             counts[label] = counts.get(label, 0) + 1
             rows.append(
-                QueueItem(
-                    finding_id=fid, scan_id=scan_id, priority=score, required_votes=required_votes
-                )
+                {
+                    "finding_id": fid,
+                    "scan_id": scan_id,
+                    "priority": score,
+                    "required_votes": required_votes,
+                }
             )
-        s.add_all(rows)
+        if rows:  # one executemany, not a unit of work per item (same transaction)
+            s.execute(insert(QueueItem), rows)
     log.info("enqueued %d findings of scan %d", len(rows), scan_id)
     return len(rows)
 
