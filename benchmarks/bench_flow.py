@@ -56,18 +56,19 @@ def big_digits(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
     return data, y
 
 
-def overhead(n: int, repeats: int, work: Path) -> dict:
+def overhead(n: int, repeats: int, work: Path, hidden: tuple[int, ...] = ()) -> dict:
     from flows.scan import scan_model_version
     from pipeline.demo_registry import register_model_with_data
     from pipeline.scan import ScanOptions, influence_stage, load_stage
 
     data, clean = big_digits(n)
-    uri = f"sqlite:///{work}/mlflow.db"
+    tag = "mlp" + "-".join(map(str, hidden)) if hidden else "softmax"
+    uri = f"sqlite:///{work}/mlflow-{tag}.db"
     reg = register_model_with_data(
-        data, name="bench", workdir=work, tracking_uri=uri, true_labels=clean
+        data, name="bench", workdir=work / tag, tracking_uri=uri, true_labels=clean, hidden=hidden
     )
     ref = f"models:/bench/{reg.version}"
-    db = f"sqlite:///{work}/infgate.db"
+    db = f"sqlite:///{work}/infgate-{tag}.db"
     # warm-up: imports, the ephemeral Prefect API, GX context, MLflow client caches
     scan_model_version(
         ref, db_url=db, tracking_uri=uri, options={"store_top": 0}, return_state=True
@@ -99,7 +100,15 @@ def overhead(n: int, repeats: int, work: Path) -> dict:
             f"  repeat {r}: influence {influence_s:.1f}s, flow {flow_s:.1f}s, "
             f"ratio {flow_s / influence_s:.2f}"
         )
-    return {"n": n, "repeats": rows, "median_ratio": statistics.median(r["ratio"] for r in rows)}
+    n_params = sum(q.numel() for q in load_stage(ref, tracking_uri=uri).model.parameters())
+    return {
+        "n": n,
+        "model": tag,
+        "n_params": n_params,
+        "repeats": rows,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+        "median_overhead_s": statistics.median(r["flow_s"] - r["influence_s"] for r in rows),
+    }
 
 
 def _port() -> int:
@@ -234,8 +243,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
     os.chdir(work)
     print(f"work dir {work}")
-    print("1. flow overhead")
+    print("1. flow overhead (softmax regression, then an MLP 64-32-10)")
     over = overhead(args.n, args.repeats, work)
+    over_mlp = overhead(args.n, args.repeats, work, hidden=(32,))
     print("2. webhook latency")
     hook = webhook_latency(args.deliveries, work)
     result = {
@@ -251,13 +261,18 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/bench_flow.py " + " ".join(sys.argv[1:]),
         "overhead": over,
+        "overhead_mlp": over_mlp,
         "webhook": hook,
     }
     out = ROOT / "benchmarks" / "results" / "flow.json"
     out.write_text(json.dumps(result, indent=2))
     print("\n| measure | value |\n| --- | ---: |")
-    ratio = over["median_ratio"]
-    print(f"| flow / influence stage (median of {args.repeats}, n={args.n:,}) | {ratio:.2f} |")
+    for o in (over, over_mlp):
+        print(
+            f"| flow / influence stage, {o['model']} ({o['n_params']:,} params; median of "
+            f"{args.repeats}, n={args.n:,}) | {o['median_ratio']:.2f} "
+            f"(+{o['median_overhead_s']:.1f} s) |"
+        )
     running = hook["median_received_to_flow_running_s"]
     received = hook["median_register_to_received_s"]
     print(f"| webhook received -> flow run Running (median) | {running:.2f} s |")
