@@ -263,10 +263,9 @@ def _check_rows(
             extra["null_columns"] = dict(null_columns or {})
             if null_columns:
                 shown = ", ".join(f"{c}: {k}" for c, k in list(null_columns.items())[:8])
-                more = len(null_columns) - 8
-                message += (
-                    f" [null values per column: {shown}{f', +{more} more' if more > 0 else ''}]"
-                )
+                if len(null_columns) > 8:
+                    shown += f", +{len(null_columns) - 8} more"
+                message += f" [null values per column: {shown}]"
         if column:
             message = f"{column}: {message}"
         if threshold:

@@ -187,18 +187,12 @@ def _reload_when_unpickled(model: nn.Module, uri: str, tracking_uri: str | None)
     ``torch.export``'s GraphModule cannot be pickled (it holds local functions). Each such
     module has a class of its own (``GraphModule.__new__`` makes one per instance), so we
     teach that class alone to pickle as "load ``uri`` from the registry", which the other
-    process does once (:func:`_load_cached`). Picklable modules are left as they are.
+    process does once (:func:`_load_cached`). Modules of shared classes (pickled-format
+    models) keep their own pickling. Checked by class, not by a trial ``pickle.dumps``, which
+    would serialize every weight on every load.
     """
-    import pickle
-
-    try:
-        pickle.dumps(model)
-        return
-    except Exception:
-        pass
     cls = type(model)
     if not cls.__qualname__.endswith("<locals>.GraphModuleImpl"):  # never patch a shared class
-        log.debug("model %s cannot be pickled; it stays in this process", uri)
         return
     cls.__reduce_ex__ = lambda self, protocol: (_load_cached, (uri, tracking_uri))  # type: ignore[assignment,method-assign]
 

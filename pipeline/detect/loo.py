@@ -35,7 +35,7 @@ from pipeline.influence import InfluenceScorer
 from pipeline.influence.backends import Backend
 from pipeline.influence.batches import BatchSource, DatasetLike
 from pipeline.influence.gradients import GradientEngine
-from pipeline.influence.sharding import _SCORE_LOCK, map_shards
+from pipeline.influence.sharding import _SCORE_LOCK, FittedCurvature, map_shards
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -194,27 +194,17 @@ def approximate_loo(scorer: InfluenceScorer, rows: np.ndarray | None = None) -> 
 
 @dataclass(frozen=True)
 class LooShardJob:
-    """What a worker needs to compute one shard's :class:`LooOutputs`: the engine, the
-    fitted back-end and the training-set size (never the training data itself)."""
+    """What a worker needs to compute one shard's :class:`LooOutputs`: the fitted curvature
+    (engine, back-end, batching) and the training-set size, never the training data."""
 
-    engine: GradientEngine
-    backend: Backend
+    curvature: FittedCurvature
     n_train: int
-    batch_size: int
-    threads: int | None = None
 
     def __call__(self, data: DatasetLike, start: int) -> tuple[int, LooOutputs]:
         with _SCORE_LOCK:  # functional_call swaps module parameters: one thread at a time
-            if self.threads is not None:
-                torch.set_num_threads(self.threads)
-            source = BatchSource(
-                data,
-                batch_size=self.batch_size,
-                device=self.engine.device,
-                dtype=self.engine.dtype,
-                what=f"training rows {start}..",
-            )
-            return start, _sweep(self.engine, self.backend, self.n_train, source, False)
+            source = self.curvature.batches(data, start)
+            cur = self.curvature
+            return start, _sweep(cur.engine, cur.backend, self.n_train, source, False)
 
 
 def sharded_approximate_loo(
@@ -238,9 +228,8 @@ def sharded_approximate_loo(
         threads_per_task: ``torch.set_num_threads`` inside each shard task.
     """
     _check_objective(scorer)
-    job = LooShardJob(
-        scorer.engine, scorer.backend, len(scorer.train), scorer.batch_size, threads_per_task
-    )
+    curvature = FittedCurvature(scorer.engine, scorer.backend, scorer.batch_size, threads_per_task)
+    job = LooShardJob(curvature, len(scorer.train))
     done: dict[int, LooOutputs] = {}
     for start, out in map_shards(
         job,

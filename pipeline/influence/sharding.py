@@ -74,17 +74,20 @@ class FittedCurvature:
             return self._score_unlocked(data, start)
 
     def _score_unlocked(self, data: DatasetLike, start: int) -> tuple[int, np.ndarray]:
+        source = self.batches(data, start)
+        return start, self.backend.self_influence(self.engine, source, progress=False)
+
+    def batches(self, data: DatasetLike, start: int) -> BatchSource:
+        """The shard's batches, after applying ``threads`` (call under ``_SCORE_LOCK``)."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        source = BatchSource(
+        return BatchSource(
             data,
             batch_size=self.batch_size,
             device=self.engine.device,
             dtype=self.engine.dtype,
             what=f"shard at {start}",
         )
-        scores = self.backend.self_influence(self.engine, source, progress=False)
-        return start, scores
 
 
 def _run(
