@@ -85,7 +85,20 @@ class _Worker:
             if self._queue.empty():
                 self._idle.set()
 
+    deployment_alias: str
+    tracking_uri: str | None
+
     def handle(self, request: ScanRequest) -> dict[str, Any]:
+        """``enforce`` withdraws the alias from a version not gated ``passed``; anything
+        else starts a scan (:meth:`start`)."""
+        if request.action == "enforce":
+            withdrawn = enforce_gate(
+                request.model_name, request.version, self.deployment_alias, self.tracking_uri
+            )
+            return {"alias_withdrawn": withdrawn}
+        return self.start(request)
+
+    def start(self, request: ScanRequest) -> dict[str, Any]:
         raise NotImplementedError
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -119,14 +132,9 @@ class EmbeddedStarter(_Worker):
         self.options = options
         super().__init__()
 
-    def handle(self, request: ScanRequest) -> dict[str, Any]:
+    def start(self, request: ScanRequest) -> dict[str, Any]:
         from flows.scan import scan_model_version
 
-        if request.action == "enforce":
-            withdrawn = enforce_gate(
-                request.model_name, request.version, self.deployment_alias, self.tracking_uri
-            )
-            return {"alias_withdrawn": withdrawn}
         report_dir = None
         if self.report_root:
             report_dir = f"{self.report_root}/{request.model_name}-v{request.version}"
@@ -165,15 +173,10 @@ class DeploymentStarter(_Worker):
         self.tracking_uri = tracking_uri
         super().__init__()
 
-    def handle(self, request: ScanRequest) -> dict[str, Any]:
+    def start(self, request: ScanRequest) -> dict[str, Any]:
         from prefect.client.schemas.objects import FlowRun
         from prefect.deployments import run_deployment
 
-        if request.action == "enforce":
-            withdrawn = enforce_gate(
-                request.model_name, request.version, self.deployment_alias, self.tracking_uri
-            )
-            return {"alias_withdrawn": withdrawn}
         # the delivery id as idempotency key: a delivery that reaches two receiver replicas
         # (or is re-sent after a lost answer) starts one flow run, not two
         run = run_deployment(
