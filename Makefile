@@ -31,10 +31,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/infgate demo
 
+# mypy and lint-imports read the installed layout (infgate = pipeline/, infgate.flows = flows/,
+# infgate.plugins = plugins/) from a symlink tree that .ci/linktree.py rebuilds each run.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) .ci/linktree.py build/lint
 	$(VENV)/bin/mypy
+	PYTHONPATH=build/lint $(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .

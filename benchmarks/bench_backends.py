@@ -37,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends_peers import captum_run, kronfluence_run, pydvl_run
-
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.sharding import sharded_self_influence
-from pipeline.models import train_classifier
+from infgate.examples.models import train_classifier
+from infgate.influence import InfluenceScorer
+from infgate.influence.sharding import sharded_self_influence
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backends.json"
 WEIGHT_DECAY = 1e-3  # also the damping: H + lambda I is the training objective's curvature
@@ -353,8 +352,7 @@ def dask_scaling(n: int) -> dict[str, Any]:
     ``n`` jittered copies.
     """
     from distributed import Client, LocalCluster, get_task_stream
-
-    from pipeline.detect.loo import sharded_approximate_loo
+    from infgate.detect.loo import sharded_approximate_loo
 
     x0, y0 = digits(1797)
     model = make_model("mlp", x0, y0)

@@ -25,17 +25,16 @@ RESULTS = Path(__file__).parent / "results"
 
 def _one(n: int, d: int, hidden: int, classes: int, batch: int) -> dict[str, float]:
     import torch
-
-    from pipeline.influence import InfluenceScorer
-    from pipeline.influence.batches import BatchSource
-    from pipeline.models import make_classifier
+    from infgate.examples.models import make_classifier
+    from infgate.influence import InfluenceScorer
+    from infgate.influence.batches import BatchSource
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
     model = make_classifier(d, classes, hidden=(hidden,), generator=g).eval()
-    from pipeline.influence.gradients import GradientEngine
-    from pipeline.influence.objective import CrossEntropyObjective
+    from infgate.influence.gradients import GradientEngine
+    from infgate.influence.objective import CrossEntropyObjective
 
     # Warm both code paths (vmap/jacrev tracing) on one batch so neither timing pays it.
     InfluenceScorer(model, (x[:batch], y[:batch]), damping=1e-3, progress=False)

@@ -42,9 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 def big_digits(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
     """``n`` digits rows: the 1,797 images tiled with N(0, 0.05) pixel jitter, 10% flips."""
+    from infgate.data.training import TrainingData, flip_labels
     from sklearn.datasets import load_digits
-
-    from pipeline.data import TrainingData, flip_labels
 
     d = load_digits()
     rng = np.random.default_rng(seed)
@@ -57,9 +56,9 @@ def big_digits(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def overhead(n: int, repeats: int, work: Path, hidden: tuple[int, ...] = ()) -> dict:
-    from flows.scan import scan_model_version
-    from pipeline.demo_registry import register_model_with_data
-    from pipeline.scan import ScanOptions, influence_stage, load_stage
+    from infgate.examples.demo_registry import register_model_with_data
+    from infgate.flows.scan import scan_model_version
+    from infgate.scan.stages import ScanOptions, influence_stage, load_stage
 
     data, clean = big_digits(n)
     tag = "mlp" + "-".join(map(str, hidden)) if hidden else "softmax"
@@ -120,13 +119,12 @@ def _port() -> int:
 def webhook_latency(deliveries: int, work: Path) -> dict:
     import uvicorn
     from cryptography.fernet import Fernet
+    from infgate.examples.demo_registry import register_model_with_data
+    from infgate.plugins.cli.demo import digits_with_flips
+    from infgate.plugins.review_hook import EmbeddedStarter, HookSettings, create_app
+    from infgate.plugins.review_hook.register import register_webhook
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
-
-    from pipeline.demo import digits_with_flips
-    from pipeline.demo_registry import register_model_with_data
-    from plugins.review_hook import EmbeddedStarter, HookSettings, create_app
-    from plugins.review_hook.register import register_webhook
 
     port = _port()
     env = {

@@ -84,7 +84,7 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def noisy_labels(y: np.ndarray, noise: str, rng: np.random.Generator, seed: int) -> np.ndarray:
-    from pipeline.data import flip_labels
+    from infgate.data.training import flip_labels
 
     k = int(y.max()) + 1
     if noise.startswith("uniform"):
@@ -105,13 +105,12 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
+    from infgate.detect import approximate_loo, ranking_scores
+    from infgate.detect.filtered import filtered_probabilities
+    from infgate.examples.models import make_classifier, train_classifier
+    from infgate.influence import CrossEntropyObjective, GradientEngine, InfluenceScorer
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    from pipeline.detect import approximate_loo, ranking_scores
-    from pipeline.detect.filtered import filtered_probabilities
-    from pipeline.influence import CrossEntropyObjective, GradientEngine, InfluenceScorer
-    from pipeline.models import make_classifier, train_classifier
 
     torch.set_num_threads(1)
     seed = cfg["seed"]

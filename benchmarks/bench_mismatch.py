@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from infgate.detect import MismatchDetector
+from infgate.detect.stats import mmd_permutation_test
+from infgate.examples.models import make_classifier, train_classifier
 from scipy.stats import binomtest, ks_2samp
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-from pipeline.detect import MismatchDetector
-from pipeline.detect.stats import mmd_permutation_test
-from pipeline.models import make_classifier, train_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WD = 1e-3

@@ -37,9 +37,9 @@ from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.queue import claim_next, decide, enqueue_scan
-from pipeline.store import ScanRecord, Store
-from pipeline.store.annotators import ensure_annotator
+from infgate.review.annotators import ensure_annotator
+from infgate.review.queue import claim_next, decide, enqueue_scan
+from infgate.store import ScanRecord, Store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "queue.json"
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pandas as pd
-
-from pipeline.errors import DatasetMismatchError, InfgateError
-from pipeline.scan_records import json_safe
+from infgate.errors import DatasetMismatchError, InfluenceRunError
+from infgate.scan.records import json_safe
 
 __all__ = [
     "InfluenceRunError",
@@ -26,10 +25,6 @@ __all__ = [
 ]
 
 PAYLOAD_VERSION = 1
-
-
-class InfluenceRunError(InfgateError, RuntimeError):
-    """The influence-stage deployment run did not complete, or returned something else."""
 
 
 def frame_to_payload(frame: pd.DataFrame) -> dict[str, Any]:

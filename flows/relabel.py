@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from infgate.flows.scan import IO_DELAYS, IO_RETRIES, open_store
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
-
-from flows.scan import IO_DELAYS, IO_RETRIES, open_store
 
 __all__ = ["relabel"]
 
@@ -21,8 +20,8 @@ def apply_task(
     scan_id: int, db_url: str | None, tracking_uri: str | None, out_dir: str | None
 ) -> dict[str, Any]:
     """Corrected dataset version from the scan's resolved decisions (Parquet + MLflow)."""
-    from pipeline.queue import apply_decisions
-    from pipeline.registry import load_training_data, resolve_model_version
+    from infgate.registry.core import load_training_data, resolve_model_version
+    from infgate.review.queue import apply_decisions
 
     store = open_store(db_url)
     info = store.get_scan(scan_id)
@@ -58,8 +57,8 @@ def recheck_task(
     model: str, db_url: str | None, tracking_uri: str | None, gate_config: str | None
 ) -> dict[str, Any]:
     """Re-run the gate on the version's latest scan (decisions now count as reviews)."""
-    from pipeline.gate import load_gate_config
-    from pipeline.promote import recheck
+    from infgate.gate.core import load_gate_config
+    from infgate.scan.promote import recheck
 
     scan_id, verdict = recheck(
         open_store(db_url), model, config=load_gate_config(gate_config), tracking_uri=tracking_uri

@@ -31,14 +31,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
-from prefect.states import Completed, Failed, State
-
-from pipeline.gate import GateVerdict, load_gate_config
-from pipeline.scan import (
+from infgate.gate.core import GateVerdict, load_gate_config
+from infgate.scan.stages import (
     LoadedScan,
     ScanOptions,
     detect_stage,
@@ -48,6 +42,11 @@ from pipeline.scan import (
     report_stage,
     store_stage,
 )
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import Completed, Failed, State
 
 __all__ = [
     "dask_task_runner",
@@ -63,8 +62,8 @@ IO_DELAYS = [1.0, 5.0, 15.0]
 
 
 def open_store(db_url: str | None) -> Any:
-    """One migrated :class:`~pipeline.store.Store` per URL per process."""
-    from pipeline.store import Store
+    """One migrated :class:`~infgate.store.Store` per URL per process."""
+    from infgate.store import Store
 
     key = db_url or ""
     if key not in _STORES:
@@ -76,7 +75,7 @@ def open_store(db_url: str | None) -> Any:
 
 def options_from_dict(options: dict[str, Any] | None) -> ScanOptions:
     """Rebuild :class:`ScanOptions` from flow parameters (JSON)."""
-    from pipeline.config import InfluenceConfig
+    from infgate.config import InfluenceConfig
 
     raw = dict(options or {})
     influence = InfluenceConfig(**raw.pop("influence", {}))
@@ -89,7 +88,7 @@ def _scan_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     registries that both have a ``name/1`` apart."""
     import hashlib
 
-    from pipeline.store import config_hash
+    from infgate.store import config_hash
 
     loaded: LoadedScan = parameters["loaded"]
     opts: ScanOptions = parameters["options"]
@@ -188,7 +187,7 @@ def store_task(
     timings: dict[str, float],
 ) -> tuple[int, int]:
     """Write the scan in one transaction and queue its suspects; returns (scan id, queued)."""
-    from pipeline.queue import enqueue_scan
+    from infgate.review.queue import enqueue_scan
 
     store = open_store(db_url)
     scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
@@ -263,13 +262,13 @@ def influence_stage_flow(
     path.
 
     Returns:
-        :func:`flows.influence_payload.stage_to_payload`: the ranking, the explanations of
+        :func:`infgate.flows.influence_payload.stage_to_payload`: the ranking, the explanations of
         the top suspects, the stage timings and the hash of the data ranked.
     """
     import dataclasses
     import os
 
-    from flows.influence_payload import stage_to_payload
+    from infgate.flows.influence_payload import stage_to_payload
 
     opts = options_from_dict(options)
     device = os.environ.get("INFGATE_DEVICE")
@@ -303,7 +302,7 @@ def scan_model_version(
         version: the version, when ``model`` is a bare name.
         data_uri: training data URI (default: the version's tag, then its run's dataset).
         eval_uri: evaluation/production data for the mismatch test (optional).
-        options: :class:`~pipeline.scan.ScanOptions` as a dict.
+        options: :class:`~infgate.scan.stages.ScanOptions` as a dict.
         gate_config: path of a gate thresholds YAML (default: the documented defaults).
         db_url: findings store URL (default ``$INFGATE_DB_URL`` or ``sqlite:///infgate.db``).
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own resolution).
@@ -317,7 +316,7 @@ def scan_model_version(
     opts = options_from_dict(options)
     loaded = load_task(model, version, data_uri, eval_uri, tracking_uri)
     if influence_deployment:
-        from flows.influence_payload import run_influence_deployment
+        from infgate.flows.influence_payload import run_influence_deployment
 
         ranking, explanations, timings = run_influence_deployment(
             influence_deployment,

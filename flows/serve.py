@@ -19,11 +19,10 @@ __all__ = ["build_deployments", "serve_all"]
 
 def build_deployments(*, sweep_cron: str = "0 2 * * *") -> list[Any]:
     """The runner deployments ``serve_all`` serves (parameters come from env defaults)."""
+    from infgate.flows.relabel import relabel
+    from infgate.flows.scan import influence_stage_flow, scan_model_version
+    from infgate.flows.sweep import registry_sweep
     from prefect.events import DeploymentEventTrigger
-
-    from flows.relabel import relabel
-    from flows.scan import influence_stage_flow, scan_model_version
-    from flows.sweep import registry_sweep
 
     common = {
         "db_url": os.environ.get("INFGATE_DB_URL"),

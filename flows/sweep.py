@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from infgate.flows.scan import (
+    IO_DELAYS,
+    IO_RETRIES,
+    open_store,
+    options_from_dict,
+    scan_model_version,
+)
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-
-from flows.scan import IO_DELAYS, IO_RETRIES, open_store, options_from_dict, scan_model_version
 
 __all__ = ["list_model_versions", "registry_sweep"]
 
@@ -22,7 +27,7 @@ __all__ = ["list_model_versions", "registry_sweep"]
 )
 def list_model_versions(tracking_uri: str | None, name_filter: str | None) -> list[tuple[str, str]]:
     """Every (name, version) in the registry, newest versions first."""
-    from pipeline.registry import client
+    from infgate.registry.core import client
 
     c = client(tracking_uri)
     query = f"name LIKE '{name_filter}'" if name_filter else None
@@ -44,8 +49,9 @@ def needs_scan(
     options: dict[str, Any] | None,
 ) -> str:
     """``"scan"``, ``"current"`` (a scan of this data exists) or ``"no data: ..."``."""
-    from pipeline.registry import DataResolutionError, load_training_data, resolve_model_version
-    from pipeline.store import config_hash
+    from infgate.errors import DataResolutionError
+    from infgate.registry.core import load_training_data, resolve_model_version
+    from infgate.store import config_hash
 
     mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
     try:

@@ -4,16 +4,16 @@ Public surface; everything else is internal. Orchestration lives in ``flows`` an
 integration surfaces in ``plugins``; this package imports neither.
 """
 
-from pipeline.config import InfluenceConfig
-from pipeline.data import EvalData, TrainingData, flip_labels
-from pipeline.detect import (
+from infgate.config import InfluenceConfig
+from infgate.data.training import EvalData, TrainingData, flip_labels
+from infgate.detect import (
     MismatchDetector,
     MismatchReport,
     detect_mismatch,
     explain,
     find_label_errors,
 )
-from pipeline.errors import (
+from infgate.errors import (
     CurvatureError,
     DatasetMismatchError,
     InfgateError,
@@ -21,7 +21,7 @@ from pipeline.errors import (
     ModelStateError,
     NonFiniteError,
 )
-from pipeline.influence import (
+from infgate.influence import (
     InfluenceMatrix,
     InfluenceResult,
     InfluenceScorer,

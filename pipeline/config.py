@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import InvalidInputError
+from infgate.errors import InvalidInputError
 
 __all__ = ["InfluenceConfig"]
 
@@ -19,7 +19,7 @@ class InfluenceConfig:
     Attributes:
         method: curvature back-end (``"exact"``, or any registered approximate one).
         damping: lambda added to the curvature; ``None`` = 1e-3 x mean eigenvalue
-            (see :func:`pipeline.influence.exact.default_damping`).
+            (see :func:`infgate.influence.backends.exact.default_damping`).
         batch_size: examples per streamed batch (memory grows with it, not with n).
         device: ``"auto"`` (CUDA when torch sees it), ``"cpu"`` or ``"cuda[:N]"``.
         params: parameter names (or module-name prefixes) to differentiate; ``None`` = all

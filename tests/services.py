@@ -118,9 +118,8 @@ class SmallDigits:
 
 def small_digits(n: int = 500, noise: float = 0.1, seed: int = 0) -> SmallDigits:
     """The first ``n`` digits with ``noise`` of labels flipped (uniform, seeded)."""
+    from infgate.data.training import TrainingData, flip_labels
     from sklearn.datasets import load_digits
-
-    from pipeline.data import TrainingData, flip_labels
 
     d = load_digits()
     x, y = (d.data[:n] / 16.0).astype(np.float32), d.target[:n].astype(np.int64)
@@ -147,7 +146,7 @@ def noisy_version(
     mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
 ) -> NoisyVersion:
     """``noisy`` v1 on the session's mlflow server: 500 digits, 10% flips, pt2 format."""
-    from pipeline.demo_registry import register_model_with_data
+    from infgate.examples.demo_registry import register_model_with_data
 
     digits = small_digits(n=500, noise=0.1, seed=3)
     reg = register_model_with_data(

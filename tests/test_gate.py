@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from pipeline.errors import InvalidInputError
-from pipeline.gate import GateConfig, GateInputs, load_gate_config, run_gate
+from infgate.errors import InvalidInputError
+from infgate.gate.core import GateConfig, GateInputs, load_gate_config, run_gate
 
 N = 200
 

@@ -82,7 +82,7 @@ def check_argv(argv: list[str]) -> str:
         server_app.parse_args(args[1:], exit_on_error=False, print_error=False)
         return f"prefect server {args[1]}"
     if prog == "infgate":
-        from pipeline.cli import app
+        from infgate.plugins.cli.app import app
 
         cmd: Any = typer.main.get_command(app)  # typer's own (vendored) click
     elif prog == "mlflow":

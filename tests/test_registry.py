@@ -8,17 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from pipeline.errors import DatasetMismatchError, InvalidInputError
-from pipeline.models import make_classifier
-from pipeline.registry import (
+from infgate.errors import (
     DataResolutionError,
-    ModelVersionRef,
+    DatasetMismatchError,
+    InvalidInputError,
     RegistryError,
+)
+from infgate.examples.models import make_classifier
+from infgate.registry.core import (
+    ModelVersionRef,
     load_model,
     load_training_data,
     resolve_model_version,
 )
+
 from tests.services import NoisyVersion
 
 
@@ -124,7 +127,7 @@ def test_training_data_resolution_order(noisy_version: NoisyVersion, tmp_path: P
 def test_unresolvable_and_unfit_data_get_clear_errors(
     noisy_version: NoisyVersion, tmp_path: Path
 ) -> None:
-    from pipeline.scan import load_stage
+    from infgate.scan.stages import load_stage
 
     uri, v = noisy_version.server.uri, noisy_version.version
     orphan = ModelVersionRef(name="noisy", version=v, run_id=None)

@@ -11,10 +11,9 @@ from tests.services import NoisyVersion
 
 @pytest.fixture(scope="module")
 def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from infgate.scan.stages import run_scan
+    from infgate.store import Store
     from mlflow import MlflowClient
-
-    from pipeline.scan import run_scan
-    from pipeline.store import Store
 
     root = tmp_path_factory.mktemp("scan")
     store = Store.from_url(f"sqlite:///{root}/infgate.db")
@@ -68,7 +67,7 @@ def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: Noisy
 
 
 def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion) -> None:
-    from pipeline.scan import run_scan
+    from infgate.scan.stages import run_scan
 
     again = run_scan(
         f"models:/noisy/{noisy_version.version}",
@@ -84,9 +83,8 @@ def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion
 def test_promote_cli_refuses_with_the_failed_checks(
     scanned: dict, noisy_version: NoisyVersion
 ) -> None:
+    from infgate.plugins.cli.app import app
     from typer.testing import CliRunner
-
-    from pipeline.cli import app
 
     result = CliRunner().invoke(
         app,
@@ -107,10 +105,10 @@ def test_promote_cli_refuses_with_the_failed_checks(
 def test_promote_refuses_until_every_blocking_finding_is_decided(
     scanned: dict, noisy_version: NoisyVersion
 ) -> None:
-    from pipeline.gate import GateBlockedError
-    from pipeline.promote import promote
-    from pipeline.queue import claim_next, decide
-    from pipeline.store.annotators import ensure_annotator
+    from infgate.errors import GateBlockedError
+    from infgate.review.annotators import ensure_annotator
+    from infgate.review.queue import claim_next, decide
+    from infgate.scan.promote import promote
 
     store, client, uri = scanned["store"], scanned["client"], noisy_version.server.uri
     ref = f"models:/noisy/{noisy_version.version}"
@@ -136,9 +134,8 @@ def test_shifted_eval_data_fails_the_mismatch_check(
 ) -> None:
     import numpy as np
     import pandas as pd
-
-    from pipeline.scan import run_scan
-    from pipeline.store import Store
+    from infgate.scan.stages import run_scan
+    from infgate.store import Store
 
     train = pd.read_parquet(noisy_version.data_path)
     features = [c for c in train.columns if c.startswith("f")]

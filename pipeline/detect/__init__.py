@@ -4,15 +4,15 @@ Public functions: :func:`find_label_errors`, :func:`explain`, :func:`detect_mism
 (and the reusable :class:`MismatchDetector`).
 """
 
-from pipeline.detect.explain import EXPLAIN_COLUMNS, explain
-from pipeline.detect.label_errors import (
+from infgate.detect.explain import EXPLAIN_COLUMNS, explain
+from infgate.detect.label_errors import (
     LABEL_ERROR_COLUMNS,
     RankingMethod,
     find_label_errors,
     ranking_scores,
 )
-from pipeline.detect.loo import LooOutputs, approximate_loo
-from pipeline.detect.mismatch import MismatchDetector, MismatchReport, detect_mismatch
+from infgate.detect.loo import LooOutputs, approximate_loo
+from infgate.detect.mismatch import MismatchDetector, MismatchReport, detect_mismatch
 
 __all__ = [
     "EXPLAIN_COLUMNS",

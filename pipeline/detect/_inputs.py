@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from pipeline.data import EvalData, TrainingData
-from pipeline.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
-from pipeline.influence.batches import BatchSource, DatasetLike
+from infgate.data.training import EvalData, TrainingData
+from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
+from infgate.influence.batches import BatchSource, DatasetLike
 
 __all__ = ["dataset_tensors", "example_ids", "parse_eval"]
 

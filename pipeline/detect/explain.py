@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from infgate.data.training import EvalData, TrainingData
+from infgate.detect._inputs import dataset_tensors, example_ids
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer
+from infgate.influence.batches import DatasetLike
 from torch import nn
-
-from pipeline.data import EvalData, TrainingData
-from pipeline.detect._inputs import dataset_tensors, example_ids
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.batches import DatasetLike
 
 __all__ = ["EXPLAIN_COLUMNS", "explain"]
 

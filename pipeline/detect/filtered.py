@@ -15,7 +15,7 @@ well-supported directions are untouched and the memorized ones shrink. Outputs o
 filtered model ``theta'`` are what the model says about an example once nothing it could
 only have learned from a few examples is left; a label that disagrees with them is
 suspect. ``lambda' = 0.1 x mean eigenvalue of H`` (scale-free; fixed on the development
-grid, see :func:`pipeline.detect.find_label_errors`). No retraining: one linear solve with
+grid, see :func:`infgate.detect.find_label_errors`). No retraining: one linear solve with
 the curvature already fitted, one forward pass.
 """
 
@@ -25,9 +25,8 @@ import logging
 
 import numpy as np
 import torch
+from infgate.influence import InfluenceScorer
 from tqdm.auto import tqdm
-
-from pipeline.influence import InfluenceScorer
 
 __all__ = ["FILTER_STRENGTH", "filtered_probabilities"]
 

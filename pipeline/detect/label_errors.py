@@ -1,7 +1,7 @@
 """Rank training examples by how likely their label is wrong, suggest the right label.
 
-Every ranking below comes from ONE curvature fit (:class:`~pipeline.influence.InfluenceScorer`)
-and one sweep over the training data (:func:`pipeline.detect.loo.approximate_loo`); none
+Every ranking below comes from ONE curvature fit (:class:`~infgate.influence.InfluenceScorer`)
+and one sweep over the training data (:func:`infgate.detect.loo.approximate_loo`); none
 retrains the model.
 """
 
@@ -13,16 +13,15 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 import pandas as pd
 import torch
+from infgate.detect._inputs import example_ids
+from infgate.detect.filtered import filtered_probabilities
+from infgate.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
+from infgate.detect.stats import rank_average
+from infgate.detect.suggest import estimate_n_errors, suggest_labels
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer
+from infgate.influence.batches import DatasetLike
 from torch import nn
-
-from pipeline.detect._inputs import example_ids
-from pipeline.detect.filtered import filtered_probabilities
-from pipeline.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
-from pipeline.detect.stats import rank_average
-from pipeline.detect.suggest import estimate_n_errors, suggest_labels
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.batches import DatasetLike
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -77,14 +76,14 @@ def ranking_scores(
     * ``margin``: in-sample normalized margin ``max_{c != y} p_c - p_y``.
     * ``loo_loss`` / ``loo_margin``: the same on the approximate leave-one-out
       probabilities (Newton step of Koh & Liang Sec. 2.1 with the leverage correction; see
-      :mod:`pipeline.detect.loo`); confident learning's self-confidence / normalized
+      :mod:`infgate.detect.loo`); confident learning's self-confidence / normalized
       margin without K-fold retraining.
     * ``self_influence``: ``g_i^T (H + lambda I)^{-1} g_i`` (Koh & Liang Sec. 5.4).
     * ``relatif``: ``s_i / ||(H + lambda I)^{-1} g_i||`` (RelatIF, Barshan et al. 2020).
     * ``grad_norm``: ``||g_i||``.
     * ``filtered_margin`` / ``filtered_loss``: the same on the probabilities of the
       curvature-filtered model (``filtered``, from
-      :func:`pipeline.detect.filtered.filtered_probabilities`).
+      :func:`infgate.detect.filtered.filtered_probabilities`).
     * ``consensus``: mean normalized rank of ``margin``, ``loo_margin`` and ``grad_norm``.
     """
     labels = out.labels
@@ -137,7 +136,7 @@ def find_label_errors(
 
     The default, ``method="filtered_margin"``, is the normalized margin
     ``max_{c != y} p'_c - p'_y`` under the curvature-filtered model
-    (:mod:`pipeline.detect.filtered`): one Newton step towards a stronger ridge penalty,
+    (:mod:`infgate.detect.filtered`): one Newton step towards a stronger ridge penalty,
     computed with the curvature already fitted for influence, which shrinks exactly the
     low-curvature directions that high-self-influence (memorized) examples live in. Why
     not plain self-influence: on small data ``g^T H^-1 g`` also rewards high-leverage,
@@ -181,9 +180,9 @@ def find_label_errors(
         ``example_id, score, rank`` (1 = most suspicious), ``given_label``,
         ``predicted_label`` (in-sample argmax), ``suggested_label`` and
         ``suggestion_confidence`` (leave-one-out argmax and its probability; see
-        :func:`pipeline.detect.suggest.suggest_labels`), ``is_suspect`` (the top
+        :func:`infgate.detect.suggest.suggest_labels`), ``is_suspect`` (the top
         ``n_est`` rows, ``n_est`` being confident learning's calibrated off-diagonal count on the
-        leave-one-out probabilities, :func:`pipeline.detect.suggest.estimate_n_errors`),
+        leave-one-out probabilities, :func:`infgate.detect.suggest.estimate_n_errors`),
         ``loo_given_probability`` and ``self_influence``. ``df.attrs`` holds
         ``n_estimated_errors``, ``method`` and ``damping``.
 

@@ -17,7 +17,7 @@ would give example i had it not been trained on it::
 
 The same pass yields self-influence ``s_i = r_i^T M_i r_i`` (= g_i^T H^{-1} g_i), the
 gradient norm and RelatIF's ``||H^{-1} g_i||``, so every ranking in
-:mod:`pipeline.detect.label_errors` comes from one sweep and one curvature fit.
+:mod:`infgate.detect.label_errors` comes from one sweep and one curvature fit.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer
+from infgate.influence.backends.base import Backend
+from infgate.influence.batches import BatchSource, DatasetLike
+from infgate.influence.gradients import GradientEngine
+from infgate.influence.sharding import _SCORE_LOCK, FittedCurvature, map_shards
 from torch.func import jacrev, vmap
 from tqdm.auto import tqdm
-
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.backends import Backend
-from pipeline.influence.batches import BatchSource, DatasetLike
-from pipeline.influence.gradients import GradientEngine
-from pipeline.influence.sharding import _SCORE_LOCK, FittedCurvature, map_shards
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -173,7 +172,7 @@ def approximate_loo(scorer: InfluenceScorer, rows: np.ndarray | None = None) -> 
     """Approximate leave-one-out probabilities (and influence by-products) for ``scorer.train``.
 
     Args:
-        scorer: a fitted :class:`~pipeline.influence.InfluenceScorer` with the
+        scorer: a fitted :class:`~infgate.influence.InfluenceScorer` with the
             cross-entropy objective.
         rows: training row positions to compute (default: all, in order).
 
@@ -221,7 +220,7 @@ def sharded_approximate_loo(
     floating-point summation order). Without a client the shards run here, in order.
 
     Args:
-        scorer: a fitted, cross-entropy :class:`~pipeline.influence.InfluenceScorer`.
+        scorer: a fitted, cross-entropy :class:`~infgate.influence.InfluenceScorer`.
         shard_size: training rows per shard (one Dask task each).
         client: a ``dask.distributed`` client (e.g. ``distributed.worker_client()`` inside a
             Prefect task on ``DaskTaskRunner``); ``None`` runs the shards in this process.

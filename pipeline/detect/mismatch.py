@@ -15,7 +15,7 @@ Two questions, both answered without evaluation labels:
 Validity. The model was fitted to its training rows, so their outputs and scores are NOT
 exchangeable with fresh rows. With ``reference=`` (rows the model never saw, e.g. a
 validation split) every p-value is exactly valid. Without it, training rows are used
-through their approximate leave-one-out outputs (:mod:`pipeline.detect.loo`): what the
+through their approximate leave-one-out outputs (:mod:`infgate.detect.loo`): what the
 model would output had it not seen the row. The input-feature MMD is exactly valid either
 way; the others are valid to the accuracy of the leave-one-out approximation (exact to
 about 1e-3 in probability for softmax regression; the false-alarm rate is measured in
@@ -31,14 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from infgate.detect._inputs import dataset_tensors, example_ids, parse_eval
+from infgate.detect.loo import approximate_loo
+from infgate.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer
+from infgate.influence.batches import DatasetLike
 from torch import nn
-
-from pipeline.detect._inputs import dataset_tensors, example_ids, parse_eval
-from pipeline.detect.loo import approximate_loo
-from pipeline.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.batches import DatasetLike
 
 __all__ = ["MismatchDetector", "MismatchReport", "detect_mismatch"]
 

@@ -1,6 +1,6 @@
 """Suggested labels and the estimated number of label errors, from leave-one-out probabilities.
 
-Both use the approximate leave-one-out probabilities of :mod:`pipeline.detect.loo`: what
+Both use the approximate leave-one-out probabilities of :mod:`infgate.detect.loo`: what
 the model would predict for an example had it never been trained on it, which is the
 quantity confident learning needs (Northcutt et al. 2021 use K-fold out-of-sample
 probabilities; here one curvature fit replaces the K retrainings).

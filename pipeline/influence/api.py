@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from infgate.config import InfluenceConfig
+from infgate.influence.backends.base import Backend, get_backend
+from infgate.influence.batches import BatchSource, DatasetLike
+from infgate.influence.gradients import GradientEngine, ParamSelector, resolve_device
+from infgate.influence.objective import Objective, resolve_objective
 from torch import nn
 from tqdm.auto import tqdm
-
-from pipeline.config import InfluenceConfig
-from pipeline.influence.backends import Backend, get_backend
-from pipeline.influence.batches import BatchSource, DatasetLike
-from pipeline.influence.gradients import GradientEngine, ParamSelector, resolve_device
-from pipeline.influence.objective import Objective, resolve_objective
 
 __all__ = ["InfluenceMatrix", "InfluenceResult", "InfluenceScorer", "influence", "self_influence"]
 
@@ -70,8 +69,8 @@ class InfluenceScorer:
     Args:
         model: the trained network (eval mode if it has dropout/batch-norm).
         train: training data: a torch Dataset of ``(x, y)``, a ``(features, labels)``
-            pair, or :class:`~pipeline.data.TrainingData`.
-        method: back-end name (see :func:`pipeline.influence.available_backends`), or
+            pair, or :class:`~infgate.data.training.TrainingData`.
+        method: back-end name (see :func:`infgate.influence.available_backends`), or
             ``"auto"``: exact up to 20k selected parameters, else EK-FAC; what it picked and
             why is in ``result.details["auto"]`` and the log. With ``auto``,
             ``backend_options`` are keyed by back-end name.
@@ -106,12 +105,12 @@ class InfluenceScorer:
         self.batch_size = batch_size
         self.progress = progress
         self.train = self.batches(train, what="train")
-        self.train_data = train  # as given, for sharding (pipeline.influence.sharding)
+        self.train_data = train  # as given, for sharding (infgate.influence.sharding)
         #: ``{"picked": ..., "reason": ...}`` when ``method="auto"`` chose the back-end.
         self.auto: dict[str, str] | None = None
         options = dict(backend_options or {})
         if method == "auto":
-            from pipeline.influence.auto import auto_options, choose_method
+            from infgate.influence.backends.auto import auto_options, choose_method
 
             method, reason = choose_method(self.engine)
             options = auto_options(method, backend_options)

@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from infgate.data.training import EvalData, TrainingData
+from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 from torch.utils.data import DataLoader, Dataset
-
-from pipeline.data import EvalData, TrainingData
-from pipeline.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 
 __all__ = ["BatchSource", "DatasetLike"]
 
@@ -22,7 +21,7 @@ class BatchSource:
     """Re-iterable ``(start, x, y)`` batches in dataset order, on ``device``.
 
     Accepts a torch ``Dataset`` of ``(x, y)`` pairs, a ``(features, labels)`` pair of tensors
-    (or arrays), or a :class:`~pipeline.data.TrainingData`. Checks once that the data is not
+    (or arrays), or a :class:`~infgate.data.training.TrainingData`. Checks once that the data is not
     empty and that lengths agree; checks every batch for NaN/inf features.
     """
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from infgate.errors import InvalidInputError, ModelStateError, NonFiniteError
+from infgate.influence.objective import Objective
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
-
-from pipeline.errors import InvalidInputError, ModelStateError, NonFiniteError
-from pipeline.influence.objective import Objective
 
 __all__ = ["GradientEngine", "ParamSelector", "resolve_device"]
 

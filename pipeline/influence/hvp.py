@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
+from infgate.errors import CurvatureError, InvalidInputError
+from infgate.influence.batches import BatchSource
+from infgate.influence.gradients import GradientEngine
 from torch.func import jvp, vjp, vmap
 from tqdm.auto import tqdm
-
-from pipeline.errors import CurvatureError, InvalidInputError
-from pipeline.influence.batches import BatchSource
-from pipeline.influence.gradients import GradientEngine
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -243,7 +242,7 @@ def resolve_damping(
         if not damping > 0:
             raise InvalidInputError(f"damping must be positive, got {damping!r}")
         return float(damping)
-    from pipeline.influence.exact import default_damping
+    from infgate.influence.backends.exact import default_damping
 
     return default_damping(gauss_newton_trace(engine, data, progress=progress), engine.n_params)
 

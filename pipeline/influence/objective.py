@@ -13,8 +13,7 @@ import abc
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.errors import InvalidInputError
+from infgate.errors import InvalidInputError
 
 __all__ = ["CrossEntropyObjective", "MSEObjective", "Objective", "resolve_objective"]
 

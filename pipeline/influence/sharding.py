@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
+from infgate.data.training import EvalData, TrainingData
+from infgate.errors import InvalidInputError
+from infgate.influence.api import InfluenceResult, InfluenceScorer
+from infgate.influence.backends.base import Backend
+from infgate.influence.batches import BatchSource, DatasetLike
+from infgate.influence.gradients import GradientEngine
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
-
-from pipeline.data import EvalData, TrainingData
-from pipeline.errors import InvalidInputError
-from pipeline.influence.api import InfluenceResult, InfluenceScorer
-from pipeline.influence.backends import Backend
-from pipeline.influence.batches import BatchSource, DatasetLike
-from pipeline.influence.gradients import GradientEngine
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -12,11 +12,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from infgate.errors import InvalidInputError, SchemaVersionError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-
-from pipeline.errors import InvalidInputError
-from pipeline.store.exceptions import SchemaVersionError
 
 __all__ = [
     "DEFAULT_DB_URL",

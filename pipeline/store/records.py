@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from pipeline.errors import InvalidInputError
+from infgate.errors import InvalidInputError
 
 __all__ = ["FINDING_COLUMNS", "FINDING_KINDS", "ScanInfo", "ScanRecord", "config_hash"]
 
@@ -30,7 +29,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ScanRecord:
-    """One scan's results, written by :meth:`pipeline.store.Store.record_scan` in one transaction.
+    """One scan's results, written by :meth:`infgate.store.Store.record_scan` in one transaction.
 
     Attributes:
         model_name: registered model name in MLflow.

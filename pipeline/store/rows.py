@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from pipeline.errors import InvalidInputError
-from pipeline.store.records import ScanRecord
+from infgate.errors import InvalidInputError
+from infgate.store.records import ScanRecord
 
 __all__ = ["explanation_map", "finding_values"]
 

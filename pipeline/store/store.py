@@ -12,15 +12,9 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Engine, Integer, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, sessionmaker
-
-from pipeline.errors import InvalidInputError
-from pipeline.store import engine as _engine
-from pipeline.store.exceptions import NotFoundError
-from pipeline.store.models import (
+from infgate.errors import InvalidInputError, NotFoundError
+from infgate.store import engine as _engine
+from infgate.store.models import (
     DatasetVersion,
     Finding,
     GateResult,
@@ -30,8 +24,12 @@ from pipeline.store.models import (
     Scan,
     utcnow,
 )
-from pipeline.store.records import ScanInfo, ScanRecord
-from pipeline.store.rows import explanation_map, finding_values
+from infgate.store.records import ScanInfo, ScanRecord
+from infgate.store.rows import explanation_map, finding_values
+from sqlalchemy import Engine, Integer, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["ScanInfo", "Store"]
 

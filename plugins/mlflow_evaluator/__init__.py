@@ -6,6 +6,6 @@ influence functions and logs the scan's metrics (``infgate_suspect_rate`` ...) a
 artifacts (findings table, plots, gate verdict) to the evaluation run.
 """
 
-from plugins.mlflow_evaluator.evaluator import InfgateEvaluator
+from infgate.plugins.mlflow_evaluator.evaluator import InfgateEvaluator
 
 __all__ = ["InfgateEvaluator"]

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from infgate.errors import InvalidInputError
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from torch import nn
-
-from pipeline.errors import InvalidInputError
 
 __all__ = ["InfgateEvaluator"]
 
@@ -55,14 +54,13 @@ class InfgateEvaluator(ModelEvaluator):
         **kwargs: Any,
     ) -> EvaluationResult:
         """Run the influence stage, detection, and the gate on ``dataset``; log to ``run_id``."""
+        from infgate.config import InfluenceConfig
+        from infgate.data.training import TrainingData
+        from infgate.gate.core import GateInputs, load_gate_config, run_gate
+        from infgate.registry.core import ModelVersionRef, ResolvedData
+        from infgate.scan.report import write_report
+        from infgate.scan.stages import LoadedScan, ScanOptions, influence_stage
         from mlflow import MlflowClient
-
-        from pipeline.config import InfluenceConfig
-        from pipeline.data import TrainingData
-        from pipeline.gate import GateInputs, load_gate_config, run_gate
-        from pipeline.registry import ModelVersionRef, ResolvedData
-        from pipeline.report import write_report
-        from pipeline.scan import LoadedScan, ScanOptions, influence_stage
 
         if model is None:
             raise InvalidInputError("the infgate evaluator needs the model, not only predictions")

@@ -1,11 +1,11 @@
 """MLflow model-review hook: an HMAC-verified webhook receiver that starts scans.
 
 ``infgate hook serve`` runs it; ``infgate hook register`` creates the webhook on an MLflow
-server. See :mod:`plugins.review_hook.app`.
+server. See :mod:`infgate.plugins.review_hook.app`.
 """
 
-from plugins.review_hook.app import HookSettings, ScanRequest, create_app, verify_signature
-from plugins.review_hook.starters import DeploymentStarter, EmbeddedStarter, Starter
+from infgate.plugins.review_hook.app import HookSettings, ScanRequest, create_app, verify_signature
+from infgate.plugins.review_hook.starters import DeploymentStarter, EmbeddedStarter, Starter
 
 __all__ = [
     "DeploymentStarter",

@@ -6,8 +6,9 @@ MLflow signs each delivery: ``X-MLflow-Signature: v1,<base64 HMAC-SHA256(secret,
 
 * rejects a missing or wrong signature (401), a timestamp older or newer than
   ``max_age_seconds`` (401), and a delivery id it has already accepted (409);
-* answers 202 at once and hands the event to a :class:`~plugins.review_hook.starters.Starter`
-  that starts one flow run per event in the background.
+* answers 202 at once and hands the event to a
+  :class:`~infgate.plugins.review_hook.starters.Starter` that starts one flow run per
+  event in the background.
 
 Events: ``model_version.created`` scans the new version; ``model_version_alias.created``
 scans a version nominated with a review alias (``candidate``) and enforces the gate when
@@ -31,8 +32,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
-from pipeline.errors import InvalidInputError
+from infgate.errors import InvalidInputError
 
 __all__ = ["HookSettings", "ReplayGuard", "ScanRequest", "create_app", "verify_signature"]
 

@@ -6,8 +6,8 @@ import logging
 import os
 from typing import Any
 
-from pipeline.errors import InvalidInputError
-from plugins.review_hook.app import EVENTS
+from infgate.errors import InvalidInputError
+from infgate.plugins.review_hook.app import EVENTS
 
 __all__ = ["register_webhook"]
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from plugins.review_hook.app import ScanRequest
+from infgate.plugins.review_hook.app import ScanRequest
 
 __all__ = ["DeploymentStarter", "EmbeddedStarter", "Started", "Starter", "enforce_gate"]
 
@@ -48,7 +48,7 @@ def enforce_gate(name: str, version: str, alias: str, tracking_uri: str | None) 
     Returns:
         True when the alias was withdrawn.
     """
-    from pipeline.registry import TAG_GATE, resolve_model_version, withdraw_alias
+    from infgate.registry.core import TAG_GATE, resolve_model_version, withdraw_alias
 
     mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
     if mv.tags.get(TAG_GATE) == "passed":
@@ -112,7 +112,7 @@ class _Worker:
 
 
 class EmbeddedStarter(_Worker):
-    """Runs ``flows.scan.scan_model_version`` in this process, one flow run per event."""
+    """Runs ``infgate.flows.scan.scan_model_version`` in this process, one flow run per event."""
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class EmbeddedStarter(_Worker):
         super().__init__()
 
     def start(self, request: ScanRequest) -> dict[str, Any]:
-        from flows.scan import scan_model_version
+        from infgate.flows.scan import scan_model_version
 
         report_dir = None
         if self.report_root:

@@ -1,5 +1,5 @@
 """The annotators' review page (``infgate ui serve``): FastAPI + server-rendered HTML."""
 
-from plugins.review_ui.app import create_app
+from infgate.plugins.review_ui.app import create_app
 
 __all__ = ["create_app"]

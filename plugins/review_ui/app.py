@@ -19,20 +19,19 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import func, select
-
-from pipeline.errors import InvalidInputError
-from pipeline.queue import ACTIONS, ClaimedItem, claim_next, decide, queue_stats
-from pipeline.store import LeaseExpiredError, NotFoundError, Store
-from pipeline.store.annotators import (
+from infgate.errors import InvalidInputError
+from infgate.plugins.review_ui.page import login_page, message_page, review_page
+from infgate.review.annotators import (
     AnnotatorInfo,
     annotator_by_id,
     authenticate_password,
     authenticate_token,
 )
-from pipeline.store.models import Decision, Finding, utcnow
-from plugins.review_ui.page import login_page, message_page, review_page
+from infgate.review.queue import ACTIONS, ClaimedItem, claim_next, decide, queue_stats
+from infgate.store import LeaseExpiredError, NotFoundError, Store
+from infgate.store.models import Decision, Finding, utcnow
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 
 __all__ = ["create_app"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from pipeline.queue import ClaimedItem, QueueStats
-from pipeline.store.render import png_data_uri, table_rows
+from infgate.review.queue import ClaimedItem, QueueStats
+from infgate.review.render import png_data_uri, table_rows
 
 __all__ = ["STYLE", "decision_keys", "login_page", "message_page", "review_page"]
 

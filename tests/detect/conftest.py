@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from infgate.data.training import TrainingData
+from infgate.examples.models import make_classifier, train_classifier
+from infgate.influence import InfluenceScorer
+from infgate.plugins.cli.demo import digits_with_flips
 from torch import nn
-
-from pipeline.data import TrainingData
-from pipeline.demo import digits_with_flips
-from pipeline.influence import InfluenceScorer
-from pipeline.models import make_classifier, train_classifier
 
 WEIGHT_DECAY = 1e-3
 

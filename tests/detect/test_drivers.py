@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from pipeline.detect import detect_mismatch
-from pipeline.models import make_classifier, train_classifier
+from infgate.detect import detect_mismatch
+from infgate.examples.models import make_classifier, train_classifier
 
 
 def test_drivers_surface_the_only_subgroup_near_the_mismatched_rows() -> None:

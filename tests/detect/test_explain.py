@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pipeline.detect import EXPLAIN_COLUMNS, explain
-from pipeline.errors import InvalidInputError
+from infgate.detect import EXPLAIN_COLUMNS, explain
+from infgate.errors import InvalidInputError
 
 from .conftest import Flipped
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_breast_cancer
-
-from pipeline.detect.filtered import (
+from infgate.detect.filtered import (
     _curvature_trace,
     _gauss_newton_matvec,
     _solve_cg,
     filtered_probabilities,
 )
-from pipeline.influence import InfluenceScorer
-from pipeline.models import make_classifier, train_classifier
+from infgate.examples.models import make_classifier, train_classifier
+from infgate.influence import InfluenceScorer
+from sklearn.datasets import load_breast_cancer
 
 from .conftest import WEIGHT_DECAY
 

@@ -8,19 +8,18 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_breast_cancer
-
-from pipeline.detect import (
+from infgate.detect import (
     LABEL_ERROR_COLUMNS,
     RankingMethod,
     approximate_loo,
     find_label_errors,
     ranking_scores,
 )
-from pipeline.detect.filtered import filtered_probabilities
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.models import make_classifier, train_classifier
+from infgate.detect.filtered import filtered_probabilities
+from infgate.errors import InvalidInputError
+from infgate.examples.models import make_classifier, train_classifier
+from infgate.influence import InfluenceScorer
+from sklearn.datasets import load_breast_cancer
 
 from .conftest import WEIGHT_DECAY, Flipped
 

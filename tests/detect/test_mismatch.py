@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from pipeline.detect import MismatchDetector, detect_mismatch
-from pipeline.errors import DatasetMismatchError, InvalidInputError
+from infgate.detect import MismatchDetector, detect_mismatch
+from infgate.errors import DatasetMismatchError, InvalidInputError
 
 from .conftest import WEIGHT_DECAY, Split
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.detect.stats import (
+from infgate.detect.stats import (
     benjamini_hochberg,
     conformal_p_values,
     mmd_permutation_test,
     rank_average,
 )
-from pipeline.detect.suggest import estimate_n_errors, suggest_labels
+from infgate.detect.suggest import estimate_n_errors, suggest_labels
 
 
 def test_benjamini_hochberg_matches_hand_computation() -> None:

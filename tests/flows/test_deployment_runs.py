@@ -2,7 +2,7 @@
 
 One ``prefect.runner.Runner`` (a background thread of this process, polling every second)
 serves ``scan-model-version/on-demand`` and ``influence-stage/local`` from
-``flows.serve.build_deployments()``; it starts each flow run as its own subprocess, as
+``infgate.flows.serve.build_deployments()``; it starts each flow run as its own subprocess, as
 ``infgate flows serve`` does. Checked:
 
 * ``scan_model_version(..., influence_deployment="influence-stage/local")`` runs the influence
@@ -54,10 +54,9 @@ class Served:
 def served(
     noisy_version: NoisyVersion, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
+    from infgate.flows.serve import build_deployments
     from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL
-
-    from flows.serve import build_deployments
 
     root = tmp_path_factory.mktemp("served")
     db_url = f"sqlite:///{root}/deployed.db"
@@ -148,10 +147,9 @@ def influence_task_result(flow_run_id: Any) -> tuple[pd.DataFrame, Any, dict[str
 
 def stored(db_url: str, scan_id: int) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """The scan's label-error findings, explanations by example id, and stored timings."""
+    from infgate.flows.scan import open_store
+    from infgate.store.models import Finding
     from sqlalchemy import select
-
-    from flows.scan import open_store
-    from pipeline.store.models import Finding
 
     store = open_store(db_url)
     findings = store.findings_frame(scan_id)
@@ -172,8 +170,8 @@ def assert_same_ranking(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_influence_stage_runs_as_a_child_deployment_like_in_process(
     served: Served, noisy_version: NoisyVersion, tmp_path: Path
 ) -> None:
-    from flows.influence_payload import stage_from_payload
-    from flows.scan import scan_model_version
+    from infgate.flows.influence_payload import stage_from_payload
+    from infgate.flows.scan import scan_model_version
 
     model = f"models:/noisy/{noisy_version.version}"
     options = {"explain_top": 5, "store_top": 50}  # not the defaults: they must travel
@@ -252,12 +250,11 @@ def test_deployment_starter_runs_the_scan_deployment_then_enforces(
     served: Served, noisy_version: NoisyVersion
 ) -> None:
     from fastapi.testclient import TestClient
+    from infgate.flows.scan import open_store
+    from infgate.plugins.review_hook import DeploymentStarter, HookSettings, create_app
+    from infgate.plugins.review_hook.app import ScanRequest
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from flows.scan import open_store
-    from plugins.review_hook import DeploymentStarter, HookSettings, create_app
-    from plugins.review_hook.app import ScanRequest
 
     name, version = noisy_version.name, noisy_version.version
     mlflow = MlflowClient(noisy_version.server.uri)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_served_deployments() -> None:
-    from flows.serve import build_deployments
+    from infgate.flows.serve import build_deployments
 
     deps = {(d.flow_name, d.name): d for d in build_deployments(sweep_cron="*/30 * * * *")}
     assert set(deps) == {
@@ -31,7 +31,9 @@ def test_prefect_yaml_entrypoints_exist() -> None:
     pools = set()
     for dep in spec["deployments"]:
         module_path, func = dep["entrypoint"].split(":")
-        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module(
+            "infgate." + module_path.removesuffix(".py").replace("/", ".")
+        )
         assert callable(getattr(module, func)), dep["entrypoint"]
         pools.add(dep["work_pool"]["name"])
     assert pools == {"infgate-cpu", "infgate-gpu"}

@@ -14,7 +14,7 @@ from tests.services import NoisyVersion
 def flow_scan(
     noisy_version: NoisyVersion, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
 ) -> dict:
-    from flows.scan import scan_model_version
+    from infgate.flows.scan import scan_model_version
 
     root = tmp_path_factory.mktemp("flows")
     db_url = f"sqlite:///{root}/infgate.db"
@@ -74,7 +74,7 @@ def test_rerun_hits_the_cache_and_updates_the_same_scan(flow_scan: dict) -> None
 
 
 def test_sweep_skips_versions_already_scanned(flow_scan: dict, noisy_version: NoisyVersion) -> None:
-    from flows.sweep import registry_sweep
+    from infgate.flows.sweep import registry_sweep
 
     result = registry_sweep(name_filter="noisy", **flow_scan["kwargs"])
     assert result["current"] == [f"models:/noisy/{noisy_version.version}"]
@@ -85,11 +85,10 @@ def test_relabel_applies_decisions_and_the_gate_passes(
     flow_scan: dict, noisy_version: NoisyVersion
 ) -> None:
     import pandas as pd
-
-    from flows.relabel import relabel
-    from flows.scan import open_store
-    from pipeline.queue import claim_next, decide
-    from pipeline.store.annotators import ensure_annotator
+    from infgate.flows.relabel import relabel
+    from infgate.flows.scan import open_store
+    from infgate.review.annotators import ensure_annotator
+    from infgate.review.queue import claim_next, decide
 
     store = open_store(flow_scan["kwargs"]["db_url"])
     scan_id = flow_scan["first"].result(raise_on_failure=False)["scan_id"]
@@ -114,9 +113,8 @@ def test_relabel_applies_decisions_and_the_gate_passes(
 def test_scan_on_dask_shards_the_influence_stage_with_the_same_findings(
     flow_scan: dict, noisy_version: NoisyVersion
 ) -> None:
+    from infgate.flows.scan import open_store, scan_model_version
     from prefect_dask import DaskTaskRunner
-
-    from flows.scan import open_store, scan_model_version
 
     runner = DaskTaskRunner(
         cluster_kwargs={

@@ -8,15 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from flows.influence_payload import (
-    InfluenceRunError,
+from infgate.errors import DatasetMismatchError, InfluenceRunError
+from infgate.flows.influence_payload import (
     frame_from_payload,
     frame_to_payload,
     stage_from_payload,
     stage_to_payload,
 )
-from pipeline.errors import DatasetMismatchError
 
 
 def ranking_like(n: int = 7) -> pd.DataFrame:

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from infgate.examples.models import make_classifier, train_classifier
 from scipy.stats import spearmanr
 from torch import nn
-
-from pipeline.models import make_classifier, train_classifier
 
 #: Damping used against exact: the weight decay the models are trained with, so
 #: ``H + lambda I`` is the Hessian (Gauss-Newton) of the training objective.

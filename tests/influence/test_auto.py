@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import torch
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer, self_influence
 from torch import nn
 
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer, self_influence
 from tests.influence.approx_helpers import default_mlp, one_thread
 
 __all__ = ["one_thread"]
@@ -17,7 +17,7 @@ __all__ = ["one_thread"]
 
 def test_small_model_picks_exact(caplog):
     model, x, y = default_mlp()
-    with caplog.at_level(logging.INFO, logger="pipeline.influence.api"):
+    with caplog.at_level(logging.INFO, logger="infgate.influence.api"):
         res = self_influence(model, (x, y), method="auto", damping=0.01, progress=False)
     assert res.method == "exact"
     assert res.details["auto"]["picked"] == "exact"
@@ -32,7 +32,7 @@ def test_large_model_picks_ekfac_and_takes_keyed_options(caplog):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(300, 80), nn.LayerNorm(80), nn.Tanh(), nn.Linear(80, 3))
     model.eval()
-    with caplog.at_level(logging.INFO, logger="pipeline.influence.api"):
+    with caplog.at_level(logging.INFO, logger="infgate.influence.api"):
         sc = InfluenceScorer(
             model,
             (x, y),

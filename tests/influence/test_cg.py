@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from infgate.errors import CurvatureError, InvalidInputError
+from infgate.influence import InfluenceScorer, self_influence
 
-from pipeline.errors import CurvatureError, InvalidInputError
-from pipeline.influence import InfluenceScorer, self_influence
 from tests.influence.approx_helpers import DAMPING, default_mlp, one_thread, trained_mlp
 
 __all__ = ["one_thread"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from infgate.errors import InvalidInputError, NonFiniteError
+from infgate.influence import InfluenceScorer, self_influence
 from torch import nn
 
-from pipeline.errors import InvalidInputError, NonFiniteError
-from pipeline.influence import InfluenceScorer, self_influence
 from tests.influence.approx_helpers import (
     DAMPING,
     default_cnn,

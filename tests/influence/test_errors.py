@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from pipeline.errors import (
+from infgate.errors import (
     CurvatureError,
     DatasetMismatchError,
     InvalidInputError,
     ModelStateError,
     NonFiniteError,
 )
-from pipeline.influence import influence, self_influence
+from infgate.influence import influence, self_influence
+from torch import nn
 
 
 def _data(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from infgate.data.training import TrainingData
+from infgate.influence import InfluenceScorer, influence, self_influence
 from torch import nn
 
-from pipeline.data import TrainingData
-from pipeline.influence import InfluenceScorer, influence, self_influence
 from tests.influence.helpers import (
     RTOL32,
     RTOL64,

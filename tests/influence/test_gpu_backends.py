@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from infgate.influence import self_influence
 
-from pipeline.influence import self_influence
 from tests.influence.approx_helpers import DAMPING, default_cnn, default_mlp
 
 OPTIONS: dict[str, dict[str, object]] = {

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from infgate.examples.models import make_classifier, train_classifier
+from infgate.influence import influence
 from scipy.stats import pearsonr, spearmanr
 from sklearn.datasets import load_digits
-
-from pipeline.influence import influence
-from pipeline.models import make_classifier, train_classifier
 
 WEIGHT_DECAY = 1e-2
 N_TRAIN = 300

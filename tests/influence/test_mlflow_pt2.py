@@ -5,9 +5,8 @@ from __future__ import annotations
 import mlflow.pytorch
 import numpy as np
 import torch
+from infgate.influence import self_influence
 from torch import nn
-
-from pipeline.influence import self_influence
 
 
 def test_pt2_graph_module_matches_original(tmp_path):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from infgate.influence import MSEObjective, Objective, self_influence
 from torch import nn
-
-from pipeline.influence import MSEObjective, Objective, self_influence
 
 
 def _regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

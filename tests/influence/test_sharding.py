@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer
+from infgate.influence.sharding import shard_bounds, sharded_self_influence
 
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer
-from pipeline.influence.sharding import shard_bounds, sharded_self_influence
 from tests.influence.approx_helpers import DAMPING, default_mlp, one_thread
 
 __all__ = ["one_thread"]
@@ -75,7 +75,7 @@ def test_shards_from_a_prefect_flow_on_dask_task_runner(prefect_harness):
 
 
 def test_label_error_ranking_sharded_on_dask_equals_one_sweep(client):
-    from pipeline.detect import find_label_errors
+    from infgate.detect import find_label_errors
 
     model, x, y = default_mlp()
     sc = InfluenceScorer(model, (x, y), damping=DAMPING, batch_size=64, progress=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from infgate.errors import InvalidInputError
+from infgate.influence import InfluenceScorer, self_influence
 
-from pipeline.errors import InvalidInputError
-from pipeline.influence import InfluenceScorer, self_influence
 from tests.influence.approx_helpers import default_mlp, one_thread
 from tests.influence.helpers import loop_grads
 

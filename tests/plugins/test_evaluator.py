@@ -13,9 +13,8 @@ def test_evaluate_with_infgate_logs_scan_metrics_and_artifacts(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
     import mlflow
+    from infgate.examples.demo_registry import register_model_with_data
     from mlflow import MlflowClient
-
-    from pipeline.demo_registry import register_model_with_data
 
     digits = small_digits(n=400, noise=0.1, seed=2)
     reg = register_model_with_data(
@@ -55,7 +54,7 @@ def test_evaluate_with_infgate_logs_scan_metrics_and_artifacts(
 
 
 def test_evaluator_refuses_non_classifiers() -> None:
-    from plugins.mlflow_evaluator import InfgateEvaluator
+    from infgate.plugins.mlflow_evaluator import InfgateEvaluator
 
     assert InfgateEvaluator.can_evaluate(model_type="classifier", evaluator_config={})
     assert not InfgateEvaluator.can_evaluate(model_type="regressor", evaluator_config={})

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from infgate.plugins.review_hook import EmbeddedStarter, HookSettings, create_app, verify_signature
+from infgate.plugins.review_hook.app import route
 
-from plugins.review_hook import EmbeddedStarter, HookSettings, create_app, verify_signature
-from plugins.review_hook.app import route
 from tests.services import MlflowServer, free_port, small_digits
 
 
@@ -75,8 +75,7 @@ def receiver(
     mlflow_server: MlflowServer, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Receiver]:
     import uvicorn
-
-    from plugins.review_hook.register import register_webhook
+    from infgate.plugins.review_hook.register import register_webhook
 
     root = tmp_path_factory.mktemp("hook")
     secret = secrets.token_urlsafe(32)
@@ -127,12 +126,11 @@ def _version_payload(name: str, version: str) -> bytes:
 def test_registering_flipped_labels_blocks_the_version(
     receiver: Receiver, mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
+    from infgate.examples.demo_registry import register_model_with_data
+    from infgate.review.annotators import ensure_annotator
+    from infgate.review.queue import claim_next
+    from infgate.store import Store
     from mlflow import MlflowClient
-
-    from pipeline.demo_registry import register_model_with_data
-    from pipeline.queue import claim_next
-    from pipeline.store import Store
-    from pipeline.store.annotators import ensure_annotator
 
     digits = small_digits(n=500, noise=0.1, seed=1)
     reg = register_model_with_data(

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from infgate.data.training import TrainingData
+from infgate.errors import DatasetMismatchError
+from infgate.review.queue import apply_decisions, claim_next, decide, enqueue_scan
+from infgate.store import ScanRecord, Store
+from infgate.store.models import DatasetVersion
 from sqlalchemy import select
-
-from pipeline.data import TrainingData
-from pipeline.errors import DatasetMismatchError
-from pipeline.queue import apply_decisions, claim_next, decide, enqueue_scan
-from pipeline.store import ScanRecord, Store
-from pipeline.store.models import DatasetVersion
 
 
 def _data(n: int = 20) -> TrainingData:
@@ -70,7 +69,7 @@ def test_apply_writes_parquet_store_row_and_mlflow_input(store: Store, tmp_path:
     data = _data()
     scan_id = _scan(store, data, 3)
     enqueue_scan(store, scan_id)
-    from pipeline.store.annotators import add_annotator
+    from infgate.review.annotators import add_annotator
 
     add_annotator(store, "alice")
     done = []

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from infgate.data.training import TrainingData
+from infgate.plugins.cli.app import app
+from infgate.store import ScanRecord, Store
+from infgate.store.models import Annotator, Decision
 from sqlalchemy import select
 from typer.testing import CliRunner
-
-from pipeline.cli import app
-from pipeline.data import TrainingData
-from pipeline.store import ScanRecord, Store
-from pipeline.store.models import Annotator, Decision
 
 runner = CliRunner()
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from infgate.review.annotators import ensure_annotator
+from infgate.review.queue import claim_next, decide, enqueue_scan
+from infgate.store import Store
+from infgate.store.models import Decision, QueueItem
 from sqlalchemy import func, select
 
-from pipeline.queue import claim_next, decide, enqueue_scan
-from pipeline.store import Store
-from pipeline.store.annotators import ensure_annotator
-from pipeline.store.models import Decision, QueueItem
 from tests.store.fixtures import make_record
 
 N_ITEMS = 1000

@@ -9,19 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-
-from pipeline.errors import InvalidInputError
-from pipeline.labelstudio import (
+from infgate.errors import InvalidInputError
+from infgate.review.labelstudio import (
     INVALID_CHOICE,
     NOT_SURE_CHOICE,
     export_tasks,
     import_annotations,
     labeling_config,
 )
-from pipeline.queue import enqueue_scan, queue_stats
-from pipeline.store import Store
-from pipeline.store.models import Decision
+from infgate.review.queue import enqueue_scan, queue_stats
+from infgate.store import Store
+from infgate.store.models import Decision
+from sqlalchemy import func, select
+
 from tests.store.fixtures import make_record
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from infgate.errors import InvalidInputError
+from infgate.review.queue import claim_next, decide, enqueue_scan, get_item, queue_stats
+from infgate.store import LeaseExpiredError, NotFoundError, Store
+from infgate.store.models import Decision, QueueItem
 from sqlalchemy import func, select, update
 
-from pipeline.errors import InvalidInputError
-from pipeline.queue import claim_next, decide, enqueue_scan, get_item, queue_stats
-from pipeline.store import LeaseExpiredError, NotFoundError, Store
-from pipeline.store.models import Decision, QueueItem
 from tests.store.fixtures import make_record
 
 

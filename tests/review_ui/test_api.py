@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from infgate.plugins.review_ui import create_app
+from infgate.review.annotators import add_annotator
+from infgate.review.queue import enqueue_scan
+from infgate.store import Store
+from infgate.store.models import Decision
 from sqlalchemy import func, select
 
-from pipeline.queue import enqueue_scan
-from pipeline.store import Store
-from pipeline.store.annotators import add_annotator
-from pipeline.store.models import Decision
-from plugins.review_ui import create_app
 from tests.store.fixtures import make_record
 
 

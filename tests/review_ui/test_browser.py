@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from infgate.plugins.review_ui import create_app
+from infgate.review.queue import enqueue_scan
+from infgate.store import Store
+from infgate.store.models import Annotator, Decision, QueueItem
 from sqlalchemy import select
 
-from pipeline.queue import enqueue_scan
-from pipeline.store import Store
-from pipeline.store.models import Annotator, Decision, QueueItem
-from plugins.review_ui import create_app
 from tests.store.fixtures import make_record
 
 CHROMIUM = shutil.which("chromium")

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+from infgate.review.annotators import add_annotator
+from infgate.store import ScanRecord, Store
 from sklearn.datasets import load_digits
 from sqlalchemy import create_engine
-
-from pipeline.store import ScanRecord, Store
-from pipeline.store.annotators import add_annotator
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

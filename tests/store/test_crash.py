@@ -8,10 +8,10 @@ import signal
 import time
 from pathlib import Path
 
+from infgate.store import Store
+from infgate.store.models import DatasetVersion, Finding, ModelVersion, Scan
 from sqlalchemy import event, func, select
 
-from pipeline.store import Store
-from pipeline.store.models import DatasetVersion, Finding, ModelVersion, Scan
 from tests.store.fixtures import make_record
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from infgate.errors import InvalidInputError
+from infgate.store import NotFoundError, ScanRecord, SchemaVersionError, Store
+from infgate.store.engine import VERSION_TABLE
+from infgate.store.models import DatasetVersion, Finding, MismatchReportRow, ModelVersion, Scan
 from sqlalchemy import func, select, text
 
-from pipeline.errors import InvalidInputError
-from pipeline.store import NotFoundError, ScanRecord, SchemaVersionError, Store
-from pipeline.store.engine import VERSION_TABLE
-from pipeline.store.models import DatasetVersion, Finding, MismatchReportRow, ModelVersion, Scan
 from tests.store.fixtures import make_record
 
 
@@ -166,8 +166,7 @@ def test_concurrent_scans_share_dataset_and_model_versions(store: Store) -> None
 def test_migrations_match_the_models(store: Store) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
-
-    from pipeline.store.models import Base
+    from infgate.store.models import Base
 
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})

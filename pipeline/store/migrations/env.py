@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from infgate.store.models import Base
 from sqlalchemy import create_engine, pool
-
-from pipeline.store.models import Base
 
 VERSION_TABLE = "infgate_alembic_version"
 config = context.config

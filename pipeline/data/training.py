@@ -1,0 +1,246 @@
+"""TrainingData / EvalData: features, labels, stable example ids and a content hash.
+
+A dataset version is identified by its content hash, so a scan of the same data is
+recognised whatever file or registry path it came from. ``example_id`` stays stable across
+dataset versions (a relabel changes the label, not the id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
+
+__all__ = ["EvalData", "TrainingData", "flip_labels"]
+
+
+def _as_ids(example_ids: Sequence[Any] | np.ndarray | None, n: int, prefix: str) -> np.ndarray:
+    if example_ids is None:
+        return np.array([f"{prefix}{i}" for i in range(n)], dtype=object)
+    ids = np.asarray([str(v) for v in example_ids], dtype=object)
+    if len(ids) != n:
+        raise DatasetMismatchError(
+            f"example_ids has {len(ids):,} entries but features has {n:,} rows"
+        )
+    uniq, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][:3].tolist()
+        raise DatasetMismatchError(f"example_ids must be unique; repeated: {dup}")
+    return ids
+
+
+def _check_features(features: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(features)
+    if arr.ndim < 2:
+        raise InvalidInputError(f"{what} must be 2-D or more (rows first), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise InvalidInputError(f"{what} is empty (0 rows)")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InvalidInputError(f"{what} must be numeric, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise NonFiniteError(f"{what} has NaN or inf in {int(bad.sum())} row(s), first: {rows}")
+    return arr.astype(np.float32, copy=False)
+
+
+def _check_labels(labels: Any, n: int, what: str = "labels") -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise InvalidInputError(f"{what} must be 1-D, got shape {lab.shape}")
+    if len(lab) != n:
+        raise DatasetMismatchError(f"features has {n:,} rows but {what} has {len(lab):,}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        if np.issubdtype(lab.dtype, np.floating) and np.all(np.mod(lab, 1) == 0):
+            lab = lab.astype(np.int64)
+        else:
+            raise InvalidInputError(f"{what} must be integer class indices, got dtype {lab.dtype}")
+    if (lab < 0).any():
+        raise InvalidInputError(f"{what} must be >= 0, found {int(lab.min())}")
+    return lab.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Labelled training examples.
+
+    Attributes:
+        features: ``(n, ...)`` float32 array; rows are examples.
+        labels: ``(n,)`` int64 class indices.
+        example_ids: ``(n,)`` stable string ids (``"0"``, ``"1"``... when not given).
+        classes: class names, index = label; ``None`` means ``"0".."C-1"``.
+        feature_names: column names for tabular data.
+        image_shape: ``(h, w)`` when each row is an image, so people see a picture.
+        source_uri: where the data came from (file, MLflow dataset source).
+        name: a short human name.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    example_ids: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    classes: tuple[str, ...] | None = None
+    feature_names: tuple[str, ...] | None = None
+    image_shape: tuple[int, int] | None = None
+    source_uri: str | None = None
+    name: str = "train"
+
+    def __post_init__(self) -> None:
+        feats = _check_features(self.features, "features")
+        object.__setattr__(self, "features", feats)
+        object.__setattr__(self, "labels", _check_labels(self.labels, len(feats)))
+        object.__setattr__(self, "example_ids", _as_ids(self.example_ids, len(feats), ""))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+            if int(self.labels.max()) >= len(self.classes):
+                raise InvalidInputError(
+                    f"labels contain {int(self.labels.max())} but only {len(self.classes)} "
+                    f"classes are named"
+                )
+        if self.feature_names is not None:
+            object.__setattr__(self, "feature_names", tuple(self.feature_names))
+            if feats.ndim != 2 or len(self.feature_names) != feats.shape[1]:
+                raise DatasetMismatchError(
+                    f"feature_names has {len(self.feature_names)} names but features has "
+                    f"shape {feats.shape}"
+                )
+        if self.image_shape is not None and int(np.prod(self.image_shape)) != int(
+            np.prod(feats.shape[1:])
+        ):
+            raise DatasetMismatchError(
+                f"image_shape {self.image_shape} does not fit rows of shape {feats.shape[1:]}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes: named classes, else max label + 1."""
+        return len(self.classes) if self.classes else int(self.labels.max()) + 1
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over features, labels and ids: the dataset version's identity."""
+        h = hashlib.sha256()
+        h.update(str(self.features.shape).encode())
+        h.update(np.ascontiguousarray(self.features).tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update("\x1f".join(map(str, self.example_ids)).encode())
+        return h.hexdigest()
+
+    def as_tensors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels as tensors, ready for the influence engine."""
+        return torch.as_tensor(self.features).to(dtype), torch.as_tensor(self.labels)
+
+    def with_labels(self, labels: np.ndarray, *, keep: np.ndarray | None = None) -> TrainingData:
+        """A new version with ``labels`` (and only rows where ``keep`` is true)."""
+        keep_mask = np.ones(len(self), bool) if keep is None else np.asarray(keep, bool)
+        return TrainingData(
+            features=self.features[keep_mask],
+            labels=np.asarray(labels)[keep_mask],
+            example_ids=self.example_ids[keep_mask],
+            classes=self.classes,
+            feature_names=self.feature_names,
+            image_shape=self.image_shape,
+            source_uri=None,
+            name=self.name,
+        )
+
+    def to_frame(self, *, label_column: str = "label") -> pd.DataFrame:
+        """One row per example: ``example_id``, feature columns, ``label``."""
+        flat = self.features.reshape(len(self), -1)
+        names = self.feature_names or tuple(f"f{i}" for i in range(flat.shape[1]))
+        df = pd.DataFrame(flat, columns=list(names))
+        df.insert(0, "example_id", self.example_ids.astype(str))
+        df[label_column] = self.labels
+        return df
+
+    @classmethod
+    def from_frame(
+        cls,
+        df: pd.DataFrame,
+        *,
+        label_column: str = "label",
+        id_column: str | None = "example_id",
+        feature_columns: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        image_shape: tuple[int, int] | None = None,
+        source_uri: str | None = None,
+        name: str = "train",
+    ) -> TrainingData:
+        """Build from a DataFrame; features are every column but the id and label ones."""
+        if label_column not in df.columns:
+            raise InvalidInputError(
+                f"label column {label_column!r} not in columns {list(df.columns)[:10]}"
+            )
+        ids = df[id_column].to_numpy() if id_column and id_column in df.columns else None
+        cols = (
+            list(feature_columns)
+            if feature_columns is not None
+            else [c for c in df.columns if c not in {label_column, id_column}]
+        )
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise InvalidInputError(f"feature columns missing from the frame: {missing}")
+        if df[cols].isna().any().any():
+            bad = [c for c in cols if df[c].isna().any()]
+            raise NonFiniteError(f"features have missing values in columns {bad[:5]}")
+        return cls(
+            features=df[cols].to_numpy(dtype=np.float32),
+            labels=df[label_column].to_numpy(),
+            example_ids=ids,  # type: ignore[arg-type]
+            classes=tuple(classes) if classes is not None else None,
+            feature_names=tuple(map(str, cols)) if image_shape is None else None,
+            image_shape=image_shape,
+            source_uri=source_uri,
+            name=name,
+        )
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Evaluation or production examples; labels are optional (production has none)."""
+
+    features: np.ndarray
+    labels: np.ndarray | None = None
+    example_ids: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+    name: str = "eval"
+
+    def __post_init__(self) -> None:
+        feats = _check_features(self.features, f"{self.name} features")
+        object.__setattr__(self, "features", feats)
+        if self.labels is not None:
+            object.__setattr__(
+                self, "labels", _check_labels(self.labels, len(feats), f"{self.name} labels")
+            )
+        object.__setattr__(self, "example_ids", _as_ids(self.example_ids, len(feats), "e"))
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+def flip_labels(
+    labels: np.ndarray, rate: float, n_classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip exactly ``round(rate * n)`` labels to a uniformly chosen *other* class.
+
+    Returns:
+        ``(noisy_labels, flipped_mask)``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise InvalidInputError(f"rate must be in [0, 1), got {rate}")
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    idx = rng.choice(n, size=round(rate * n), replace=False)
+    noisy = labels.copy()
+    shift = rng.integers(1, n_classes, size=len(idx))
+    noisy[idx] = (labels[idx] + shift) % n_classes
+    mask = np.zeros(n, bool)
+    mask[idx] = True
+    return noisy, mask

@@ -1,0 +1,277 @@
+"""Per-layer pieces of K-FAC / EK-FAC: finding layers, capturing their inputs and output
+gradients with hooks, and the Kronecker-factored statistics of one layer.
+
+A captured layer is seen as a matrix product at ``T`` locations: inputs ``a`` of shape
+``(B, T, I)`` (a column of ones appended when the bias is selected) and output gradients
+``ds`` of shape ``(B, T, O)``; the per-example gradient of the ``(O, I)`` weight-and-bias
+matrix is ``ds_b^T a_b``. Dense layers on ``(B, ..., in)`` inputs use every leading position
+as a location; convolutions unfold their input into patches (``F.unfold``), one location per
+output pixel (Grosse & Martens 2016).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from infgate.errors import CurvatureError, NonFiniteError
+from infgate.influence.gradients import GradientEngine
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["KronLayer", "LayerCapture", "find_layers"]
+
+
+def _conv_ok(m: nn.Conv2d) -> bool:
+    return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+def find_layers(engine: GradientEngine) -> tuple[list[KronLayer], list[str]]:
+    """Linear/Conv2d layers holding selected parameters, and the selected names left over."""
+    selected = set(engine.names)
+    layers: list[KronLayer] = []
+    covered: set[str] = set()
+    for path, module in engine.model.named_modules():
+        ok = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and _conv_ok(module))
+        if not ok:
+            continue
+        pre = f"{path}." if path else ""
+        weight = f"{pre}weight" if f"{pre}weight" in selected else None
+        bias = f"{pre}bias" if module.bias is not None and f"{pre}bias" in selected else None
+        if weight is None and bias is None:
+            continue
+        layers.append(KronLayer(path or "<root>", module, weight, bias))
+        covered.update(n for n in (weight, bias) if n)
+    return layers, [n for n in engine.names if n not in covered]
+
+
+class KronLayer:
+    """Kronecker factors, eigenbases and (refitted) eigenvalues of one layer."""
+
+    def __init__(self, path: str, module: nn.Module, weight: str | None, bias: str | None) -> None:
+        self.path = path
+        self.module = module
+        self.weight = weight
+        self.bias = bias
+        if isinstance(module, nn.Conv2d):
+            self.kind = "conv2d"
+            self.out_dim = module.out_channels
+            kh, kw = module.kernel_size
+            self.in_dim = module.in_channels * kh * kw
+        else:
+            assert isinstance(module, nn.Linear)
+            self.kind = "linear"
+            self.out_dim, self.in_dim = module.out_features, module.in_features
+        self.in_aug = (self.in_dim if weight else 0) + (1 if bias else 0)
+        self.n_params = self.out_dim * self.in_aug
+        self.a_sum: torch.Tensor | None = None
+        self.s_sum: torch.Tensor | None = None
+        self.locations = 1
+        self.eig_sum: torch.Tensor | None = None
+        self.eigenvalues = torch.empty(0)
+        self.shapes: dict[str, torch.Size] = {}
+
+    # -- shapes ----------------------------------------------------------------------------
+    def activations(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(B, T, in_aug)`` layer inputs from the module's raw input."""
+        m = self.module
+        if self.kind == "conv2d":
+            assert isinstance(m, nn.Conv2d)
+            a = F.unfold(
+                raw,
+                m.kernel_size,
+                dilation=m.dilation,
+                padding=m.padding,  # type: ignore[arg-type]
+                stride=m.stride,
+            ).transpose(1, 2)
+        else:
+            a = raw.reshape(raw.shape[0], -1, self.in_dim)
+        parts = [a] if self.weight else []
+        if self.bias:
+            parts.append(torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device))
+        return torch.cat(parts, dim=2)
+
+    def output_rows(self, g: torch.Tensor) -> torch.Tensor:
+        """``(B, T, O)`` output gradients from the gradient w.r.t. the module's output."""
+        if self.kind == "conv2d":
+            return g.flatten(2).transpose(1, 2)
+        return g.reshape(g.shape[0], -1, self.out_dim)
+
+    # -- fitting ---------------------------------------------------------------------------
+    def accumulate_factors(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        a = acts.reshape(-1, self.in_aug).double()
+        self.a_sum = a.T @ a + (0 if self.a_sum is None else self.a_sum)
+        s = self.s_sum if self.s_sum is not None else 0
+        for g in grads:
+            g2 = g.reshape(-1, self.out_dim).double()
+            s = s + g2.T @ g2
+        assert isinstance(s, torch.Tensor)
+        self.s_sum = s
+        self.locations = max(1, acts.shape[1])
+
+    def eigendecompose(self, n: int) -> None:
+        if self.a_sum is None or self.s_sum is None:
+            raise CurvatureError(f"layer {self.path} was never called in the model's forward")
+        a, s = self.a_sum / n, self.s_sum / n
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(s).all())):
+            raise NonFiniteError(f"Kronecker factors of layer {self.path} are NaN or inf")
+        self.la, self.qa = torch.linalg.eigh(0.5 * (a + a.T))
+        self.ls, self.qs = torch.linalg.eigh(0.5 * (s + s.T))
+        self.a_sum = self.s_sum = None
+
+    def _rotated(
+        self, acts: torch.Tensor, g: torch.Tensor, qa: torch.Tensor, qs: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, O, I)`` per-example gradients in the eigenbasis, ``Q_S^T (ds^T a) Q_A``."""
+        ra = acts.to(qa.dtype) @ qa
+        rg = g.to(qs.dtype) @ qs
+        return torch.bmm(rg.transpose(1, 2), ra)
+
+    def accumulate_eigenvalues(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        total = self.eig_sum if self.eig_sum is not None else 0
+        for g in grads:
+            if acts.shape[1] == 1:  # dense layer: the rotated gradient is an outer product
+                ra = (acts[:, 0].double() @ self.qa).pow(2)
+                rg = (g[:, 0].double() @ self.qs).pow(2)
+                total = total + rg.T @ ra
+            else:
+                total = total + self._rotated(acts, g, self.qa, self.qs).pow(2).sum(0)
+        assert isinstance(total, torch.Tensor)
+        self.eig_sum = total
+
+    def finish_eigenvalues(self, n: int, *, refit: bool) -> None:
+        if refit:
+            assert self.eig_sum is not None
+            self.eigenvalues = self.eig_sum / n
+        else:
+            self.eigenvalues = torch.outer(self.ls, self.la).clamp_min(0) / self.locations
+        self.eig_sum = None
+
+    def set_damping(self, damping: float, dtype: torch.dtype) -> None:
+        self.inv = 1.0 / (self.eigenvalues + damping)
+        self.qa_s, self.qs_s, self.inv_s = self.qa.to(dtype), self.qs.to(dtype), self.inv.to(dtype)
+
+    # -- scoring ---------------------------------------------------------------------------
+    def self_scores(self, acts: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` float64 ``sum_jk (Q_S^T G Q_A)_jk^2 / (Lambda_jk + lambda)``."""
+        if acts.shape[1] == 1:
+            ra = (acts[:, 0] @ self.qa_s).pow(2)
+            rg = (g[:, 0] @ self.qs_s).pow(2)
+            return ((rg @ self.inv_s) * ra).sum(1).double()
+        r = self._rotated(acts, g, self.qa_s, self.qs_s)
+        return (r.pow(2) * self.inv_s).sum((1, 2)).double()
+
+    def bind_shapes(self, shapes: dict[str, torch.Size]) -> None:
+        self.shapes = shapes
+
+    def _matrix(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = next(iter(parts.values())).shape[0]
+        cols = []
+        if self.weight:
+            cols.append(parts[self.weight].reshape(b, self.out_dim, self.in_dim))
+        if self.bias:
+            cols.append(parts[self.bias].reshape(b, self.out_dim, 1))
+        return torch.cat(cols, dim=2).double()
+
+    def quadratic_flat(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        r = self.qs.T @ self._matrix(parts) @ self.qa
+        return (r.pow(2) * self.inv).sum((1, 2))
+
+    def solve_flat(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = self.qs.T @ self._matrix(parts) @ self.qa
+        back = self.qs @ (r * self.inv) @ self.qa.T
+        b = back.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        if self.weight:
+            out[self.weight] = back[:, :, : self.in_dim].reshape(b, -1)
+        if self.bias:
+            out[self.bias] = back[:, :, -1].reshape(b, -1)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        ev = self.eigenvalues
+        return {
+            "layer": self.path,
+            "kind": self.kind,
+            "params": [n for n in (self.weight, self.bias) if n],
+            "shape": [self.out_dim, self.in_aug],
+            "top_eigenvalue": float(ev.max()) if ev.numel() else None,
+        }
+
+
+class LayerCapture:
+    """Forward a batch with hooks on the covered layers; then ask for output gradients.
+
+    Use as a context manager: hooks are removed on exit even if scoring fails.
+    """
+
+    def __init__(
+        self,
+        engine: GradientEngine,
+        layers: list[KronLayer],
+        start: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> None:
+        self.engine, self.layers, self.start = engine, layers, start
+        self.x, self.targets = x, y
+        self._raw: list[list[torch.Tensor]] = [[] for _ in layers]
+        self._outs: list[list[torch.Tensor]] = [[] for _ in layers]
+        self._handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> LayerCapture:
+        for i, layer in enumerate(self.layers):
+
+            def hook(_m: nn.Module, inp: tuple[Any, ...], out: torch.Tensor, i: int = i) -> None:
+                self._raw[i].append(inp[0].detach())
+                self._outs[i].append(out)
+
+            self._handles.append(layer.module.register_forward_hook(hook))
+        eng = self.engine
+        params = {n: p.detach().requires_grad_(True) for n, p in eng.params.items()}
+        with torch.enable_grad():
+            self.output = eng.forward(params, self.x)
+        eng.objective.check_targets(self.output, self.targets)
+        finite = torch.isfinite(self.output.reshape(self.output.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            rows = (torch.nonzero(~finite).flatten()[:5] + self.start).tolist()
+            raise NonFiniteError(f"model outputs are NaN or inf for example(s) {rows}")
+        self.inputs = [
+            torch.cat([layer.activations(r) for r in raws], dim=1)
+            for layer, raws in zip(self.layers, self._raw, strict=True)
+        ]
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def output_grads(
+        self, target: torch.Tensor, grad_outputs: torch.Tensor | None = None
+    ) -> list[list[torch.Tensor]]:
+        """Per layer, ``[(B, T, O)]`` gradients of ``target`` (weighted by ``grad_outputs``)."""
+        flat = [o for outs in self._outs for o in outs]
+        grads = torch.autograd.grad(
+            target, flat, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True
+        )
+        res: list[list[torch.Tensor]] = []
+        i = 0
+        for layer, outs in zip(self.layers, self._outs, strict=True):
+            rows = []
+            for o in outs:
+                g = grads[i] if grads[i] is not None else torch.zeros_like(o)
+                rows.append(layer.output_rows(g.detach()))
+                i += 1
+            cat = torch.cat(rows, dim=1)
+            if not bool(torch.isfinite(cat).all()):
+                raise NonFiniteError(
+                    f"output gradients of layer {layer.path} are NaN or inf in examples "
+                    f"{self.start}..{self.start + cat.shape[0] - 1}"
+                )
+            res.append([cat])
+        return res

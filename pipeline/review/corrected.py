@@ -1,0 +1,191 @@
+"""Corrected dataset versions: decided labels applied, invalid examples dropped, written
+as parquet, recorded in the store and (when MLflow is configured) logged as a dataset input."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from infgate.data.training import TrainingData
+from infgate.errors import DatasetMismatchError, InvalidInputError
+from infgate.store.models import DatasetVersion, Finding, QueueItem
+from infgate.store.store import Store
+from sqlalchemy import select
+
+__all__ = ["AppliedVersion", "apply_decisions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppliedVersion:
+    """The corrected dataset version written by :func:`apply_decisions`."""
+
+    data: TrainingData
+    dataset_version_id: int
+    content_hash: str
+    path: Path | None
+    n_relabeled: int
+    n_dropped: int
+    n_kept: int
+    mlflow_run_id: str | None
+
+
+def _index(label: str, classes: tuple[str, ...] | list[str] | None) -> int:
+    if classes:
+        if label not in classes:
+            raise InvalidInputError(
+                f"decided label {label!r} is not a class of the dataset {classes}"
+            )
+        return list(classes).index(label)
+    if not label.isdigit():
+        raise InvalidInputError(f"decided label {label!r} is not a class index")
+    return int(label)
+
+
+def apply_decisions(
+    store: Store,
+    dataset: TrainingData,
+    *,
+    scan_id: int,
+    out_path: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "infgate-relabel",
+    note: str | None = None,
+) -> AppliedVersion:
+    """Apply the scan's resolved decisions to ``dataset`` and record the new version.
+
+    Args:
+        store: the store.
+        dataset: the scanned dataset (its content hash must match the scan's).
+        scan_id: scan whose resolved queue items to apply.
+        out_path: parquet file to write (``example_id``, features, ``label``); ``None``
+            keeps the version in memory and in the store only.
+        tracking_uri: MLflow tracking URI; ``None`` uses ``$MLFLOW_TRACKING_URI`` and skips
+            MLflow when that is unset too.
+        experiment: MLflow experiment for the logging run.
+        note: free text kept with the dataset version.
+
+    Returns:
+        The corrected version (data, store id, counts, MLflow run id).
+
+    Raises:
+        DatasetMismatchError: ``dataset`` is not the scanned dataset version.
+    """
+    scan = store.get_scan(scan_id)
+    if dataset.content_hash != scan.dataset_hash:
+        raise DatasetMismatchError(
+            f"dataset has content hash {dataset.content_hash[:12]}… but scan {scan_id} was run on "
+            f"{scan.dataset_hash[:12]}…; pass the dataset version the scan saw"
+        )
+    with store.session() as s:
+        decided = s.execute(
+            select(Finding.example_id, QueueItem.final_action, QueueItem.final_label)
+            .join(Finding, QueueItem.finding_id == Finding.id)
+            .where(QueueItem.scan_id == scan_id, QueueItem.state == "done")
+        ).all()
+    classes = dataset.classes or (tuple(scan.classes) if scan.classes else None)
+    position = {str(e): i for i, e in enumerate(dataset.example_ids)}
+    labels = dataset.labels.copy()
+    keep = np.ones(len(dataset), bool)
+    n_relabeled = n_kept = 0
+    for example_id, action, label in decided:
+        if example_id not in position:
+            raise DatasetMismatchError(f"decided example {example_id!r} is not in the dataset")
+        i = position[example_id]
+        if action == "invalid":
+            keep[i] = False
+        elif action == "relabel" and label is not None:
+            new = _index(label, classes)
+            n_relabeled += int(new != labels[i])
+            labels[i] = new
+        else:
+            n_kept += 1
+    corrected = dataset.with_labels(labels, keep=keep)
+    path = Path(out_path) if out_path is not None else None
+    frame = corrected.to_frame()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)  # readers never see a half-written file
+    n_dropped = int((~keep).sum())
+    run_id = None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        try:
+            run_id = _log_to_mlflow(
+                uri, experiment, frame, path, scan_id, scan.dataset_hash, n_relabeled, n_dropped
+            )
+        except Exception:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
+    with store.session() as s:
+        dv = s.scalar(
+            select(DatasetVersion).where(DatasetVersion.content_hash == corrected.content_hash)
+        )
+        if dv is None:
+            dv = DatasetVersion(content_hash=corrected.content_hash, n_rows=len(corrected))
+            s.add(dv)
+        dv.source_uri = str(path) if path is not None else dv.source_uri
+        dv.classes = list(classes) if classes else None
+        dv.image_shape = list(dataset.image_shape) if dataset.image_shape else None
+        dv.feature_names = list(dataset.feature_names) if dataset.feature_names else None
+        dv.parent_id = scan.dataset_version_id
+        dv.note = note or f"decisions of scan {scan_id} applied"
+        dv.mlflow_run_id = run_id or dv.mlflow_run_id
+        s.flush()
+        dv_id = dv.id
+    log.info(
+        "corrected dataset version %d: %d relabeled, %d dropped", dv_id, n_relabeled, n_dropped
+    )
+    return AppliedVersion(
+        corrected, dv_id, corrected.content_hash, path, n_relabeled, n_dropped, n_kept, run_id
+    )
+
+
+def _log_to_mlflow(
+    uri: str,
+    experiment: str,
+    frame: object,
+    path: Path | None,
+    scan_id: int,
+    parent_hash: str,
+    n_relabeled: int,
+    n_dropped: int,
+) -> str:
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"relabel-scan-{scan_id}") as run:
+            name = f"corrected-scan-{scan_id}"
+            if path is not None:
+                dataset = from_pandas(
+                    frame,  # type: ignore[arg-type]
+                    source=str(path.resolve()),
+                    targets="label",
+                    name=name,
+                )
+            else:
+                dataset = from_pandas(frame, targets="label", name=name)  # type: ignore[arg-type]
+            mlflow.log_input(dataset, context="training")
+            mlflow.log_params(
+                {
+                    "scan_id": scan_id,
+                    "parent_dataset_hash": parent_hash,
+                    "n_relabeled": n_relabeled,
+                    "n_dropped": n_dropped,
+                }
+            )
+            mlflow.set_tag("infgate.kind", "corrected_dataset")
+            return str(run.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(previous)

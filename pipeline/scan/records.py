@@ -1,0 +1,67 @@
+"""How a scan's outputs become store rows and loggable params (helpers of the stages)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from infgate.scan.stages import LoadedScan, ScanOptions
+
+__all__ = ["findings_to_store", "flat_params", "json_safe"]
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def findings_to_store(
+    loaded: LoadedScan, ranking: pd.DataFrame, mismatch: dict[str, Any] | None, options: ScanOptions
+) -> pd.DataFrame:
+    """The rows a scan stores: every suspect plus the top ``store_top`` of the ranking."""
+    keep = ranking["is_suspect"].astype(bool) | (ranking["rank"] <= options.store_top)
+    rows = ranking.loc[keep].copy()
+    rows["kind"] = "label_error"
+    pos = pd.Series(
+        np.arange(len(loaded.train.data)), index=loaded.train.data.example_ids.astype(str)
+    )
+    idx = pos.loc[rows["example_id"].astype(str)].to_numpy()
+    rows["features"] = [
+        r.tolist() for r in loaded.train.data.features.reshape(len(loaded.train.data), -1)[idx]
+    ]
+    frames = [rows]
+    examples = (mismatch or {}).get("examples") or []
+    flagged = sorted((e for e in examples if e.get("flagged")), key=lambda e: -float(e["score"]))
+    if flagged:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example_id": [str(e["example_id"]) for e in flagged],
+                    "score": [float(e["score"]) for e in flagged],
+                    "rank": np.arange(1, len(flagged) + 1),
+                    "is_suspect": True,
+                    "kind": "domain_mismatch",
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

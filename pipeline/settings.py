@@ -1,0 +1,1 @@
+"""Settings.from_env(): placeholder replaced below."""

@@ -1,0 +1,1 @@
+"""The ``infgate`` command line (one module per command group)."""
