@@ -177,8 +177,7 @@ class ArnoldiBackend(Backend):
         )
 
     def _vectors(self, dtype: torch.dtype) -> torch.Tensor:
-        if self.eigenvectors is None:
-            raise RuntimeError("fit() must run before scoring")
+        assert self.eigenvectors is not None  # the base class's guard has checked fit ran
         if dtype not in self._cast:
             self._cast[dtype] = self.eigenvectors.to(dtype)
         return self._cast[dtype]

@@ -8,17 +8,29 @@ plus damping), then answers two questions for any batch of per-example gradients
 
 Back-ends that never form whole-model per-example gradients (EK-FAC) override
 ``self_influence`` instead.
+
+Capabilities beyond these two are declared, not probed: a back-end whose fit is a
+factorisation the detectors can reuse implements a runtime-checkable protocol
+(:class:`CanWhiten` for output-space leverage, :class:`CanFilter` for the curvature-filtered
+model), and callers test ``isinstance(backend, CanWhiten)``. Iterative back-ends (cg,
+lissa) implement neither: every one of their solves is a series of full data sweeps.
+
+The fitted-state guard lives here once: every query method of every back-end raises
+:class:`~infgate.errors.NotFittedError` naming the class and the call to make until
+``fit`` has returned.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
-from infgate.errors import InvalidInputError
+from infgate.errors import InvalidInputError, NotFittedError
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
 from tqdm.auto import tqdm
@@ -26,7 +38,10 @@ from tqdm.auto import tqdm
 __all__ = [
     "BACKENDS",
     "Backend",
+    "CanFilter",
+    "CanWhiten",
     "ColumnSolverBackend",
+    "OutputLeverage",
     "available_backends",
     "get_backend",
     "register_backend",
@@ -64,11 +79,124 @@ def get_backend(name: str, **options: Any) -> Backend:
     return BACKENDS[name](**options)
 
 
+#: Methods that need a fitted curvature; the guard wraps them wherever a subclass defines them.
+FIT_REQUIRED = (
+    "quadratic",
+    "solve",
+    "self_influence",
+    "whiten",
+    "unwhiten",
+    "output_leverage",
+    "filter_parameters",
+    "solve_columns",
+)
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        if not (self.__dict__.get("_fitted", False) or self.__dict__.get("_in_fit", False)):
+            cls = type(self).__name__
+            raise NotFittedError(
+                f"{cls}.{fn.__name__}() needs a fitted curvature: call "
+                f"{cls}.fit(engine, data, damping=..., progress=...) first (or build an "
+                f"InfluenceScorer, which fits it)"
+            )
+        return fn(self, *args, **kwargs)
+
+    wrapper.__fit_guarded__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _fit_marks(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        self._fitted = False  # a failed refit leaves no half-fitted state usable
+        self._in_fit = True  # fit may use the back-end's own queries (e.g. a trial solve)
+        try:
+            out = fn(self, *args, **kwargs)
+        finally:
+            self._in_fit = False
+        self._fitted = True
+        return out
+
+    wrapper.__fit_guarded__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+@dataclass(frozen=True)
+class OutputLeverage:
+    """Output-space pieces of one batch, from the fitted factorisation (``A = H + lambda I``).
+
+    Attributes:
+        logits: ``(B, C)`` float64 model outputs.
+        leverage: ``(B, C, C)`` float64 ``M_i = J_i A^{-1} J_i^T``.
+        grad_norm: ``(B,)`` ``||g_i||`` with ``g_i = J_i^T r_i``.
+        solved_norm: ``(B,)`` ``||A^{-1} g_i||``.
+    """
+
+    logits: torch.Tensor
+    leverage: torch.Tensor
+    grad_norm: torch.Tensor
+    solved_norm: torch.Tensor
+
+
+@runtime_checkable
+class CanWhiten(Protocol):
+    """A back-end that gives output-space leverage ``J_i A^{-1} J_i^T`` per example directly
+    from its fitted factorisation (Cholesky factor, EK-FAC eigenbasis, Arnoldi eigenpairs):
+    one batched pass, never an iterative solve."""
+
+    def output_leverage(
+        self,
+        engine: GradientEngine,
+        start: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        residual: Callable[[torch.Tensor], torch.Tensor],
+    ) -> OutputLeverage:
+        """Leverage blocks and norms for one batch; ``residual(logits)`` gives ``r_i``
+        (``(B, C)``, the loss gradient in output space) so ``g_i = J_i^T r_i``."""
+        ...
+
+
+@runtime_checkable
+class CanFilter(Protocol):
+    """A back-end that applies ``(H + lambda' I)^{-1} (H + lambda I)`` with its own fit."""
+
+    def filter_parameters(self, theta: torch.Tensor, strength: float) -> tuple[torch.Tensor, float]:
+        """``((H + lambda' I)^{-1} (H + lambda I) theta, lambda')`` for the flat float64
+        parameters ``theta``, ``lambda' = max(strength x mean eigenvalue of H, lambda)``."""
+        ...
+
+
 class Backend(abc.ABC):
-    """A fitted (or fittable) approximation of ``(H + lambda I)^{-1}``."""
+    """A fitted (or fittable) approximation of ``(H + lambda I)^{-1}``.
+
+    Subclasses get the fitted-state guard automatically: ``fit`` marks the instance fitted
+    when it returns, and the methods named in :data:`FIT_REQUIRED` raise
+    :class:`~infgate.errors.NotFittedError` before that.
+    """
 
     name: ClassVar[str] = "?"
     damping: float
+    _fitted: bool = False
+    _in_fit: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in ("fit", *FIT_REQUIRED):
+            fn = cls.__dict__.get(attr)
+            if fn is None or getattr(fn, "__fit_guarded__", False) or not callable(fn):
+                continue
+            if getattr(fn, "__isabstractmethod__", False):
+                continue
+            setattr(cls, attr, _fit_marks(fn) if attr == "fit" else _guarded(fn))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether ``fit`` has completed."""
+        return self._fitted
 
     @abc.abstractmethod
     def fit(
@@ -111,6 +239,9 @@ class Backend(abc.ABC):
             s = self.quadratic(g)
             out[start : start + x.shape[0]] = s.detach().double().cpu().numpy()
         return out
+
+
+Backend.self_influence = _guarded(Backend.self_influence)  # type: ignore[method-assign]
 
 
 def stream_blocks(

@@ -131,8 +131,7 @@ class CGBackend(ColumnSolverBackend):
 
     def solve_columns(self, b: torch.Tensor) -> torch.Tensor:
         """``X`` with ``(H + lambda I) X = b`` column by column, ``b`` of shape ``(P, k)``."""
-        if self.op is None or self.rtol is None or self.maxiter is None:
-            raise RuntimeError("fit() must run before solving")
+        assert self.op is not None and self.rtol is not None and self.maxiter is not None
         b = b.double()
         x = torch.zeros_like(b)
         r = b.clone()

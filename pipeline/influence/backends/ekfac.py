@@ -181,8 +181,6 @@ class EKFACBackend(Backend):
         return out
 
     def _per_layer(self, grads: torch.Tensor, fn: str) -> list[Any]:
-        if not self.layers:
-            raise RuntimeError("fit() must run before scoring")
         parts = dict(zip(self._names, torch.split(grads, self._sizes, dim=1), strict=True))
         return [getattr(layer, fn)(parts) for layer in self.layers]
 

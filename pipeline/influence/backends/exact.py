@@ -183,8 +183,7 @@ class ExactBackend(Backend):
         self.fit_seconds = time.perf_counter() - t0
 
     def _whitener(self, dtype: torch.dtype) -> torch.Tensor:
-        if self.w is None:
-            raise RuntimeError("fit() must run before scoring")
+        assert self.w is not None  # the base class's guard has checked fit ran
         if dtype not in self._w_cast:
             self._w_cast[dtype] = self.w.to(dtype)
         return self._w_cast[dtype]
