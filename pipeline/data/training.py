@@ -8,16 +8,22 @@ dataset versions (a relabel changes the label, not the id).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
+from infgate.data.columns import ColumnOptions, ColumnPlan, ModelInputSpec, resolve_columns
+from infgate.data.decode import decode_features
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 
-__all__ = ["EvalData", "TrainingData", "flip_labels"]
+__all__ = ["EvalData", "TrainingData", "display_shape", "flip_labels", "frame_table"]
+
+log = logging.getLogger(__name__)
 
 
 def _as_ids(example_ids: Sequence[Any] | np.ndarray | None, n: int, prefix: str) -> np.ndarray:
@@ -47,6 +53,8 @@ def _check_features(features: np.ndarray, what: str) -> np.ndarray:
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise NonFiniteError(f"{what} has NaN or inf in {int(bad.sum())} row(s), first: {rows}")
+    if np.issubdtype(arr.dtype, np.integer):  # token ids for an embedding stay integers
+        return arr.astype(np.int64, copy=False)
     return arr.astype(np.float32, copy=False)
 
 
@@ -71,7 +79,8 @@ class TrainingData:
     """Labelled training examples.
 
     Attributes:
-        features: ``(n, ...)`` float32 array; rows are examples.
+        features: ``(n, ...)`` array, rows are examples: float32, or int64 when given
+            integers (token ids for an embedding keep their dtype).
         labels: ``(n,)`` int64 class indices.
         example_ids: ``(n,)`` stable string ids (``"0"``, ``"1"``... when not given).
         classes: class names, index = label; ``None`` means ``"0".."C-1"``.
@@ -135,8 +144,12 @@ class TrainingData:
         return h.hexdigest()
 
     def as_tensors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels as tensors, ready for the influence engine."""
-        return torch.as_tensor(self.features).to(dtype), torch.as_tensor(self.labels)
+        """Features and labels as tensors, ready for the influence engine.
+
+        Float features become ``dtype``; integer features (token ids) stay int64.
+        """
+        x = torch.as_tensor(self.features)
+        return (x.to(dtype) if x.is_floating_point() else x), torch.as_tensor(self.labels)
 
     def with_labels(self, labels: np.ndarray, *, keep: np.ndarray | None = None) -> TrainingData:
         """A new version with ``labels`` (and only rows where ``keep`` is true)."""
@@ -169,38 +182,105 @@ class TrainingData:
         label_column: str = "label",
         id_column: str | None = "example_id",
         feature_columns: Sequence[str] | None = None,
+        true_label_column: str | None = "true_label",
+        metadata_columns: Sequence[str] = (),
+        options: ColumnOptions | None = None,
+        spec: ModelInputSpec | None = None,
         classes: Sequence[str] | None = None,
         image_shape: tuple[int, int] | None = None,
         source_uri: str | None = None,
         name: str = "train",
     ) -> TrainingData:
-        """Build from a DataFrame; features are every column but the id and label ones."""
-        if label_column not in df.columns:
-            raise InvalidInputError(
-                f"label column {label_column!r} not in columns {list(df.columns)[:10]}"
+        """Build from a DataFrame; the columns are chosen as :mod:`infgate.data.columns` says.
+
+        By default the features are every numeric column but the label, the id, the
+        true-label column and ``metadata_columns``; other columns are ignored (and named in
+        the log). ``options`` replaces the column arguments when given.
+
+        Raises:
+            InvalidInputError: ``options`` given together with column arguments.
+            DataResolutionError: no label column, or named columns missing.
+        """
+        if options is None:
+            options = ColumnOptions(
+                feature_columns=tuple(feature_columns) if feature_columns is not None else None,
+                metadata_columns=tuple(metadata_columns),
+                label_column=label_column,
+                id_column=id_column or "example_id",
+                true_label_column=true_label_column,
             )
-        ids = df[id_column].to_numpy() if id_column and id_column in df.columns else None
-        cols = (
-            list(feature_columns)
-            if feature_columns is not None
-            else [c for c in df.columns if c not in {label_column, id_column}]
+        elif feature_columns is not None or label_column != "label" or tuple(metadata_columns):
+            raise InvalidInputError(
+                "pass the columns either in `options` or as arguments, not both"
+            )
+        table = frame_table(df)
+        plan = resolve_columns(table.schema, options, spec, what=name)
+        read_ids = id_column is not None
+        return cls.from_table(
+            table,
+            plan,
+            classes=classes,
+            image_shape=image_shape,
+            source_uri=source_uri,
+            name=name,
+            read_ids=read_ids,
         )
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise InvalidInputError(f"feature columns missing from the frame: {missing}")
-        if df[cols].isna().any().any():
-            bad = [c for c in cols if df[c].isna().any()]
-            raise NonFiniteError(f"features have missing values in columns {bad[:5]}")
+
+    @classmethod
+    def from_table(
+        cls,
+        table: pa.Table,
+        plan: ColumnPlan,
+        *,
+        classes: Sequence[str] | None = None,
+        image_shape: tuple[int, int] | None = None,
+        source_uri: str | None = None,
+        name: str = "train",
+        read_ids: bool = True,
+    ) -> TrainingData:
+        """Build from an Arrow table and a resolved :class:`~infgate.data.columns.ColumnPlan`."""
+        ids = (
+            np.asarray(table.column(plan.id_column).to_pylist(), dtype=object)
+            if read_ids and plan.id_column in table.column_names
+            else None
+        )
+        feats, _ = decode_features(table, plan, ids=ids, what=name)
+        if image_shape is None:
+            image_shape = display_shape(feats.shape[1:], plan)
         return cls(
-            features=df[cols].to_numpy(dtype=np.float32),
-            labels=df[label_column].to_numpy(),
+            features=feats,
+            labels=table.column(plan.label_column).to_numpy(zero_copy_only=False),
             example_ids=ids,  # type: ignore[arg-type]
             classes=tuple(classes) if classes is not None else None,
-            feature_names=tuple(map(str, cols)) if image_shape is None else None,
+            feature_names=plan.columns
+            if plan.kind == "columns" and feats.ndim == 2 and image_shape is None
+            else None,
             image_shape=image_shape,
             source_uri=source_uri,
             name=name,
         )
+
+
+def display_shape(row_shape: tuple[int, ...], plan: ColumnPlan) -> tuple[int, int] | None:
+    """``(h, w)`` to draw a row as a grey picture: single-channel images only."""
+    if len(row_shape) == 2 or (len(row_shape) == 3 and row_shape[0] == 1):
+        return int(row_shape[-2]), int(row_shape[-1])
+    return None
+
+
+def frame_table(df: pd.DataFrame) -> pa.Table:
+    """``df`` as an Arrow table; columns Arrow cannot type (mixed objects) are left out."""
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        arrays, names = [], []
+        for c in df.columns:
+            try:
+                arrays.append(pa.array(df[c], from_pandas=True))
+                names.append(str(c))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                log.info("column %r holds values of mixed types; ignored", c)
+        return pa.Table.from_arrays(arrays, names=names)
 
 
 @dataclass(frozen=True)
@@ -223,6 +303,28 @@ class EvalData:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    @classmethod
+    def from_table(cls, table: pa.Table, plan: ColumnPlan, *, name: str = "eval") -> EvalData:
+        """Evaluation rows read with the training data's plan (labels used when present)."""
+        missing = [c for c in plan.columns if c not in table.column_names]
+        if missing:
+            raise DatasetMismatchError(
+                f"{name} data lacks the feature columns {missing[:5]} the training data uses "
+                f"({plan.describe()})"
+            )
+        ids = (
+            np.asarray(table.column(plan.id_column).to_pylist(), dtype=object)
+            if plan.id_column in table.column_names
+            else None
+        )
+        feats, _ = decode_features(table, plan, ids=ids, what=f"{name} data")
+        labels = (
+            table.column(plan.label_column).to_numpy(zero_copy_only=False)
+            if plan.label_column in table.column_names
+            else None
+        )
+        return cls(feats, labels, ids, name=name)  # type: ignore[arg-type]
 
 
 def flip_labels(

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 from torch.utils.data import DataLoader, Dataset
@@ -13,7 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["BatchSource", "DatasetLike"]
 
 DatasetLike = (
-    Dataset[Any] | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor] | TrainingData | EvalData
+    Dataset[Any]
+    | tuple[torch.Tensor, torch.Tensor]
+    | list[torch.Tensor]
+    | TrainingData
+    | StreamedTrainingData
+    | EvalData
 )
 
 
@@ -21,8 +27,10 @@ class BatchSource:
     """Re-iterable ``(start, x, y)`` batches in dataset order, on ``device``.
 
     Accepts a torch ``Dataset`` of ``(x, y)`` pairs, a ``(features, labels)`` pair of tensors
-    (or arrays), or a :class:`~infgate.data.training.TrainingData`. Checks once that the data is not
-    empty and that lengths agree; checks every batch for NaN/inf features.
+    (or arrays), a :class:`~infgate.data.training.TrainingData`, or a
+    :class:`~infgate.data.streamed.StreamedTrainingData` (read from Parquet batch by batch).
+    Checks once that the data is not empty and that lengths agree; checks every batch for
+    NaN/inf features. Float features become ``dtype``; integer ones (token ids) stay int64.
     """
 
     def __init__(
@@ -42,7 +50,10 @@ class BatchSource:
         self.what = what
         self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self._dataset: Dataset[Any] | None = None
-        if isinstance(dataset, TrainingData):
+        self._stream: StreamedTrainingData | None = None
+        if isinstance(dataset, StreamedTrainingData):
+            self._stream = dataset
+        elif isinstance(dataset, TrainingData):
             self._tensors = dataset.as_tensors()
         elif isinstance(dataset, EvalData):
             if dataset.labels is None:
@@ -68,6 +79,8 @@ class BatchSource:
     def __len__(self) -> int:
         if self._tensors is not None:
             return int(self._tensors[0].shape[0])
+        if self._stream is not None:
+            return len(self._stream)
         assert self._dataset is not None
         return len(self._dataset)  # type: ignore[arg-type]
 
@@ -90,6 +103,11 @@ class BatchSource:
             for start in range(0, len(self), self.batch_size):
                 stop = start + self.batch_size
                 x, y = self._prepare(start, xs[start:stop], ys[start:stop])
+                yield start, x, y
+            return
+        if self._stream is not None:
+            for start, xb, yb in self._stream.iter_batches(self.batch_size):
+                x, y = self._prepare(start, torch.as_tensor(xb), torch.as_tensor(yb))
                 yield start, x, y
             return
         loader = DataLoader(self._dataset, batch_size=self.batch_size, shuffle=False)  # type: ignore[arg-type]

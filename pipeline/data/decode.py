@@ -1,0 +1,183 @@
+"""Turn the columns a :class:`~infgate.data.columns.ColumnPlan` names into model input.
+
+Works on an Arrow table or one record batch, so the in-memory and the streamed readers
+decode alike: numeric columns side by side, encoded PNG/JPEG bytes through Pillow as
+``(C, H, W)``, list columns as fixed-size arrays (nested lists keep their dimensions). Mixed
+image or array sizes, nulls and undecodable bytes fail with the first offending row.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from infgate.data.columns import ColumnPlan
+from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
+
+__all__ = ["decode_features", "fit_shape"]
+
+Batch = pa.Table | pa.RecordBatch
+
+
+def _row_name(i: int, ids: np.ndarray | None) -> str:
+    return f"row {i}" + (f" (example_id {str(ids[i])!r})" if ids is not None else "")
+
+
+def decode_features(
+    batch: Batch,
+    plan: ColumnPlan,
+    *,
+    first_row: int = 0,
+    ids: np.ndarray | None = None,
+    expect: tuple[int, ...] | None = None,
+    what: str = "training data",
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Decode ``batch`` per ``plan``; returns ``(features, decoded row shape)``.
+
+    Args:
+        batch: the rows (a table or a record batch holding the plan's columns).
+        plan: the resolved columns.
+        first_row: index of the batch's first row in the whole dataset (for messages).
+        ids: example ids of the whole dataset (for messages), or ``None``.
+        expect: the row shape earlier batches decoded to; a different one is an error.
+        what: the data's name in messages.
+
+    Returns:
+        ``features`` of shape ``(n, *plan.input_shape)`` (or the decoded shape when the plan
+        has none) in ``plan.dtype``, and the decoded per-row shape before any reshape.
+
+    Raises:
+        InvalidInputError: mixed image/array sizes, nulls, undecodable images.
+        NonFiniteError: missing values in numeric columns.
+        DatasetMismatchError: the rows do not fit ``plan.input_shape``.
+    """
+    if plan.kind == "columns":
+        arr = _columns(batch, plan, what)
+    elif plan.kind == "image":
+        arr = _images(batch.column(plan.columns[0]), plan, first_row, ids, what)
+    else:
+        arr = _arrays(batch.column(plan.columns[0]), plan, first_row, ids, what)
+    raw = tuple(int(d) for d in arr.shape[1:])
+    if expect is not None and raw != expect:
+        raise InvalidInputError(
+            f"{what} column {plan.columns[0]!r}: rows from {first_row} on have shape {raw} but "
+            f"earlier rows have {expect}; store every example at one size"
+        )
+    if plan.image_scale is not None and plan.kind != "columns" and arr.dtype.kind == "f":
+        arr = arr / np.float32(plan.image_scale)
+    return fit_shape(arr, plan, what=what), raw
+
+
+def fit_shape(arr: np.ndarray, plan: ColumnPlan, *, what: str = "training data") -> np.ndarray:
+    """``arr`` reshaped to ``(n, *plan.input_shape)``; one-line mismatch error otherwise."""
+    if plan.input_shape is None or tuple(arr.shape[1:]) == plan.input_shape:
+        return arr
+    per_row = int(np.prod(arr.shape[1:]))
+    if per_row != int(np.prod(plan.input_shape)):
+        raise DatasetMismatchError(
+            f"{what} {plan.describe()} give rows of shape {tuple(arr.shape[1:])} ({per_row} "
+            f"values) but the model takes {(-1, *plan.input_shape)} (from {plan.shape_origin}); "
+            f"{plan.fix_hint()}"
+        )
+    return arr.reshape(arr.shape[0], *plan.input_shape)
+
+
+def _columns(batch: Batch, plan: ColumnPlan, what: str) -> np.ndarray:
+    nulls = [c for c in plan.columns if batch.column(c).null_count]
+    if nulls:
+        raise NonFiniteError(f"{what} features have missing values in columns {nulls[:5]}")
+    dtype = np.dtype(plan.dtype)
+    out = np.empty((batch.num_rows, len(plan.columns)), dtype=dtype)
+    for j, c in enumerate(plan.columns):
+        col = np.asarray(batch.column(c).to_numpy(zero_copy_only=False))
+        if dtype.kind == "i" and col.dtype.kind == "f":
+            col = _exact_ints(col, f"{what} token column {c!r}")
+        out[:, j] = col
+    return out
+
+
+def _exact_ints(values: np.ndarray, what: str) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.all() or np.any(np.mod(values[finite], 1) != 0):
+        bad = int(np.flatnonzero(~finite | (np.mod(np.nan_to_num(values), 1) != 0))[0])
+        raise InvalidInputError(f"{what} must hold integer ids; row {bad} has {values[bad]!r}")
+    return values.astype(np.int64)
+
+
+def _images(
+    col: Any, plan: ColumnPlan, first_row: int, ids: np.ndarray | None, what: str
+) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    name = plan.columns[0]
+    values = col.to_pylist()
+    out: list[np.ndarray] = []
+    first: tuple[int, ...] | None = None
+    for i, raw in enumerate(values):
+        row = _row_name(first_row + i, ids)
+        if raw is None:
+            raise InvalidInputError(f"{what} image column {name!r}: {row} is empty (null)")
+        try:
+            with Image.open(io.BytesIO(raw)) as img:
+                if img.mode in ("P", "1", "LA", "PA"):
+                    img = img.convert("RGBA" if "A" in img.mode else "L")
+                pix = np.asarray(img)
+        except (UnidentifiedImageError, OSError) as e:
+            raise InvalidInputError(
+                f"{what} image column {name!r}: {row} is not a PNG/JPEG image Pillow can read ({e})"
+            ) from e
+        chw = pix[None] if pix.ndim == 2 else np.moveaxis(pix, -1, 0)
+        if first is None:
+            first = chw.shape
+        elif chw.shape != first:
+            raise InvalidInputError(
+                f"{what} image column {name!r}: {row} is {_size(chw.shape)} but row {first_row} "
+                f"is {_size(first)}; resize the images to one size before the scan"
+            )
+        out.append(chw)
+    if not out:
+        return np.empty((0, 0), dtype=plan.dtype)
+    return np.stack(out).astype(plan.dtype, copy=False)
+
+
+def _size(chw: tuple[int, ...]) -> str:
+    c, h, w = chw
+    return f"{h}x{w}" + (f" with {c} channels" if c != 1 else "")
+
+
+def _arrays(
+    col: Any, plan: ColumnPlan, first_row: int, ids: np.ndarray | None, what: str
+) -> np.ndarray:
+    name = plan.columns[0]
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if arr.null_count:
+        bad = int(np.flatnonzero(np.asarray(arr.is_null()))[0])
+        raise InvalidInputError(
+            f"{what} column {name!r}: {_row_name(first_row + bad, ids)} is null"
+        )
+    dims: list[int] = []
+    rows_per_item = 1  # how many top-level rows each element at this depth spans
+    while isinstance(arr.type, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
+        lens = np.asarray(pc.list_value_length(arr).fill_null(-1))
+        if len(lens) and (lens != lens[0]).any():
+            item = int(np.flatnonzero(lens != lens[0])[0])
+            bad = first_row + item // rows_per_item
+            raise InvalidInputError(
+                f"{what} column {name!r}: {_row_name(bad, ids)} holds an array of length "
+                f"{int(lens[item])} but row {first_row} holds {int(lens[0])}; "
+                f"store (or pad) every example at one size"
+            )
+        dims.append(int(lens[0]) if len(lens) else 0)
+        rows_per_item *= dims[-1] or 1
+        arr = arr.flatten()
+    values = np.asarray(arr.to_numpy(zero_copy_only=False))
+    if values.dtype == object or values.dtype.kind not in "iufb":
+        raise InvalidInputError(f"{what} column {name!r} must hold numbers, got {arr.type}")
+    out = values.reshape(n, *dims)
+    if plan.dtype == "int64" and out.dtype.kind == "f":
+        return _exact_ints(out.reshape(n, -1), f"{what} token column {name!r}").reshape(out.shape)
+    return out.astype(plan.dtype, copy=False)

@@ -1,0 +1,225 @@
+"""Training data streamed from Parquet in batches, for training sets larger than memory.
+
+:class:`StreamedTrainingData` holds the small columns whole and reads the features batch
+by batch (``pyarrow.parquet.ParquetFile.iter_batches``) each time it is iterated; the
+influence engine's :class:`~infgate.influence.batches.BatchSource` iterates it like an
+in-memory :class:`~infgate.data.training.TrainingData`.
+
+Limits (what still needs a whole column or a whole pass):
+
+* labels and example ids are loaded whole (one int64 and one string per row: small next
+  to the features, and every ranking is keyed by them);
+* opening the data reads the features once, to check them (NaN/inf, one image/array size,
+  the token-id range) and to compute the content hash incrementally; the hash equals the
+  in-memory one for the same rows;
+* each pass of a back-end (curvature fit, gradients) re-reads and re-decodes the file;
+* parts of a scan that need every feature row at once (explanations over the whole
+  training set, the train-vs-eval mismatch test, the report's pictures) need the in-memory
+  :class:`~infgate.data.training.TrainingData`; :meth:`StreamedTrainingData.head` gives
+  the first rows (e.g. to check the model fits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from infgate.data.columns import ColumnPlan
+from infgate.data.decode import decode_features
+from infgate.data.readers import data_file, iter_parquet, read_columns
+from infgate.data.training import _as_ids, _check_labels, display_shape
+from infgate.data.validation import token_extremes
+from infgate.errors import InvalidInputError, NonFiniteError
+
+__all__ = ["StreamedTrainingData"]
+
+_ID_CHUNK = 100_000
+
+
+@dataclass(frozen=True)
+class StreamedTrainingData:
+    """Labelled training examples whose features stay on disk (Parquet).
+
+    Build with :meth:`from_parquet`. Attributes match :class:`~infgate.data.training.
+    TrainingData` where they can (``labels``, ``example_ids``, ``classes``, ``image_shape``,
+    ``feature_names``, ``content_hash``); there is no ``features`` array.
+
+    Attributes:
+        path: the Parquet file.
+        plan: which columns are the features, decoded how.
+        labels: ``(n,)`` int64 class indices (loaded whole).
+        example_ids: ``(n,)`` string ids (loaded whole).
+        row_shape: the shape of one example as the model gets it.
+        dtype: ``"float32"`` or ``"int64"``.
+        content_hash: sha256 over features, labels and ids (equal to the in-memory one).
+        token_range: ``(min, row, max, row)`` of integer features, else ``None``.
+        batch_rows: rows read from the file at a time.
+    """
+
+    path: Path
+    plan: ColumnPlan
+    labels: np.ndarray
+    example_ids: np.ndarray
+    row_shape: tuple[int, ...]
+    dtype: str
+    content_hash: str
+    token_range: tuple[int, int, int, int] | None = None
+    batch_rows: int = 65_536
+    classes: tuple[str, ...] | None = None
+    feature_names: tuple[str, ...] | None = None
+    image_shape: tuple[int, int] | None = None
+    source_uri: str | None = None
+    name: str = "train"
+
+    @classmethod
+    def from_parquet(
+        cls,
+        path: str | Path,
+        plan: ColumnPlan,
+        *,
+        batch_rows: int = 65_536,
+        classes: Sequence[str] | None = None,
+        image_shape: tuple[int, int] | None = None,
+        source_uri: str | None = None,
+        name: str = "train",
+    ) -> StreamedTrainingData:
+        """Open ``path``: read labels and ids whole, check and hash the features in one pass.
+
+        Raises:
+            InvalidInputError: bad labels or ids, mixed image/array sizes, an empty file.
+            NonFiniteError: NaN or inf in a feature row (the first rows named).
+        """
+        if not isinstance(batch_rows, int) or batch_rows < 1:
+            raise InvalidInputError(f"`batch_rows` must be an int >= 1, got {batch_rows!r}")
+        path = data_file(path)
+        small = [plan.label_column] + (
+            [plan.id_column] if plan.id_column in _schema_names(path) else []
+        )
+        table = read_columns(path, small)
+        n = table.num_rows
+        if n == 0:
+            raise InvalidInputError(f"{name} is empty (0 rows)")
+        labels = _check_labels(table.column(plan.label_column).to_numpy(zero_copy_only=False), n)
+        ids = _as_ids(table.column(plan.id_column).to_pylist() if len(small) == 2 else None, n, "")
+        if classes is not None and int(labels.max()) >= len(classes):
+            raise InvalidInputError(
+                f"labels contain {int(labels.max())} but only {len(classes)} classes are named"
+            )
+        h = hashlib.sha256()
+        row_shape: tuple[int, ...] | None = None
+        dtype = "float32"
+        lo: tuple[int, int] | None = None
+        hi: tuple[int, int] | None = None
+        for start, x in _decoded(path, plan, batch_rows, ids, None, name):
+            if row_shape is None:
+                row_shape, dtype = tuple(x.shape[1:]), str(x.dtype)
+                h.update(str((n, *row_shape)).encode())
+            _check_finite(x, start, name)
+            if x.dtype.kind == "i":
+                bmin, bmin_r, bmax, bmax_r = token_extremes(x)
+                if lo is None or bmin < lo[0]:
+                    lo = (bmin, start + bmin_r)
+                if hi is None or bmax > hi[0]:
+                    hi = (bmax, start + bmax_r)
+            h.update(np.ascontiguousarray(x).tobytes())
+        assert row_shape is not None
+        h.update(labels.tobytes())
+        for i in range(0, n, _ID_CHUNK):  # == "\x1f".join(ids), without one giant string
+            if i:
+                h.update(b"\x1f")
+            h.update("\x1f".join(map(str, ids[i : i + _ID_CHUNK])).encode())
+        return cls(
+            path=path,
+            plan=plan,
+            labels=labels,
+            example_ids=ids,
+            row_shape=row_shape,
+            dtype=dtype,
+            content_hash=h.hexdigest(),
+            token_range=(lo[0], lo[1], hi[0], hi[1]) if lo is not None and hi is not None else None,
+            batch_rows=batch_rows,
+            classes=tuple(str(c) for c in classes) if classes is not None else None,
+            feature_names=plan.columns
+            if plan.kind == "columns" and len(row_shape) == 1 and image_shape is None
+            else None,
+            image_shape=image_shape or display_shape(row_shape, plan),
+            source_uri=source_uri,
+            name=name,
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes: named classes, else max label + 1."""
+        return len(self.classes) if self.classes else int(self.labels.max()) + 1
+
+    def iter_batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(start, features, labels)`` of exactly ``batch_size`` rows (the last may be
+        shorter), in file order, re-reading the file."""
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        pending: list[np.ndarray] = []
+        held = 0
+        start = 0
+        for _, x in _decoded(
+            self.path, self.plan, self.batch_rows, self.example_ids, self.row_shape, self.name
+        ):
+            pending.append(x)
+            held += len(x)
+            while held >= batch_size:
+                block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                out, rest = block[:batch_size], block[batch_size:]
+                yield start, out, self.labels[start : start + batch_size]
+                start += batch_size
+                pending, held = ([rest] if len(rest) else []), len(rest)
+        if held:
+            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield start, block, self.labels[start : start + held]
+
+    def head(self, k: int = 2) -> np.ndarray:
+        """The first ``k`` feature rows (read from the file)."""
+        for _, x, _ in self.iter_batches(k):
+            return x
+        raise InvalidInputError(f"{self.name} is empty (0 rows)")
+
+
+def _schema_names(path: Path) -> list[str]:
+    from infgate.data.readers import read_schema
+
+    return list(read_schema(path).names)
+
+
+def _decoded(
+    path: Path,
+    plan: ColumnPlan,
+    batch_rows: int,
+    ids: np.ndarray | None,
+    expect: tuple[int, ...] | None,
+    what: str,
+) -> Iterator[tuple[int, np.ndarray]]:
+    start = 0
+    raw: tuple[int, ...] | None = None
+    for batch in iter_parquet(path, plan.columns, batch_rows=batch_rows):
+        x, shape = decode_features(batch, plan, first_row=start, ids=ids, expect=raw, what=what)
+        raw = raw or shape
+        if expect is not None and tuple(x.shape[1:]) != expect:
+            raise InvalidInputError(
+                f"{what}: {path.name} changed while streaming (rows from {start} have shape "
+                f"{tuple(x.shape[1:])}, not {expect}); reopen the data"
+            )
+        yield start, x
+        start += len(x)
+
+
+def _check_finite(x: np.ndarray, start: int, what: str) -> None:
+    if x.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + start).tolist()
+        raise NonFiniteError(f"{what} features have NaN or inf in row(s) {rows}")
