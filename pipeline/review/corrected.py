@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from infgate.data.training import TrainingData
 from infgate.errors import DatasetMismatchError, InvalidInputError
+from infgate.review.decisions import check_id, label_index
 from infgate.store.models import DatasetVersion, Finding, QueueItem
 from infgate.store.store import Store
 from sqlalchemy import select
@@ -32,18 +33,6 @@ class AppliedVersion:
     n_dropped: int
     n_kept: int
     mlflow_run_id: str | None
-
-
-def _index(label: str, classes: tuple[str, ...] | list[str] | None) -> int:
-    if classes:
-        if label not in classes:
-            raise InvalidInputError(
-                f"decided label {label!r} is not a class of the dataset {classes}"
-            )
-        return list(classes).index(label)
-    if not label.isdigit():
-        raise InvalidInputError(f"decided label {label!r} is not a class index")
-    return int(label)
 
 
 def apply_decisions(
@@ -74,7 +63,10 @@ def apply_decisions(
 
     Raises:
         DatasetMismatchError: ``dataset`` is not the scanned dataset version.
+        InvalidInputError: a decided label is not a class of the model (checked against
+            the scan's output count, else the class names); nothing is written.
     """
+    check_id(scan_id, "scan id")
     scan = store.get_scan(scan_id)
     if dataset.content_hash != scan.dataset_hash:
         raise DatasetMismatchError(
@@ -83,7 +75,7 @@ def apply_decisions(
         )
     with store.session() as s:
         decided = s.execute(
-            select(Finding.example_id, QueueItem.final_action, QueueItem.final_label)
+            select(QueueItem.id, Finding.example_id, QueueItem.final_action, QueueItem.final_label)
             .join(Finding, QueueItem.finding_id == Finding.id)
             .where(QueueItem.scan_id == scan_id, QueueItem.state == "done")
         ).all()
@@ -92,14 +84,20 @@ def apply_decisions(
     labels = dataset.labels.copy()
     keep = np.ones(len(dataset), bool)
     n_relabeled = n_kept = 0
-    for example_id, action, label in decided:
+    for item_id, example_id, action, label in decided:
         if example_id not in position:
             raise DatasetMismatchError(f"decided example {example_id!r} is not in the dataset")
         i = position[example_id]
         if action == "invalid":
             keep[i] = False
         elif action == "relabel" and label is not None:
-            new = _index(label, classes)
+            try:
+                new = label_index(label, list(classes) if classes else None, scan.n_outputs)
+            except InvalidInputError as exc:
+                raise InvalidInputError(
+                    f"queue item {item_id} decided {label!r} for example {example_id!r}, "
+                    f"which cannot be applied: {exc}"
+                ) from None
             n_relabeled += int(new != labels[i])
             labels[i] = new
         else:

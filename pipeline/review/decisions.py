@@ -8,18 +8,33 @@ An item resolves once ``required_votes`` counted decisions agree (same action an
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from infgate.errors import InvalidInputError, NotFoundError
 from infgate.store.models import DatasetVersion, Decision, Finding, QueueItem, Scan, utcnow
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-__all__ = ["ACTIONS", "Action", "DecisionResult", "aware", "check_label", "record_decision"]
+__all__ = [
+    "ACTIONS",
+    "MAX_ID",
+    "Action",
+    "DecisionResult",
+    "aware",
+    "check_id",
+    "check_label",
+    "class_count",
+    "label_index",
+    "record_decision",
+]
 
 Action = Literal["keep", "relabel", "not_sure", "invalid"]
 ACTIONS: tuple[str, ...] = get_args(Action)
+#: The largest id the store's INTEGER columns hold on every back-end (PostgreSQL int4).
+MAX_ID = 2**31 - 1
+_INDEX = re.compile(r"^[0-9]{1,10}$")  # ASCII digits only (str.isdigit accepts "²", "٣")
 
 
 @dataclass(frozen=True)
@@ -42,17 +57,63 @@ def aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-def check_label(label: str | None, classes: list[str] | None) -> str:
-    """``label`` if it names a class of the dataset; a clear error naming it otherwise."""
-    if label is None or str(label).strip() == "":
-        raise InvalidInputError("relabel needs a label (the class to relabel the example to)")
-    label = str(label)
+def check_id(value: Any, what: str = "id") -> int:
+    """``value`` as a database id: an int (never a bool) in ``[1, MAX_ID]``, else a one-line
+    :class:`InvalidInputError` naming it (ids beyond the database's integer range cannot
+    exist, and SQLite would overflow on them)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{what} must be an integer, got {value!r}")
+    if not 1 <= value <= MAX_ID:
+        shown = (
+            str(value)
+            if len(str(value)) <= 24
+            else f"{str(value)[:20]}... ({len(str(value))} digits)"
+        )
+        raise InvalidInputError(f"{what} must be in [1, {MAX_ID}], got {shown}")
+    return value
+
+
+def class_count(classes: list[str] | None, n_outputs: int | None) -> int | None:
+    """How many classes a label may name: the model's output count (one output = a binary
+    model, two classes), else the number of class names, else ``None`` (unknown)."""
+    if n_outputs is not None:
+        return 2 if n_outputs == 1 else int(n_outputs)
+    return len(classes) if classes else None
+
+
+def label_index(label: Any, classes: list[str] | None, n_outputs: int | None = None) -> int:
+    """The class index ``label`` names, checked against the model's outputs and the class
+    names; a one-line :class:`InvalidInputError` naming the label otherwise.
+
+    With class names, ``label`` must be one of them; without, a class index ``0..C-1``
+    (C from ``n_outputs``; any index when neither is known).
+    """
+    if isinstance(label, bool) or label is None or str(label).strip() == "":
+        raise InvalidInputError(
+            f"relabel needs a label (the class to relabel the example to), got {label!r}"
+        )
+    text = str(label)
+    count = class_count(classes, n_outputs)
     if classes:
-        if label not in classes:
-            raise InvalidInputError(f"label {label!r} is not a class of this dataset {classes}")
-    elif not label.isdigit():
-        raise InvalidInputError(f"label {label!r} is not a class index (this dataset names none)")
-    return label
+        if text not in classes:
+            raise InvalidInputError(f"label {text!r} is not a class of this dataset {classes}")
+        index = classes.index(text)
+    elif not _INDEX.match(text):
+        raise InvalidInputError(f"label {text!r} is not a class index (this dataset names none)")
+    else:
+        index = int(text)
+    if count is not None and index >= count:
+        raise InvalidInputError(
+            f"label {text!r} is class {index}, but the model has only {count} classes "
+            f"(0..{count - 1})"
+        )
+    return index
+
+
+def check_label(label: Any, classes: list[str] | None, n_outputs: int | None = None) -> str:
+    """``label`` as the class name the store keeps (see :func:`label_index` for the rules)."""
+    index = label_index(label, classes, n_outputs)
+    return classes[index] if classes else str(index)
 
 
 def record_decision(
@@ -70,9 +131,10 @@ def record_decision(
     """Validate and append one decision inside the caller's transaction (see :func:`decide`)."""
     if action not in ACTIONS:
         raise InvalidInputError(f"action must be one of {ACTIONS}, got {action!r}")
+    check_id(item_id, "queue item id")
     now = utcnow()
     lock = (
-        select(QueueItem, Finding.given_label, DatasetVersion.classes)
+        select(QueueItem, Finding.given_label, DatasetVersion.classes, Scan.n_outputs)
         .join(Finding, QueueItem.finding_id == Finding.id)
         .join(Scan, QueueItem.scan_id == Scan.id)
         .join(DatasetVersion, Scan.dataset_version_id == DatasetVersion.id)
@@ -83,10 +145,10 @@ def record_decision(
     row = s.execute(lock).one_or_none()
     if row is None:
         raise NotFoundError(f"no queue item with id {item_id}")
-    item, before, classes = row
+    item, before, classes, n_outputs = row
     after: str | None = None
     if action == "relabel":
-        after = check_label(label, classes)
+        after = check_label(label, classes, n_outputs)
         if after == before:
             action = "keep"
     elif label is not None and action != "keep":

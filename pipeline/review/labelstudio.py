@@ -23,7 +23,7 @@ from xml.sax.saxutils import quoteattr
 
 from infgate.errors import InvalidInputError
 from infgate.review.annotators import check_name
-from infgate.review.decisions import record_decision
+from infgate.review.decisions import check_id, check_label, record_decision
 from infgate.review.queue import get_item
 from infgate.review.render import png_data_uri
 from infgate.store import Store
@@ -165,9 +165,15 @@ def _finding_id(task: dict[str, Any], where: str) -> int:
     for holder in (task.get("meta"), task.get("data")):
         if isinstance(holder, dict) and "finding_id" in holder:
             value = holder["finding_id"]
-            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-                return int(value)
-            raise InvalidInputError(f"{where}: finding_id {value!r} is not an integer")
+            # a bool is an int in Python, never an id (``"finding_id": true`` is not finding 1)
+            if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 100:
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInputError(f"{where}: finding_id {value!r} is not an integer")
+            try:
+                return check_id(value, "finding_id")
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{where}: {exc}") from None
     raise InvalidInputError(f"{where}: no meta.finding_id (was this task exported by infgate?)")
 
 
@@ -202,8 +208,9 @@ def import_annotations(store: Store, source: str | Path | list[Any]) -> ImportSu
     """Import a Label Studio JSON export as decisions (all or nothing).
 
     Raises:
-        InvalidInputError: malformed file, unknown finding id, finding not in the queue,
-            or a label outside the dataset's classes; nothing is written.
+        InvalidInputError: malformed file, a finding id that is not an integer id (``true``
+            included), unknown finding, finding not in the queue, a label the model does
+            not have, or a deactivated annotator; nothing is written.
     """
     tasks = _load(source)
     n_dec = n_counted = n_cancel = 0
@@ -217,7 +224,7 @@ def import_annotations(store: Store, source: str | Path | list[Any]) -> ImportSu
             if not isinstance(annotations, list):
                 raise InvalidInputError(f"{where}: 'annotations' must be a list")
             found = s.execute(
-                select(QueueItem.id, Finding.given_label, DatasetVersion.classes)
+                select(QueueItem.id, Finding.given_label, DatasetVersion.classes, Scan.n_outputs)
                 .join(Finding, QueueItem.finding_id == Finding.id)
                 .join(Scan, QueueItem.scan_id == Scan.id)
                 .join(DatasetVersion, Scan.dataset_version_id == DatasetVersion.id)
@@ -225,7 +232,7 @@ def import_annotations(store: Store, source: str | Path | list[Any]) -> ImportSu
             ).one_or_none()
             if found is None:
                 raise InvalidInputError(f"{where}: finding {fid} is unknown or not in the queue")
-            item_id, given, classes = found
+            item_id, given, classes, n_outputs = found
             for a, ann in enumerate(annotations):
                 if not isinstance(ann, dict):
                     raise InvalidInputError(f"{where} annotation #{a}: must be a JSON object")
@@ -235,9 +242,18 @@ def import_annotations(store: Store, source: str | Path | list[Any]) -> ImportSu
                 choice = _choice(ann.get("result", []), f"{where} annotation #{a}")
                 if choice is None:
                     continue
-                action, label = _action(choice, given, classes, f"{where} annotation #{a}")
+                action, label = _action(
+                    choice, given, classes, n_outputs, f"{where} annotation #{a}"
+                )
                 name = _who(ann)
-                me = s.scalar(select(Annotator.id).where(Annotator.name == name))
+                me, active = s.execute(
+                    select(Annotator.id, Annotator.active).where(Annotator.name == name)
+                ).one_or_none() or (None, True)
+                if not active:
+                    raise InvalidInputError(
+                        f"{where} annotation #{a}: annotator {name!r} is deactivated; "
+                        f"their decisions are not imported"
+                    )
                 if me is None:
                     new = Annotator(name=name)
                     s.add(new)
@@ -261,16 +277,19 @@ def import_annotations(store: Store, source: str | Path | list[Any]) -> ImportSu
 
 
 def _action(
-    choice: str, given: str | None, classes: list[str] | None, where: str
+    choice: str,
+    given: str | None,
+    classes: list[str] | None,
+    n_outputs: int | None,
+    where: str,
 ) -> tuple[str, str | None]:
     if choice == NOT_SURE_CHOICE:
         return "not_sure", None
     if choice == INVALID_CHOICE:
         return "invalid", None
     known = [str(c) for c in classes] if classes else None
-    if (known is not None and choice not in known) or (known is None and not choice.isdigit()):
-        raise InvalidInputError(
-            f"{where}: label {choice!r} is not a class of this dataset "
-            f"{known if known is not None else '(class indices)'}"
-        )
-    return ("keep", None) if choice == given else ("relabel", choice)
+    try:  # the model's output count, else the class names (one rule for every entry point)
+        label = check_label(choice, known, n_outputs)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+    return ("keep", None) if label == given else ("relabel", label)

@@ -10,7 +10,7 @@ from infgate.store.models import Annotator, Decision, Finding, QueueItem, utcnow
 from infgate.store.store import Store
 from sqlalchemy import func, select
 
-__all__ = ["QueueStats", "list_items", "queue_stats"]
+__all__ = ["QueueStats", "decided_today", "list_items", "queue_stats"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,20 @@ def queue_stats(
         agreement=agree / len(pairs) if pairs else None,
         agreement_items=len(pairs),
     )
+
+
+def decided_today(store: Store, annotator: str | int) -> int:
+    """Counted decisions ``annotator`` (name or id) made since midnight UTC."""
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    who = Annotator.id if isinstance(annotator, int) else Annotator.name
+    with store.read_session() as s:
+        n = s.scalar(
+            select(func.count())
+            .select_from(Decision)
+            .join(Annotator, Decision.annotator_id == Annotator.id)
+            .where(who == annotator, Decision.created_at >= today, Decision.counted.is_(True))
+        )
+    return int(n or 0)
 
 
 def list_items(

@@ -24,9 +24,11 @@ from infgate.review.decisions import (
     Action,
     DecisionResult,
     aware,
+    check_id,
     record_decision,
 )
-from infgate.review.progress import QueueStats, list_items, queue_stats
+from infgate.review.progress import QueueStats, decided_today, list_items, queue_stats
+from infgate.settings import check_lease_seconds
 from infgate.store import Store
 from infgate.store.models import (
     Annotator,
@@ -50,10 +52,12 @@ __all__ = [
     "apply_decisions",
     "claim_next",
     "decide",
+    "decided_today",
     "enqueue_scan",
     "get_item",
     "list_items",
     "queue_stats",
+    "reference_examples",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,9 +86,12 @@ class ClaimedItem:
     required_votes: int
     lease_token: str | None
     lease_expires_at: dt.datetime | None
+    n_outputs: int | None = None
 
 
 def _annotator_id(s: Session, annotator: str | int) -> int:
+    if isinstance(annotator, int):
+        check_id(annotator, "annotator id")
     col = Annotator.id if isinstance(annotator, int) else Annotator.name
     found = s.scalar(select(Annotator.id).where(col == annotator, Annotator.active.is_(True)))
     if found is None:
@@ -186,8 +193,7 @@ def claim_next(
     Returns:
         The claimed item, or ``None`` when nothing is left for this annotator.
     """
-    if not 1 <= lease_seconds <= 86_400:
-        raise InvalidInputError(f"lease_seconds must be in [1, 86400], got {lease_seconds}")
+    check_lease_seconds(lease_seconds)
     now = utcnow()
     expires = now + dt.timedelta(seconds=lease_seconds)
     token = secrets.token_hex(16)
@@ -236,13 +242,14 @@ def claim_next(
 
 def get_item(store: Store, item_id: int) -> ClaimedItem:
     """Queue item ``item_id`` with its example (raises :class:`NotFoundError`)."""
+    check_id(item_id, "queue item id")
     with store.read_session() as s:
         return _load(s, item_id)
 
 
 def _load(s: Session, item_id: int) -> ClaimedItem:
     row = s.execute(
-        select(QueueItem, Finding, DatasetVersion)
+        select(QueueItem, Finding, DatasetVersion, Scan.n_outputs)
         .join(Finding, QueueItem.finding_id == Finding.id)
         .join(Scan, QueueItem.scan_id == Scan.id)
         .join(DatasetVersion, Scan.dataset_version_id == DatasetVersion.id)
@@ -250,7 +257,7 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
     ).one_or_none()
     if row is None:
         raise NotFoundError(f"no queue item with id {item_id}")
-    item, finding, dv = row
+    item, finding, dv, n_outputs = row
     return ClaimedItem(
         item_id=item.id,
         finding_id=finding.id,
@@ -271,7 +278,27 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
         required_votes=item.required_votes,
         lease_token=item.lease_token,
         lease_expires_at=aware(item.lease_expires_at),
+        n_outputs=n_outputs,
     )
+
+
+def reference_examples(
+    store: Store, scan_id: int, example_ids: list[str], *, limit: int = 20
+) -> dict[str, tuple[list[float], str | None]]:
+    """``example_id -> (features, given label)`` of up to ``limit`` of the scan's stored
+    examples (the training examples an explanation cites; ones without features are left
+    out)."""
+    check_id(scan_id, "scan id")
+    wanted = [str(e) for e in example_ids][: max(0, int(limit))]
+    if not wanted:
+        return {}
+    with store.read_session() as s:
+        rows = s.execute(
+            select(Finding.example_id, Finding.features, Finding.given_label).where(
+                Finding.scan_id == scan_id, Finding.example_id.in_(wanted)
+            )
+        ).all()
+    return {ex: (feats, label) for ex, feats, label in rows if feats is not None}
 
 
 def decide(
@@ -312,6 +339,7 @@ def decide(
     """
     if action not in ACTIONS:
         raise InvalidInputError(f"action must be one of {ACTIONS}, got {action!r}")
+    check_id(item_id, "queue item id")
     with store.session() as s:
         me = _annotator_id(s, annotator)
         result = record_decision(

@@ -30,6 +30,8 @@ __all__ = [
     "ModelVersion",
     "QueueItem",
     "Scan",
+    "UISession",
+    "WebhookDelivery",
     "utcnow",
 ]
 
@@ -97,6 +99,10 @@ class Scan(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     n_runs: Mapped[int] = mapped_column(Integer, default=1)
+    # the model's output count (classes it can predict): every label that enters is checked
+    # against it; NULL for scans stored before it was recorded (class names are the fallback)
+    n_outputs: Mapped[int | None] = mapped_column(Integer)
+    curvature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -152,15 +158,49 @@ class GateResult(Base):
 
 
 class Annotator(Base):
-    """A person (or an import source) who decides queue items; credentials stored hashed."""
+    """A person (or an import source) who decides queue items; credentials stored hashed.
+
+    ``token_id`` is the public half of the login token (``<token_id>.<secret>``): the row is
+    found by it before any hash runs. ``active`` false = deactivated (cannot sign in or
+    decide; decisions kept).
+    """
 
     __tablename__ = "annotators"
+    __table_args__ = (Index("ix_annotators_token_id", "token_id", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    token_id: Mapped[str | None] = mapped_column(String(32))
     token_hash: Mapped[str | None] = mapped_column(String(255))
     password_hash: Mapped[str | None] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    deactivated_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class UISession(Base):
+    """A signed-in review-page session; deleting the row (logout, revoke) ends it.
+
+    ``session_hash`` is HMAC-SHA256(UI secret, cookie value): the cookie itself is never
+    stored, and a stolen table signs nobody in.
+    """
+
+    __tablename__ = "ui_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    annotator_id: Mapped[int] = mapped_column(
+        ForeignKey("annotators.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class WebhookDelivery(Base):
+    """A webhook delivery id the receiver accepted (replay protection across restarts);
+    rows older than twice the allowed timestamp age are pruned."""
+
+    __tablename__ = "webhook_deliveries"
+    delivery_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class QueueItem(Base):

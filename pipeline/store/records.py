@@ -19,6 +19,7 @@ FINDING_KINDS = ("label_error", "domain_mismatch")
 #: Columns every findings frame must have (``find_label_errors`` output plus ``kind``).
 FINDING_COLUMNS = ("example_id", "score", "rank", "kind")
 _SCAN_STATUSES = ("running", "completed", "failed")
+_MAX_OUTPUTS = 2**31 - 1
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -52,6 +53,9 @@ class ScanRecord:
         feature_names: column names of tabular examples (the page draws a table).
         explanations: ``explain()`` output (``example_id, train_example_id, influence, role``);
             merged into the findings' supporting/opposing lists.
+        n_outputs: the model's output count (classes it predicts); every label that enters
+            the queue later is checked against it. ``None`` = unknown (class names decide).
+        curvature: a JSON-friendly summary of the fitted curvature (back-end, damping, ...).
     """
 
     model_name: str
@@ -71,6 +75,8 @@ class ScanRecord:
     image_shape: tuple[int, int] | None = None
     feature_names: list[str] | None = None
     explanations: pd.DataFrame | None = field(default=None)
+    n_outputs: int | None = None
+    curvature: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_name", "model_version", "dataset_hash", "method"):
@@ -111,6 +117,24 @@ class ScanRecord:
         scores = pd.to_numeric(self.findings["score"], errors="coerce").to_numpy(float)
         if len(scores) and not np.isfinite(scores).all():
             raise InvalidInputError("ScanRecord.findings has NaN, inf or non-numeric scores")
+        if self.n_outputs is not None:
+            if (
+                isinstance(self.n_outputs, bool)
+                or not isinstance(self.n_outputs, int | np.integer)
+                or not 1 <= int(self.n_outputs) <= _MAX_OUTPUTS
+            ):
+                raise InvalidInputError(
+                    f"ScanRecord.n_outputs must be None or an int in [1, {_MAX_OUTPUTS}], "
+                    f"got {self.n_outputs!r}"
+                )
+            object.__setattr__(self, "n_outputs", int(self.n_outputs))
+        if self.curvature is not None:
+            if not isinstance(self.curvature, dict):
+                raise InvalidInputError(
+                    "ScanRecord.curvature must be None or a dict, got "
+                    f"{type(self.curvature).__name__}"
+                )
+            object.__setattr__(self, "curvature", dict(self.curvature))
         if self.classes is not None:
             object.__setattr__(self, "classes", [str(c) for c in self.classes])
         if self.image_shape is not None:
@@ -120,8 +144,9 @@ class ScanRecord:
 
     @property
     def config_hash(self) -> str:
-        """Hash of :attr:`config`; model version + dataset hash + this identify a scan."""
-        return config_hash(self.config)
+        """Hash of the config's ``identity`` part (what the scores depend on; the whole
+        ``config`` when it has none); model version + dataset hash + this identify a scan."""
+        return config_hash(self.config.get("identity", self.config))
 
     def class_name(self, label: Any) -> str | None:
         """A label (class index or name) as the class name the store keeps."""
@@ -167,3 +192,5 @@ class ScanInfo:
     gate: dict[str, Any] | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    n_outputs: int | None = None
+    curvature: dict[str, Any] | None = None

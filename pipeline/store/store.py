@@ -138,6 +138,8 @@ class Store:
                 "damping": float(record.damping),
                 "timings": {k: float(v) for k, v in record.timings.items()},
                 "status": record.status,
+                "n_outputs": record.n_outputs,
+                "curvature": record.curvature,
                 "updated_at": now,
             }
             identity = {
@@ -334,6 +336,8 @@ class Store:
             else {"verdict": gate.verdict, "reasons": gate.reasons, "at": gate.created_at},
             created_at=scan.created_at,
             updated_at=scan.updated_at,
+            n_outputs=scan.n_outputs,
+            curvature=scan.curvature,
         )
 
     # -- findings --------------------------------------------------------------------------

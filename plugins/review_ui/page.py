@@ -110,7 +110,9 @@ def decision_keys(item: ClaimedItem) -> list[tuple[str, str, str]]:
     if item.suggested_label is not None and item.suggested_label != item.given_label:
         keys.append(("s", f"relabel:{item.suggested_label}", f"Relabel to {item.suggested_label}"))
     keys += [("n", "not_sure", "Not sure"), ("x", "invalid", "Not a valid example")]
-    classes = item.classes or []
+    # class names, else the model's class indices (labels are checked against both)
+    count = 2 if item.n_outputs == 1 else (item.n_outputs or 0)
+    classes = item.classes or [str(i) for i in range(min(count, 1000))]
     for i, name in enumerate(classes):
         if name != item.given_label:
             key = str(i) if len(classes) <= 10 else ""
@@ -157,8 +159,14 @@ def review_page(
     mine_today: int,
     thumbs: dict[str, tuple[list[float], str | None]],
     flash: str | None = None,
+    *,
+    csrf: str = "",
 ) -> str:
-    """The review page: progress, the example, its labels, why it was flagged, decisions."""
+    """The review page: progress, the example, its labels, why it was flagged, decisions.
+
+    ``csrf`` is the session's CSRF token, posted back by every form on the page.
+    """
+    csrf_field = f'<input type=hidden name=csrf_token value="{escape(csrf)}">'
     agreement = "–" if stats.agreement is None else f"{stats.agreement:.0%}"
     progress = f"""<section class=progress aria-label=progress>
   <div class=stat><b id=left>{stats.left}</b><span>items left</span></div>
@@ -208,7 +216,7 @@ def review_page(
     <div class=why><h3>Why it was flagged</h3>{why}</div>
     <form method=post action="/decide" id=decide>
       <input type=hidden name=item_id value="{item.item_id}">
-      <input type=hidden name=lease_token value="{escape(str(item.lease_token))}">
+      <input type=hidden name=lease_token value="{escape(str(item.lease_token))}">{csrf_field}
       <div class=actions>{"".join(buttons)}</div>
       <p class=why>or relabel to another class:</p><div class="actions classes">{"".join(classes)}</div>
     </form>
@@ -222,6 +230,6 @@ document.addEventListener('keydown', (e) => {
   if (btn) { e.preventDefault(); btn.click(); }
 });"""
     body = f"""<header><h1>infgate review</h1><span class=who>signed in as <b id=who>{escape(annotator)}</b></span>
-<form method=post action="/logout"><button type=submit>Sign out</button></form></header>
+<form method=post action="/logout">{csrf_field}<button type=submit>Sign out</button></form></header>
 <main>{progress}{main}</main>"""
     return _doc("infgate review", body, nonce, script)

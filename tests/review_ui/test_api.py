@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+import re
+
 from infgate.plugins.review_ui import create_app
 from infgate.review.annotators import add_annotator
 from infgate.review.queue import enqueue_scan
@@ -12,6 +14,13 @@ from infgate.store.models import Decision
 from sqlalchemy import func, select
 
 from tests.store.fixtures import make_record
+
+
+def csrf_of(client: TestClient) -> str:
+    """The session's CSRF token, read from the review page like a browser would."""
+    found = re.search(r'name=csrf_token value="([^"]+)"', client.get("/").text)
+    assert found, "the review page carries no CSRF token"
+    return found.group(1)
 
 
 def _decisions(store: Store) -> int:
@@ -68,17 +77,23 @@ def test_form_input_is_validated_server_side(
 ) -> None:
     client.post("/login", data={"token": annotators["bob"]})
     item_id = client.get("/api/next").json()["item"]["item_id"]
+    csrf = {"csrf_token": csrf_of(client)}
     for data, code in [
         ({"item_id": str(item_id), "decision": "delete"}, 400),
         ({"item_id": str(item_id), "decision": "relabel:cat"}, 400),
         ({"item_id": str(item_id), "decision": "relabel:"}, 400),
         ({"item_id": "1; DROP TABLE decisions", "decision": "keep"}, 422),
         ({"item_id": "9999", "decision": "keep"}, 404),
+        ({"item_id": str(10**30), "decision": "keep"}, 422),
+        ({"item_id": str(2**63), "decision": "keep"}, 422),
+        ({"item_id": "0", "decision": "keep"}, 422),
     ]:
-        resp = client.post("/decide", data=data, headers={"accept": "text/html"})
+        resp = client.post("/decide", data={**data, **csrf}, headers={"accept": "text/html"})
         assert resp.status_code == code, (data, resp.text)
     assert _decisions(store) == 0
-    done = client.post("/decide", data={"item_id": str(item_id), "decision": "relabel:3"})
+    done = client.post(
+        "/decide", data={"item_id": str(item_id), "decision": "relabel:3", **csrf}
+    )
     assert done.status_code == 200 and "Saved: item" in done.text
     assert _decisions(store) == 1
 
