@@ -18,7 +18,7 @@ that the decoders in :mod:`infgate.data.decode` apply to a table or to streamed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -217,7 +217,7 @@ def resolve_columns(
     options: ColumnOptions | None = None,
     spec: ModelInputSpec | None = None,
     *,
-    options_origin: str = "option",
+    origins: Mapping[str, str] | None = None,
     what: str = "training data",
 ) -> ColumnPlan:
     """Decide the feature columns, dtype and shape of a table (see the module docstring).
@@ -226,7 +226,8 @@ def resolve_columns(
         schema: the table's Arrow schema (a Parquet file's, or ``pa.Schema.from_pandas``).
         options: explicit options / tags, already merged.
         spec: what the model signature says, if anything.
-        options_origin: how to name ``options`` in messages (``"tag infgate.feature_columns"``).
+        origins: where each option came from, for messages (e.g. ``{"feature_columns":
+            "tag infgate.feature_columns"}``); default ``"option <name>"``.
         what: the data's name in messages.
 
     Raises:
@@ -234,6 +235,7 @@ def resolve_columns(
             column, or columns of a kind that cannot be an input.
     """
     opts = options or ColumnOptions()
+    named = dict(origins or {})
     names = list(schema.names)
     kinds = {n: column_kind(schema.field(n).type) for n in names}
     if opts.label_column not in kinds:
@@ -246,10 +248,8 @@ def resolve_columns(
     reserved |= set(metadata)
     declared = opts.token_columns or opts.feature_columns
     if declared is not None:
-        cols, origin = (
-            list(declared),
-            f"{options_origin} " + ("token_columns" if opts.token_columns else "feature_columns"),
-        )
+        field = "token_columns" if opts.token_columns else "feature_columns"
+        cols, origin = list(declared), named.get(field, f"option {field}")
     elif spec is not None and spec.columns:
         cols, origin = list(spec.columns), "the model signature"
     else:
@@ -269,10 +269,8 @@ def resolve_columns(
     if clash:
         raise DataResolutionError(f"{what}: {clash} cannot be both a feature and label/id")
     kind, dtype = _kind_and_dtype(cols, kinds, schema, opts, spec, origin, what)
-    shape, shape_origin = (
-        opts.input_shape,
-        (f"{options_origin} input_shape" if opts.input_shape else None),
-    )
+    shape = opts.input_shape
+    shape_origin = named.get("input_shape", "option input_shape") if shape else None
     if shape is None and spec is not None and spec.row_shape is not None:
         shape, shape_origin = spec.row_shape, "the model signature"
     ignored = tuple(c for c in names if c not in cols and c not in reserved)

@@ -68,6 +68,8 @@ def decode_features(
         )
     if plan.image_scale is not None and plan.kind != "columns" and arr.dtype.kind == "f":
         arr = arr / np.float32(plan.image_scale)
+    if not arr.flags.writeable:  # zero-copy Arrow buffers; torch wants writable memory
+        arr = arr.copy()
     return fit_shape(arr, plan, what=what), raw
 
 
@@ -79,8 +81,8 @@ def fit_shape(arr: np.ndarray, plan: ColumnPlan, *, what: str = "training data")
     if per_row != int(np.prod(plan.input_shape)):
         raise DatasetMismatchError(
             f"{what} {plan.describe()} give rows of shape {tuple(arr.shape[1:])} ({per_row} "
-            f"values) but the model takes {(-1, *plan.input_shape)} (from {plan.shape_origin}); "
-            f"{plan.fix_hint()}"
+            f"values), which do not fit the model's input {(-1, *plan.input_shape)} (from "
+            f"{plan.shape_origin}); {plan.fix_hint()}"
         )
     return arr.reshape(arr.shape[0], *plan.input_shape)
 

@@ -102,7 +102,7 @@ class StreamedTrainingData:
         n = table.num_rows
         if n == 0:
             raise InvalidInputError(f"{name} is empty (0 rows)")
-        labels = _check_labels(table.column(plan.label_column).to_numpy(zero_copy_only=False), n)
+        labels = _check_labels(np.array(table.column(plan.label_column).to_numpy()), n)
         ids = _as_ids(table.column(plan.id_column).to_pylist() if len(small) == 2 else None, n, "")
         if classes is not None and int(labels.max()) >= len(classes):
             raise InvalidInputError(

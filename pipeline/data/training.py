@@ -249,7 +249,7 @@ class TrainingData:
             image_shape = display_shape(feats.shape[1:], plan)
         return cls(
             features=feats,
-            labels=table.column(plan.label_column).to_numpy(zero_copy_only=False),
+            labels=np.array(table.column(plan.label_column).to_numpy(zero_copy_only=False)),
             example_ids=ids,  # type: ignore[arg-type]
             classes=tuple(classes) if classes is not None else None,
             feature_names=plan.columns
@@ -320,7 +320,7 @@ class EvalData:
         )
         feats, _ = decode_features(table, plan, ids=ids, what=f"{name} data")
         labels = (
-            table.column(plan.label_column).to_numpy(zero_copy_only=False)
+            np.array(table.column(plan.label_column).to_numpy(zero_copy_only=False))
             if plan.label_column in table.column_names
             else None
         )

@@ -1,0 +1,175 @@
+"""Images stored as PNG/JPEG bytes or fixed-size arrays; token ids for embeddings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from infgate.data.columns import ColumnOptions, ModelInputSpec
+from infgate.data.training import TrainingData
+from infgate.data.validation import embedding_size
+from infgate.errors import DatasetMismatchError, InvalidInputError
+from infgate.influence.batches import BatchSource
+from infgate.registry.datasets import check_data_fits
+from PIL import Image
+from torch import nn
+
+
+def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _pixels(n: int, shape: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def test_png_bytes_decode_to_n_c_h_w_exactly() -> None:
+    gray, rgb = _pixels(6, (8, 8), 0), _pixels(6, (5, 7, 3), 1)
+    labels = [0, 1, 2, 0, 1, 2]
+    g = TrainingData.from_frame(
+        pd.DataFrame({"image": [_encode(p) for p in gray], "label": labels})
+    )
+    assert g.features.shape == (6, 1, 8, 8) and g.features.dtype == np.float32
+    np.testing.assert_array_equal(g.features[:, 0], np.stack(gray))  # PNG is lossless
+    assert g.image_shape == (8, 8)
+    c = TrainingData.from_frame(pd.DataFrame({"img": [_encode(p) for p in rgb], "label": labels}))
+    assert c.features.shape == (6, 3, 5, 7)
+    np.testing.assert_array_equal(c.features, np.stack(rgb).transpose(0, 3, 1, 2))
+    scaled = TrainingData.from_frame(
+        pd.DataFrame({"image": [_encode(p) for p in gray], "label": labels}),
+        options=ColumnOptions(image_scale=255.0),
+    )
+    np.testing.assert_allclose(scaled.features[:, 0], np.stack(gray) / np.float32(255), rtol=1e-6)
+
+
+def test_jpeg_bytes_decode_to_the_stored_size() -> None:
+    flat = [np.full((16, 12), v, dtype=np.uint8) for v in (10, 200)]
+    data = TrainingData.from_frame(
+        pd.DataFrame({"image": [_encode(p, "JPEG") for p in flat], "label": [0, 1]})
+    )
+    assert data.features.shape == (2, 1, 16, 12)
+    np.testing.assert_allclose(data.features[:, 0].mean(axis=(1, 2)), [10, 200], atol=2)
+
+
+def test_mixed_image_sizes_name_the_first_offending_row() -> None:
+    imgs = [_encode(p) for p in _pixels(3, (8, 8), 2)] + [_encode(_pixels(1, (10, 12), 3)[0])]
+    df = pd.DataFrame({"example_id": ["a", "b", "c", "d"], "image": imgs, "label": [0, 1, 0, 1]})
+    with pytest.raises(InvalidInputError) as err:
+        TrainingData.from_frame(df)
+    assert str(err.value) == (
+        "train image column 'image': row 3 (example_id 'd') is 10x12 but row 0 is 8x8; "
+        "resize the images to one size before the scan"
+    )
+    bad = df.assign(image=[imgs[0], b"not an image", imgs[1], imgs[2]])
+    with pytest.raises(InvalidInputError, match="row 1 \\(example_id 'b'\\) is not a PNG/JPEG"):
+        TrainingData.from_frame(bad)
+
+
+def test_fixed_size_array_images_flat_and_nested() -> None:
+    pix = _pixels(4, (8, 8), 4)
+    flat = pd.DataFrame({"pixels": [p.reshape(-1) for p in pix], "label": [0, 1, 2, 3]})
+    shaped = TrainingData.from_frame(flat, options=ColumnOptions(input_shape=(1, 8, 8)))
+    assert shaped.features.shape == (4, 1, 8, 8) and shaped.features.dtype == np.float32
+    np.testing.assert_array_equal(shaped.features[:, 0], np.stack(pix))
+    nested = pd.DataFrame(
+        {"pixels": [[list(r) for r in p.astype(float)] for p in pix], "label": [0, 1, 2, 3]}
+    )
+    n = TrainingData.from_frame(nested, spec=ModelInputSpec(shape=(-1, 1, 8, 8), dtype="float32"))
+    assert n.features.shape == (4, 1, 8, 8)
+    np.testing.assert_array_equal(n.features[:, 0], np.stack(pix))
+    ragged = nested.assign(pixels=[*nested["pixels"][:2], [[1.0] * 8] * 7, nested["pixels"][3]])
+    with pytest.raises(
+        InvalidInputError, match="row 2 holds an array of length 7 but row 0 holds 8"
+    ):
+        TrainingData.from_frame(ragged)
+
+
+def _token_model(vocab: int = 20, length: int = 5) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Embedding(vocab, 4), nn.Flatten(), nn.Linear(4 * length, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_token_lists_and_declared_int_columns_stay_int64() -> None:
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 20, (6, 5))
+    listed = TrainingData.from_frame(pd.DataFrame({"tokens": list(ids), "label": [0, 1, 2] * 2}))
+    assert listed.features.dtype == np.int64
+    np.testing.assert_array_equal(listed.features, ids)
+    cols = pd.DataFrame(ids, columns=[f"t{i}" for i in range(5)]).assign(label=[0, 1, 2] * 2)
+    assert TrainingData.from_frame(cols).features.dtype == np.float32  # numbers, not tokens
+    tok = TrainingData.from_frame(
+        cols, options=ColumnOptions(token_columns=tuple(f"t{i}" for i in range(5)))
+    )
+    assert tok.features.dtype == np.int64
+    np.testing.assert_array_equal(tok.features, ids)
+    x, _ = tok.as_tensors()
+    assert x.dtype == torch.int64
+    batches = list(BatchSource(tok, batch_size=4, device=torch.device("cpu"), dtype=torch.float64))
+    assert [b[1].dtype for b in batches] == [torch.int64, torch.int64]
+    assert torch.equal(torch.cat([b[1] for b in batches]), torch.as_tensor(ids))
+    model = _token_model()
+    assert check_data_fits(model, tok.features, tok.labels) == 3
+
+
+@pytest.mark.parametrize(
+    ("bad", "row", "match"),
+    [
+        (
+            20,
+            4,
+            "has token id 20 \\(row 4\\) but the model's first nn.Embedding has only 20 rows "
+            "\\(ids 0..19\\); re-tokenize with the model's vocabulary",
+        ),
+        (-1, 2, "has token id -1 \\(row 2\\); token ids must be >= 0"),
+    ],
+)
+def test_out_of_range_token_ids_rejected_before_compute(bad: int, row: int, match: str) -> None:
+    ids = np.random.default_rng(6).integers(0, 20, (6, 5))
+    ids[row, 3] = bad
+    data = TrainingData.from_frame(pd.DataFrame({"tokens": list(ids), "label": [0, 1, 2] * 2}))
+    calls: list[int] = []
+    model = _token_model()
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    with pytest.raises(InvalidInputError, match=match):
+        check_data_fits(model, data.features, data.labels)
+    assert calls == []  # the model never ran
+
+
+def test_embedding_size_of_an_exported_graph() -> None:
+    model = _token_model(vocab=33)
+    x = torch.zeros(2, 5, dtype=torch.long)
+    exported = torch.export.export(model, (x,)).module()
+    assert embedding_size(model) == 33
+    assert embedding_size(exported) == 33
+    assert embedding_size(nn.Linear(3, 2)) is None
+
+
+def test_wrong_width_for_the_model_is_one_line_naming_columns() -> None:
+    df = pd.DataFrame(np.ones((3, 5), np.float32), columns=list("vwxyz")).assign(label=[0, 1, 0])
+    from infgate.data.columns import resolve_columns
+    from infgate.data.training import frame_table
+
+    plan = resolve_columns(frame_table(df).schema)
+    data = TrainingData.from_frame(df)
+    with pytest.raises(DatasetMismatchError) as err:
+        check_data_fits(nn.Linear(64, 10), data.features, data.labels, plan=plan)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(
+        "training data columns [v..z (5 columns)] (from numeric columns (default)) rows of shape "
+        "(5,) do not fit the model ("
+    )
+    assert msg.endswith(
+        "set option `feature_columns` or model-version tag `infgate.feature_columns`, or "
+        "option `input_shape` or model-version tag `infgate.input_shape` (e.g. '1x8x8')"
+    )

@@ -1,0 +1,123 @@
+"""Parquet streamed in batches equals the in-memory read (features, labels, ids, hash)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from infgate.data.columns import ColumnOptions, resolve_columns
+from infgate.data.streamed import StreamedTrainingData
+from infgate.data.training import TrainingData
+from infgate.errors import DataResolutionError, InvalidInputError, NonFiniteError
+from infgate.influence.batches import BatchSource
+from PIL import Image
+
+
+def _write(df: pd.DataFrame, path: Path, row_group: int) -> Path:
+    df.to_parquet(path, index=False, row_group_size=row_group)
+    return path
+
+
+def _frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"f{i}" for i in range(6)])
+    df.insert(0, "example_id", [f"row-{i}" for i in range(n)])
+    df["label"] = rng.integers(0, 4, n)
+    df["source"] = "vendor"
+    df["true_label"] = df["label"]
+    return df
+
+
+@pytest.mark.parametrize(("row_group", "batch_rows", "batch_size"), [(7, 5, 8), (50, 64, 3)])
+def test_stream_equals_in_memory(
+    tmp_path: Path, row_group: int, batch_rows: int, batch_size: int
+) -> None:
+    df = _frame(47, seed=0)
+    path = _write(df, tmp_path / "train.parquet", row_group)
+    whole = TrainingData.from_frame(pd.read_parquet(path))
+    plan = resolve_columns(pq.read_schema(path))
+    streamed = StreamedTrainingData.from_parquet(path, plan, batch_rows=batch_rows)
+    assert len(streamed) == 47 and streamed.row_shape == (6,)
+    assert streamed.content_hash == whole.content_hash
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    np.testing.assert_array_equal(streamed.example_ids, whole.example_ids)
+    assert streamed.feature_names == whole.feature_names
+    got = list(streamed.iter_batches(batch_size))
+    assert [s for s, _, _ in got] == list(range(0, 47, batch_size))
+    assert all(len(x) == batch_size for _, x, _ in got[:-1])
+    np.testing.assert_array_equal(np.concatenate([x for _, x, _ in got]), whole.features)
+    cpu = torch.device("cpu")
+    a = list(BatchSource(streamed, batch_size=batch_size, device=cpu, dtype=torch.float32))
+    b = list(BatchSource(whole, batch_size=batch_size, device=cpu, dtype=torch.float32))
+    assert (
+        len(a)
+        == len(b)
+        == BatchSource(streamed, batch_size=batch_size, device=cpu, dtype=torch.float32).n_batches
+    )
+    for (sa, xa, ya), (sb, xb, yb) in zip(a, b, strict=True):
+        assert sa == sb and torch.equal(xa, xb) and torch.equal(ya, yb)
+    np.testing.assert_array_equal(streamed.head(2), whole.features[:2])
+
+
+def test_stream_of_png_images_and_tokens(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pix = [rng.integers(0, 256, (6, 6), dtype=np.uint8) for _ in range(11)]
+
+    def png(p: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(p).save(buf, format="PNG")
+        return buf.getvalue()
+
+    df = pd.DataFrame({"image": [png(p) for p in pix], "label": rng.integers(0, 2, 11)})
+    path = _write(df, tmp_path / "img.parquet", 4)
+    opts = ColumnOptions(image_scale=255.0)
+    whole = TrainingData.from_frame(df, options=opts)
+    s = StreamedTrainingData.from_parquet(
+        path, resolve_columns(pq.read_schema(path), opts), batch_rows=3
+    )
+    assert s.row_shape == (1, 6, 6) and s.image_shape == (6, 6)
+    assert s.content_hash == whole.content_hash
+    np.testing.assert_array_equal(
+        np.concatenate([x for _, x, _ in s.iter_batches(5)]), whole.features
+    )
+    tokens = pd.DataFrame({"tokens": list(rng.integers(0, 9, (10, 4))), "label": [0, 1] * 5})
+    tpath = _write(tokens, tmp_path / "tok.parquet", 3)
+    t = StreamedTrainingData.from_parquet(
+        tpath, resolve_columns(pq.read_schema(tpath)), batch_rows=4
+    )
+    assert t.dtype == "int64" and t.token_range is not None
+    ids = np.stack(tokens["tokens"].to_list())
+    assert t.token_range[0] == ids.min() and t.token_range[2] == ids.max()
+    assert t.content_hash == TrainingData.from_frame(tokens).content_hash
+
+
+def test_stream_rejects_bad_rows_with_the_row(tmp_path: Path) -> None:
+    df = _frame(20, seed=2)
+    df.loc[13, "f2"] = np.inf
+    path = _write(df, tmp_path / "inf.parquet", 6)
+    with pytest.raises(NonFiniteError, match=r"NaN or inf in row\(s\) \[13\]"):
+        StreamedTrainingData.from_parquet(path, resolve_columns(pq.read_schema(path)), batch_rows=4)
+    ragged = pd.DataFrame(
+        {"tokens": [[1, 2, 3]] * 5 + [[1, 2]] + [[1, 2, 3]] * 2, "label": [0] * 8}
+    )
+    rpath = _write(ragged, tmp_path / "ragged.parquet", 3)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"row 5 \(example_id '5'\) holds an array of length 2 but row 3 holds 3",
+    ):
+        StreamedTrainingData.from_parquet(
+            rpath, resolve_columns(pq.read_schema(rpath)), batch_rows=3
+        )
+    with pytest.raises(InvalidInputError, match="`batch_rows` must be an int >= 1, got 0"):
+        StreamedTrainingData.from_parquet(path, resolve_columns(pq.read_schema(path)), batch_rows=0)
+    csv = tmp_path / "train.csv"
+    _frame(5, seed=3).to_csv(csv, index=False)
+    from infgate.data.readers import iter_parquet
+
+    with pytest.raises(DataResolutionError, match="only Parquet streams in batches"):
+        list(iter_parquet(csv, ["f0"], batch_rows=2))
