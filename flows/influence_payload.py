@@ -1,4 +1,4 @@
-"""The influence stage's output as JSON, so it can travel between flow runs on different
+"""The analysis (influence + detect) output as JSON, so it can travel between flow runs on different
 machines: ``influence-stage`` (a GPU work pool) returns it, ``scan-model-version`` reads it.
 
 JSON rather than Prefect's default pickle: the two sides may run different pandas or numpy
@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pandas as pd
+from infgate.config import ScanConfig
 from infgate.errors import DatasetMismatchError, InfluenceRunError
 from infgate.scan.records import json_safe
+from infgate.scan.results import Analysis, CurvatureSummary
 
 __all__ = [
     "InfluenceRunError",
@@ -24,7 +26,7 @@ __all__ = [
     "stage_to_payload",
 ]
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 
 
 def frame_to_payload(frame: pd.DataFrame) -> dict[str, Any]:
@@ -49,33 +51,32 @@ def frame_from_payload(payload: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def stage_to_payload(
-    ranking: pd.DataFrame,
-    explanations: pd.DataFrame | None,
-    timings: dict[str, float],
-    *,
-    dataset_hash: str,
-) -> dict[str, Any]:
-    """What ``influence_stage`` returned, plus the hash of the data it ranked."""
+def stage_to_payload(analysis: Analysis, *, dataset_hash: str) -> dict[str, Any]:
+    """An :class:`~infgate.scan.results.Analysis` as JSON, plus the hash of the data ranked."""
+    mm = analysis.mismatch
     return {
         "version": PAYLOAD_VERSION,
         "dataset_hash": dataset_hash,
-        "ranking": frame_to_payload(ranking),
-        "explanations": None if explanations is None else frame_to_payload(explanations),
-        "timings": {str(k): float(v) for k, v in timings.items()},
+        "ranking": frame_to_payload(analysis.ranking),
+        "explanations": None
+        if analysis.explanations is None
+        else frame_to_payload(analysis.explanations),
+        "mismatch": None if mm is None else json_safe(mm.to_dict()),
+        "curvature": json_safe(analysis.curvature.to_dict()),
+        "timings": {str(k): float(v) for k, v in analysis.timings.items()},
     }
 
 
-def stage_from_payload(
-    payload: Any, *, dataset_hash: str
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
-    """``(ranking, explanations, timings)`` back from :func:`stage_to_payload`.
+def stage_from_payload(payload: Any, *, dataset_hash: str) -> Analysis:
+    """The :class:`~infgate.scan.results.Analysis` back from :func:`stage_to_payload`.
 
     Raises:
         InfluenceRunError: ``payload`` is not a payload of this version.
         DatasetMismatchError: it ranks other data than ``dataset_hash`` (the version's
             training data changed between the parent's load and the influence run).
     """
+    from infgate.detect import MismatchReport
+
     if not isinstance(payload, dict) or payload.get("version") != PAYLOAD_VERSION:
         got = payload.get("version") if isinstance(payload, dict) else type(payload).__name__
         raise InfluenceRunError(
@@ -87,10 +88,13 @@ def stage_from_payload(
             f"but this scan loaded {dataset_hash[:16]}..."
         )
     explanations = payload.get("explanations")
-    return (
-        frame_from_payload(payload["ranking"]),
-        None if explanations is None else frame_from_payload(explanations),
-        {str(k): float(v) for k, v in payload["timings"].items()},
+    mismatch = payload.get("mismatch")
+    return Analysis(
+        ranking=frame_from_payload(payload["ranking"]),
+        explanations=None if explanations is None else frame_from_payload(explanations),
+        mismatch=None if mismatch is None else MismatchReport.from_dict(mismatch),
+        curvature=CurvatureSummary(**payload["curvature"]),
+        timings={str(k): float(v) for k, v in payload["timings"].items()},
     )
 
 
@@ -99,11 +103,12 @@ def run_influence_deployment(
     *,
     model: str,
     data_uri: str | None,
-    options: dict[str, Any],
+    eval_uri: str | None,
+    config: ScanConfig,
     tracking_uri: str | None,
     dataset_hash: str,
     poll_interval: float = 2.0,
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+) -> Analysis:
     """Run the ``influence-stage`` deployment as a child flow run, wait, read its result.
 
     The child persists its result where *its* worker's result storage points; this process
@@ -123,7 +128,8 @@ def run_influence_deployment(
             parameters={
                 "model": model,
                 "data_uri": data_uri,
-                "options": options,
+                "eval_uri": eval_uri,
+                "config": config.to_dict(),
                 "tracking_uri": tracking_uri,
             },
             timeout=None,

@@ -57,13 +57,21 @@ def recheck_task(
     model: str, db_url: str | None, tracking_uri: str | None, gate_config: str | None
 ) -> dict[str, Any]:
     """Re-run the gate on the version's latest scan (decisions now count as reviews)."""
-    from infgate.gate.core import load_gate_config
+    from infgate.config import ScanConfig
+    from infgate.gate import load_gate_config
     from infgate.scan.promote import recheck
+    from infgate.settings import Settings
 
+    settings = Settings.from_env(db_url=db_url, tracking_uri=tracking_uri)
+    gate = load_gate_config(gate_config or settings.gate_config_path)
     scan_id, verdict = recheck(
-        open_store(db_url), model, config=load_gate_config(gate_config), tracking_uri=tracking_uri
+        open_store(db_url), model, config=ScanConfig(gate=gate), settings=settings
     )
-    return {"scan_id": scan_id, "verdict": verdict.verdict, "reasons": verdict.reasons}
+    return {
+        "scan_id": scan_id,
+        "verdict": verdict.verdict,
+        "reasons": [c.to_dict() for c in verdict.reasons],
+    }
 
 
 @flow(name="relabel")

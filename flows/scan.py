@@ -1,15 +1,16 @@
 """``scan_model_version``: the Prefect flow that scans one registry model version.
 
-Tasks: load (registry I/O, retried) -> influence (cached on model version + dataset hash +
-options) -> detect -> store (database I/O, retried) -> gate -> report (Prefect markdown
-and table artifacts, MLflow scan run). The flow ends Failed when the gate blocks, so a
+Tasks: load (registry I/O, retried on I/O errors only) -> analyse (influence + detect on one
+curvature fit; cached on model version, training and evaluation data hashes, the config's
+identity and the code version) -> store (database I/O, retried) -> gate -> report (Prefect
+markdown and table artifacts, MLflow scan run). The flow ends Failed when the gate blocks, so a
 blocked version is visible in the Prefect UI and to anything waiting on the run.
 
 The influence stage runs in-process by default; give ``influence_deployment`` (e.g.
 ``"influence-stage/gpu"``, declared in ``flows/prefect.yaml`` on a GPU work pool, or
 ``"influence-stage/local"`` from ``infgate flows serve``) to run it as its own deployment via
 ``run_deployment``: a child flow run that returns the ranking, explanations and timings as
-JSON (``flows/influence_payload.py``), so both paths store the same scan. The child's result
+JSON (``infgate.flows.influence_payload``), so both paths store the same scan. The child's result
 is persisted in the result storage of the machine that ran it and read back by this flow run:
 one machine needs nothing more; a GPU pool on another machine needs result storage both
 sides can read (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``, e.g. an S3 bucket block, set on
@@ -19,41 +20,51 @@ same path), else the parent fails reading the result.
 Large training sets shard over Dask: run the flow on ``DaskTaskRunner``
 (``scan_model_version.with_options(task_runner=dask_task_runner(workers=4))``, or
 ``infgate scan --dask-workers 4`` / ``--dask-address tcp://scheduler:8786``) and the
-influence task splits its per-example sweep into shards of ``options["shard_size"]`` rows
+analyse task splits its per-example sweep into shards of ``config.influence.shard_size`` rows
 (default 20,000) across the cluster; the curvature is fitted once and shared.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from infgate.gate.core import GateVerdict, load_gate_config
-from infgate.scan.stages import (
+from infgate.config import ScanConfig, config_hash
+from infgate.errors import InfgateError
+from infgate.gate import GateVerdict
+from infgate.scan import (
+    Analysis,
     LoadedScan,
-    ScanOptions,
-    detect_stage,
+    ReportOutcome,
+    analyse,
     gate_stage,
-    influence_stage,
     load_stage,
     report_stage,
+    scan_identity,
     store_stage,
 )
+from infgate.settings import Settings
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.runtime import flow_run as _flow_run
 from prefect.states import Completed, Failed, State
 
 __all__ = [
+    "code_version",
     "dask_task_runner",
+    "default_config",
     "influence_stage_flow",
     "open_store",
-    "options_from_dict",
     "scan_model_version",
+    "scan_run_name",
 ]
 
 _STORES: dict[str, Any] = {}
@@ -61,75 +72,127 @@ IO_RETRIES = 3
 IO_DELAYS = [1.0, 5.0, 15.0]
 
 
+def default_config(settings: Settings) -> ScanConfig:
+    """The config a run without one uses: ``$INFGATE_SCAN_CONFIG`` (a ScanConfig YAML) else
+    the defaults, with ``$INFGATE_GATE_CONFIG``'s thresholds as its gate part when set."""
+    from infgate.gate import load_gate_config
+
+    config = (
+        ScanConfig.from_yaml(settings.scan_config_path)
+        if settings.scan_config_path
+        else ScanConfig()
+    )
+    if settings.gate_config_path:
+        import dataclasses
+
+        config = dataclasses.replace(config, gate=load_gate_config(settings.gate_config_path))
+    return config
+
+
 def open_store(db_url: str | None) -> Any:
     """One migrated :class:`~infgate.store.Store` per URL per process."""
     from infgate.store import Store
 
-    key = db_url or ""
+    key = db_url or Settings.from_env().db_url
     if key not in _STORES:
-        store = Store.from_url(db_url)
+        store = Store.from_url(key)
         store.upgrade()
         _STORES[key] = store
     return _STORES[key]
 
 
-def options_from_dict(options: dict[str, Any] | None) -> ScanOptions:
-    """Rebuild :class:`ScanOptions` from flow parameters (JSON)."""
-    from infgate.config import InfluenceConfig
+def _retry_io_only(task: Any, task_run: Any, state: State) -> bool:
+    """Retry transient failures; never an InfgateError (bad input fails the same way again)."""
+    try:
+        state.result()
+    except InfgateError:
+        return False
+    except Exception:
+        return True
+    return False
 
-    raw = dict(options or {})
-    influence = InfluenceConfig(**raw.pop("influence", {}))
-    return ScanOptions(influence=influence, **raw)
+
+@functools.cache
+def code_version() -> str:
+    """infgate's version plus a hash of its installed source: part of every cache key, so
+    an upgrade (or a local edit) never serves a result computed by other code."""
+    import infgate
+
+    root = Path(infgate.__file__).resolve().parent
+    h = hashlib.sha256(infgate.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.read_bytes())
+    return f"{infgate.__version__}-{h.hexdigest()[:12]}"
 
 
-def _scan_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Model version (and its stored model's identity) + dataset content hash + options hash:
-    same inputs, same scan. The model source (``models:/m-<id>`` or the run) keeps two
-    registries that both have a ``name/1`` apart."""
-    import hashlib
-
-    from infgate.store import config_hash
-
+def _analysis_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Every input of the analysis: the model version and its stored model's identity, the
+    training and evaluation data hashes, the config's identity (and the logged weight decay
+    in force) and the code version."""
     loaded: LoadedScan = parameters["loaded"]
-    opts: ScanOptions = parameters["options"]
+    config: ScanConfig = parameters["config"]
+    assert loaded.mv is not None
     model_id = hashlib.sha256(f"{loaded.mv.source}|{loaded.mv.run_id}".encode()).hexdigest()
-    return (
-        f"infgate-{context.task.name}-{loaded.mv.name}-{loaded.mv.version}-{model_id[:12]}-"
-        f"{loaded.train.data.content_hash[:16]}-{config_hash(opts.to_dict())[:16]}"
-    )
+    parts = [
+        context.task.name,
+        loaded.mv.name,
+        loaded.mv.version,
+        model_id[:12],
+        loaded.train.data.content_hash[:16],
+        (loaded.eval_hash or "no-eval")[:16],
+        config_hash(scan_identity(config, loaded))[:16],
+        code_version(),
+    ]
+    return "infgate-" + "-".join(parts)
 
 
-@task(name="load", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+def scan_run_name() -> str:
+    """``scan-<model>-v<version>`` (or ``scan-<model>-<alias>``) for the flow run."""
+    params = _flow_run.parameters
+    model = str(params.get("model", "model"))
+    m = re.match(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$", model)
+    name, alias, version = (m["name"], m["alias"], m["version"]) if m else (model, None, None)
+    version = version or params.get("version")
+    tail = f"v{version}" if version else (alias or "latest")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"scan-{name}-{tail}")
+
+
+@task(
+    name="load",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_DELAYS,
+    retry_condition_fn=_retry_io_only,
+    cache_policy=NO_CACHE,
+)
 def load_task(
     model: str,
     version: str | None,
     data_uri: str | None,
     eval_uri: str | None,
-    tracking_uri: str | None,
+    settings: Settings,
 ) -> LoadedScan:
     """Resolve the version in the registry; load its model, training and eval data."""
     return load_stage(
-        model, version=version, data_uri=data_uri, eval_uri=eval_uri, tracking_uri=tracking_uri
+        model, version=version, data_uri=data_uri, eval_uri=eval_uri, settings=settings
     )
 
 
 @task(
-    name="influence",
-    cache_key_fn=_scan_cache_key,
+    name="analyse",
+    cache_key_fn=_analysis_cache_key,
     cache_expiration=dt.timedelta(days=30),
     persist_result=True,
 )
-def influence_task(
-    loaded: LoadedScan, options: ScanOptions
-) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
-    """Curvature fit, label-error ranking of every example, explanations of the suspects.
+def analyse_task(loaded: LoadedScan, config: ScanConfig) -> Analysis:
+    """One curvature fit; the label-error ranking of every example, the explanations of the
+    suspects and the mismatch test against the evaluation data, all from that fit.
 
     On ``DaskTaskRunner`` this task runs on a Dask worker; it then hands the per-example
-    sweep of a large training set to the whole cluster in shards (``options.shard_size``),
-    seceding from its worker slot while it waits (``distributed.worker_client``).
+    sweep of a large training set to the whole cluster in shards, seceding from its worker
+    slot while it waits (``distributed.worker_client``).
     """
     with _dask_client() as client:
-        return influence_stage(loaded, options, client=client)
+        return analyse(loaded, config, client=client)
 
 
 @contextmanager
@@ -164,84 +227,70 @@ def dask_task_runner(workers: int | None = None, address: str | None = None) -> 
 
 
 @task(
-    name="detect",
-    cache_key_fn=_scan_cache_key,
-    cache_expiration=dt.timedelta(days=30),
-    persist_result=True,
+    name="store",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_DELAYS,
+    retry_condition_fn=_retry_io_only,
+    cache_policy=NO_CACHE,
 )
-def detect_task(
-    loaded: LoadedScan, options: ScanOptions
-) -> tuple[dict[str, Any] | None, dict[str, float]]:
-    """Dataset-level mismatch test against the evaluation data (if any)."""
-    return detect_stage(loaded, options)
-
-
-@task(name="store", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
 def store_task(
-    db_url: str | None,
-    loaded: LoadedScan,
-    options: ScanOptions,
-    ranking: pd.DataFrame,
-    mismatch: dict[str, Any] | None,
-    explanations: pd.DataFrame | None,
-    timings: dict[str, float],
+    db_url: str | None, loaded: LoadedScan, config: ScanConfig, analysis: Analysis
 ) -> tuple[int, int]:
     """Write the scan in one transaction and queue its suspects; returns (scan id, queued)."""
     from infgate.review.queue import enqueue_scan
 
     store = open_store(db_url)
-    scan_id = store_stage(store, loaded, options, ranking, mismatch, explanations, timings)
-    queued = enqueue_scan(store, scan_id) if options.enqueue else 0
+    scan_id = store_stage(store, loaded, config, analysis, scan_identity(config, loaded))
+    queued = enqueue_scan(store, scan_id) if config.detect.enqueue else 0
     return scan_id, queued
 
 
-@task(name="gate", retries=IO_RETRIES, retry_delay_seconds=IO_DELAYS, cache_policy=NO_CACHE)
+@task(
+    name="gate",
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_DELAYS,
+    retry_condition_fn=_retry_io_only,
+    cache_policy=NO_CACHE,
+)
 def gate_task(
-    db_url: str | None,
-    loaded: LoadedScan,
-    scan_id: int,
-    gate_config: str | None,
-    tracking_uri: str | None,
+    db_url: str | None, loaded: LoadedScan, scan_id: int, config: ScanConfig, settings: Settings
 ) -> GateVerdict:
     """Great Expectations checkpoint; records the verdict in SQL and MLflow, guards the alias."""
-    return gate_stage(
-        open_store(db_url),
-        loaded,
-        scan_id,
-        config=load_gate_config(gate_config),
-        tracking_uri=tracking_uri,
-    )
+    return gate_stage(open_store(db_url), loaded, scan_id, config, settings)
 
 
 @task(name="report", retries=2, retry_delay_seconds=[2.0, 10.0], cache_policy=NO_CACHE)
 def report_task(
     loaded: LoadedScan,
-    ranking: pd.DataFrame,
-    mismatch: dict[str, Any] | None,
+    analysis: Analysis,
     verdict: GateVerdict,
     scan_id: int,
-    options: ScanOptions,
-    report_dir: str | None,
-    tracking_uri: str | None,
-) -> dict[str, Any]:
-    """Report files + MLflow scan run + Prefect artifacts (markdown summary, suspects table)."""
-    report, run_id = report_stage(
-        loaded,
-        ranking,
-        mismatch,
-        verdict,
-        scan_id,
-        options,
-        report_dir=report_dir,
-        tracking_uri=tracking_uri,
-    )
-    key = f"infgate-{loaded.mv.name}-v{loaded.mv.version}".lower().replace("_", "-")
+    config: ScanConfig,
+    settings: Settings,
+) -> ReportOutcome:
+    """Report files + MLflow scan run."""
+    return report_stage(loaded, analysis, verdict, scan_id, config, settings)
+
+
+def _publish_artifacts(loaded: LoadedScan, report: ReportOutcome, settings: Settings) -> None:
+    """Prefect artifacts at the flow-run level: the markdown summary, the suspects table and
+    a link to the MLflow scan run."""
+    from prefect.artifacts import create_link_artifact
+
+    assert loaded.mv is not None
+    key = re.sub(r"[^a-z0-9-]+", "-", f"infgate-{loaded.mv.name}-v{loaded.mv.version}".lower())
     create_markdown_artifact(report.markdown, key=f"{key}-summary", description="infgate scan")
     if report.top_table:
         create_table_artifact(
-            report.top_table, key=f"{key}-suspects", description="top suspected label errors"
+            list(report.top_table), key=f"{key}-suspects", description="top suspected label errors"
         )
-    return {"metrics": report.metrics, "report_dir": str(report.directory), "scan_run_id": run_id}
+    if report.scan_run_id and settings.tracking_uri and settings.tracking_uri.startswith("http"):
+        base = settings.tracking_uri.rstrip("/")
+        create_link_artifact(
+            f"{base}/#/experiments/0/runs/{report.scan_run_id}",
+            link_text="MLflow scan run",
+            key=f"{key}-mlflow-run",
+        )
 
 
 @flow(name="influence-stage", persist_result=True, result_serializer="json")
@@ -249,101 +298,98 @@ def influence_stage_flow(
     model: str,
     version: str | None = None,
     data_uri: str | None = None,
-    options: dict[str, Any] | None = None,
+    eval_uri: str | None = None,
+    config: ScanConfig | None = None,
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The influence stage alone (for a GPU work pool), started by ``scan_model_version``.
+    """The analysis alone (for a GPU work pool), started by ``scan_model_version``.
 
-    ``$INFGATE_DEVICE`` (the GPU pool sets ``cuda``) replaces an ``"auto"`` device in
-    ``options``. The result is persisted as JSON in *this* worker's result storage, and the
-    parent flow run reads it from there: on one machine the default local storage works; across
-    machines set ``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`` (e.g. an S3 bucket block) on both
-    workers, or a ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` on a filesystem both mount at the same
-    path.
+    ``$INFGATE_DEVICE`` (the GPU pool sets ``cuda``) replaces an ``"auto"`` device. The result
+    is persisted as JSON in *this* worker's result storage, and the parent flow run reads it
+    from there: on one machine the default local storage works; across machines set
+    ``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`` (e.g. an S3 bucket block) on both workers, or a
+    ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` on a filesystem both mount at the same path.
 
     Returns:
-        :func:`infgate.flows.influence_payload.stage_to_payload`: the ranking, the explanations of
-        the top suspects, the stage timings and the hash of the data ranked.
+        :func:`infgate.flows.influence_payload.stage_to_payload` of the analysis.
     """
-    import dataclasses
-    import os
-
     from infgate.flows.influence_payload import stage_to_payload
 
-    opts = options_from_dict(options)
-    device = os.environ.get("INFGATE_DEVICE")
-    if device and opts.influence.device == "auto":
-        influence = dataclasses.replace(opts.influence, device=device)
-        opts = dataclasses.replace(opts, influence=influence)
-    loaded = load_stage(model, version=version, data_uri=data_uri, tracking_uri=tracking_uri)
-    ranking, explanations, timings = influence_stage(loaded, opts)
-    return stage_to_payload(
-        ranking, explanations, timings, dataset_hash=loaded.train.data.content_hash
+    settings = Settings.from_env(tracking_uri=tracking_uri)
+    config = config or default_config(settings)
+    if settings.device and config.influence.device == "auto":
+        config = config.with_overrides(**{"influence.device": settings.device})
+    loaded = load_stage(
+        model, version=version, data_uri=data_uri, eval_uri=eval_uri, settings=settings
     )
+    analysis = analyse(loaded, config)
+    return stage_to_payload(analysis, dataset_hash=loaded.train.data.content_hash)
 
 
-@flow(name="scan-model-version", persist_result=True)
+@flow(name="scan-model-version", flow_run_name=scan_run_name, persist_result=True)
 def scan_model_version(
     model: str,
     version: str | None = None,
     data_uri: str | None = None,
     eval_uri: str | None = None,
-    options: dict[str, Any] | None = None,
-    gate_config: str | None = None,
+    config: ScanConfig | None = None,
     db_url: str | None = None,
     tracking_uri: str | None = None,
-    report_dir: str | None = None,
     influence_deployment: str | None = None,
 ) -> State:
-    """Scan one model version: load, influence, detect, store, gate, report.
+    """Scan one model version: load, analyse, store, gate, report.
 
     Args:
         model: ``models:/name@alias``, ``models:/name/version`` or a registered name.
         version: the version, when ``model`` is a bare name.
         data_uri: training data URI (default: the version's tag, then its run's dataset).
         eval_uri: evaluation/production data for the mismatch test (optional).
-        options: :class:`~infgate.scan.stages.ScanOptions` as a dict.
-        gate_config: path of a gate thresholds YAML (default: the documented defaults).
+        config: the whole scan configuration (:class:`~infgate.config.ScanConfig`; the
+            deployment form shows its fields).
         db_url: findings store URL (default ``$INFGATE_DB_URL`` or ``sqlite:///infgate.db``).
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own resolution).
-        report_dir: where report files go (default: a temporary directory).
-        influence_deployment: run the influence stage as this deployment (GPU pool).
+        influence_deployment: run the analysis as this deployment (GPU pool).
 
     Returns:
-        Completed with the scan summary, or Failed when the gate blocks the version.
+        Completed with the scan summary, or Failed (one-line reason) when the gate blocks.
     """
     logger = get_run_logger()
-    opts = options_from_dict(options)
-    loaded = load_task(model, version, data_uri, eval_uri, tracking_uri)
+    settings = Settings.from_env(db_url=db_url, tracking_uri=tracking_uri)
+    config = config or default_config(settings)
+    loaded = load_task(model, version, data_uri, eval_uri, settings)
+    assert loaded.mv is not None
     if influence_deployment:
         from infgate.flows.influence_payload import run_influence_deployment
 
-        ranking, explanations, timings = run_influence_deployment(
+        analysis = run_influence_deployment(
             influence_deployment,
             model=loaded.mv.uri,
             data_uri=data_uri,
-            options=opts.to_dict(),
-            tracking_uri=tracking_uri,
+            eval_uri=eval_uri,
+            config=config,
+            tracking_uri=settings.tracking_uri,
             dataset_hash=loaded.train.data.content_hash,
         )
     else:
         # submitted, not called: on DaskTaskRunner it runs on the cluster and can shard there
-        ranking, explanations, timings = influence_task.submit(loaded, opts).result()
-    mismatch, mismatch_t = detect_task(loaded, opts)
-    timings = {**timings, **mismatch_t}
-    scan_id, queued = store_task(db_url, loaded, opts, ranking, mismatch, explanations, timings)
-    verdict = gate_task(db_url, loaded, scan_id, gate_config, tracking_uri)
-    report = report_task(
-        loaded, ranking, mismatch, verdict, scan_id, opts, report_dir, tracking_uri
-    )
+        analysis = analyse_task.submit(loaded, config).result()
+    scan_id, queued = store_task(settings.db_url, loaded, config, analysis)
+    verdict = gate_task(settings.db_url, loaded, scan_id, config, settings)
+    report = report_task(loaded, analysis, verdict, scan_id, config, settings)
+    _publish_artifacts(loaded, report, settings)
     summary = {
         "model": loaded.mv.name,
         "version": loaded.mv.version,
         "scan_id": scan_id,
         "verdict": verdict.verdict,
-        "reasons": verdict.reasons,
+        "reasons": [c.to_dict() for c in verdict.reasons],
         "queued": queued,
-        **report,
+        "n_rows": len(loaded.train.data),
+        "n_suspects": analysis.n_suspects,
+        "curvature": analysis.curvature.to_dict(),
+        "metrics": report.metrics,
+        "report_dir": str(report.directory),
+        "scan_run_id": report.scan_run_id,
     }
     logger.info("scan %d of %s: gate %s", scan_id, loaded.mv.uri, verdict.verdict)
     if not verdict.passed:

@@ -11,28 +11,26 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 __all__ = ["build_deployments", "serve_all"]
 
 
 def build_deployments(*, sweep_cron: str = "0 2 * * *") -> list[Any]:
-    """The runner deployments ``serve_all`` serves (parameters come from env defaults)."""
+    """The runner deployments ``serve_all`` serves (settings come from the environment)."""
     from infgate.flows.relabel import relabel
     from infgate.flows.scan import influence_stage_flow, scan_model_version
     from infgate.flows.sweep import registry_sweep
     from prefect.events import DeploymentEventTrigger
 
-    common = {
-        "db_url": os.environ.get("INFGATE_DB_URL"),
-        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
-        "gate_config": os.environ.get("INFGATE_GATE_CONFIG"),
-    }
+    # No URLs or secrets in deployment parameters (they are stored in Prefect's database and
+    # shown in its UI): each flow run reads them from the worker's environment through
+    # infgate.settings.Settings (INFGATE_DB_URL, MLFLOW_TRACKING_URI, INFGATE_GATE_CONFIG...).
+    common: dict[str, Any] = {}
     trigger = DeploymentEventTrigger(
         name="scan-on-model-version-created",
         expect={"mlflow.model_version.created"},
-        parameters={"model": "{{ event.resource.id }}", **common},
+        parameters={"model": "{{ event.resource.id }}"},
     )
     return [
         scan_model_version.to_deployment(
@@ -43,12 +41,10 @@ def build_deployments(*, sweep_cron: str = "0 2 * * *") -> list[Any]:
         ),
         relabel.to_deployment(
             name="on-demand",
-            parameters={k: common[k] for k in ("db_url", "tracking_uri", "gate_config")},
+            parameters=common,
             tags=["infgate"],
         ),
-        influence_stage_flow.to_deployment(
-            name="local", parameters={"tracking_uri": common["tracking_uri"]}, tags=["infgate"]
-        ),
+        influence_stage_flow.to_deployment(name="local", parameters=common, tags=["infgate"]),
     ]
 
 

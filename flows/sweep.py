@@ -1,19 +1,19 @@
 """``registry_sweep``: scan every registry model version with no scan of its current data.
 
 Runs on a cron schedule (see ``flows/serve.py`` / ``flows/prefect.yaml``). A version is
-skipped when the store already holds a scan for its name + version + training-data hash +
-options hash; versions without resolvable training data are listed, not failed.
+skipped only when its latest stored scan covers its current training data AND has a gate
+verdict; any other version (never scanned, new data, a scan without a verdict because a
+webhook was missed or a run died) is scanned. Versions without resolvable training data are
+listed, not failed.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from infgate.config import ScanConfig
 from infgate.flows.scan import (
     IO_DELAYS,
     IO_RETRIES,
     open_store,
-    options_from_dict,
     scan_model_version,
 )
 from prefect import flow, get_run_logger, task
@@ -46,30 +46,32 @@ def needs_scan(
     version: str,
     db_url: str | None,
     tracking_uri: str | None,
-    options: dict[str, Any] | None,
 ) -> str:
-    """``"scan"``, ``"current"`` (a scan of this data exists) or ``"no data: ..."``."""
+    """``"scan"``, ``"current"`` (the latest scan covers this training data and has a gate
+    verdict) or ``"no data: ..."``."""
     from infgate.errors import DataResolutionError
     from infgate.registry.core import load_training_data, resolve_model_version
-    from infgate.store import config_hash
 
     mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
     try:
         data = load_training_data(mv, tracking_uri=tracking_uri).data
     except DataResolutionError as e:
         return f"no data: {e}"
-    found = open_store(db_url).find_scan(
-        name, version, data.content_hash, config_hash(options_from_dict(options).to_dict())
+    info = open_store(db_url).latest_scan(name, version)
+    current = (
+        info is not None
+        and info.status == "completed"
+        and info.dataset_hash == data.content_hash
+        and info.gate is not None
     )
-    return "current" if found is not None and found.status == "completed" else "scan"
+    return "current" if current else "scan"
 
 
 @flow(name="registry-sweep")
 def registry_sweep(
     tracking_uri: str | None = None,
     db_url: str | None = None,
-    options: dict[str, Any] | None = None,
-    gate_config: str | None = None,
+    config: ScanConfig | None = None,
     name_filter: str | None = None,
     max_scans: int = 20,
 ) -> dict[str, list[str]]:
@@ -83,7 +85,7 @@ def registry_sweep(
     result: dict[str, list[str]] = {"scanned": [], "blocked": [], "current": [], "unresolvable": []}
     for name, version in list_model_versions(tracking_uri, name_filter):
         uri = f"models:/{name}/{version}"
-        verdict = needs_scan(name, version, db_url, tracking_uri, options)
+        verdict = needs_scan(name, version, db_url, tracking_uri)
         if verdict == "current":
             result["current"].append(uri)
             continue
@@ -96,8 +98,7 @@ def registry_sweep(
             continue
         state = scan_model_version(
             uri,
-            options=options,
-            gate_config=gate_config,
+            config=config,
             db_url=db_url,
             tracking_uri=tracking_uri,
             return_state=True,

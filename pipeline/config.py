@@ -204,7 +204,9 @@ class GateConfig:
             "gate", "max_unreviewed_high_confidence", self.max_unreviewed_high_confidence, 0
         )
         if not isinstance(self.check_row_count, bool):
-            raise ConfigError(f"gate `check_row_count` must be true/false, got {self.check_row_count!r}")
+            raise ConfigError(
+                f"gate `check_row_count` must be true or false, got {self.check_row_count!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -294,7 +296,8 @@ class ScanConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"scan config {str(p)!r} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"scan config {str(p)!r} must be a mapping, got {type(loaded).__name__}")
+            kind = type(loaded).__name__
+            raise ConfigError(f"scan config {str(p)!r} must be a mapping, got {kind}")
         return cls.from_dict(loaded)
 
     def with_overrides(self, **flat: Any) -> ScanConfig:
@@ -306,7 +309,9 @@ class ScanConfig:
                 continue
             section, sep, option = key.replace("__", ".").partition(".")
             if not sep or section not in _PARTS:
-                raise ConfigError(f"override {key!r} must be 'section.option', sections {list(_PARTS)}")
+                raise ConfigError(
+                    f"override {key!r} must be 'section.option' with a section of {list(_PARTS)}"
+                )
             merged[section][option] = value
         return ScanConfig.from_dict(merged)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from infgate.errors import InvalidInputError
-from infgate.gate.core import GateConfig, GateInputs, load_gate_config, run_gate
+from infgate.config import GateConfig
+from infgate.gate import DEFAULTS_PATH, GateCheck, GateInputs, load_gate_config, run_gate
 
 N = 200
 
@@ -49,21 +50,21 @@ def config() -> GateConfig:
     return load_gate_config()
 
 
-def failed(verdict: object) -> dict[str, dict]:
-    return {r["expectation"]: r for r in verdict.reasons}  # type: ignore[attr-defined]
+def failed(verdict: object) -> dict[str, GateCheck]:
+    return {r.name: r for r in verdict.reasons}  # type: ignore[attr-defined]
 
 
 def test_clean_scan_passes_every_check(config: GateConfig) -> None:
-    v = run_gate(_inputs(mismatch={"p_value": 0.4, "statistic": 0.1}), config)
-    assert v.verdict == "passed" and v.reasons == []
-    assert {c["expectation"] for c in v.checks} >= {
-        "expect_column_values_to_be_in_set",
-        "expect_column_values_to_be_unique",
-        "expect_column_values_to_be_between",
-        "expect_table_row_count_to_equal",
-        "expect_column_mean_to_be_between",
-        "expect_column_sum_to_be_between",
-        "expect_column_min_to_be_between",
+    v = run_gate(_inputs(mismatch_p_value=0.4, mismatch_alpha=0.05), config)
+    assert v.verdict == "passed" and v.reasons == ()
+    assert {c.name for c in v.checks} == {
+        "labels_in_range",
+        "unique_ids",
+        "missing_features",
+        "row_count",
+        "suspect_rate",
+        "high_confidence_suspects",
+        "mismatch",
     }
 
 
@@ -71,9 +72,10 @@ def test_suspect_rate_blocks_with_observed_rate_and_reviews_unblock(config: Gate
     sink: list[str] = []
     v = run_gate(_inputs(findings=_findings(20)), config, sink=lambda x: sink.append(x.verdict))
     assert sink == ["blocked"]  # the checkpoint action saw the verdict once
-    r = failed(v)["expect_column_mean_to_be_between"]
-    assert r["observed"] == pytest.approx(20 / N)
-    assert r["threshold"]["max_value"] == config.max_suspect_rate
+    r = failed(v)["suspect_rate"]
+    assert r.observed == pytest.approx(20 / N)
+    assert r.threshold["max"] == config.max_suspect_rate
+    assert r.allowed == f">= 0, <= {config.max_suspect_rate:.4g}"
     # 11 of the 20 suspects reviewed -> 9 / 200 = 4.5% <= 5%
     reviewed = frozenset(f"x{i}" for i in range(11))
     assert run_gate(_inputs(findings=_findings(20), reviewed_ids=reviewed), config).passed
@@ -81,14 +83,16 @@ def test_suspect_rate_blocks_with_observed_rate_and_reviews_unblock(config: Gate
 
 def test_unreviewed_high_confidence_suspects_block(config: GateConfig) -> None:
     v = run_gate(_inputs(findings=_findings(3, confidence=0.99)), config)
-    assert set(failed(v)) == {"expect_column_sum_to_be_between"}
-    assert failed(v)["expect_column_sum_to_be_between"]["observed"] == 3
+    assert set(failed(v)) == {"high_confidence_suspects"}
+    assert failed(v)["high_confidence_suspects"].observed == 3
 
 
-def test_mismatch_blocks_below_alpha(config: GateConfig) -> None:
-    v = run_gate(_inputs(mismatch={"p_value": 0.001, "statistic": 3.0}), config)
-    r = failed(v)["expect_column_min_to_be_between"]
-    assert r["observed"] == pytest.approx(0.001) and "mismatch" in r["message"]
+def test_mismatch_blocks_below_the_tests_own_alpha(config: GateConfig) -> None:
+    v = run_gate(_inputs(mismatch_p_value=0.001, mismatch_alpha=0.05), config)
+    r = failed(v)["mismatch"]
+    assert r.observed == pytest.approx(0.001) and "mismatch" in r.message
+    # the level is the scan's mismatch.alpha (one place), not a second gate setting
+    assert run_gate(_inputs(mismatch_p_value=0.001, mismatch_alpha=0.0005), config).passed
 
 
 def test_training_data_checks(config: GateConfig) -> None:
@@ -98,21 +102,24 @@ def test_training_data_checks(config: GateConfig) -> None:
     df.loc[[1, 2], "b"] = np.nan
     v = run_gate(_inputs(frame=df, registered_rows=N + 1), config)
     reasons = failed(v)
-    assert reasons["expect_column_values_to_be_in_set"]["unexpected_examples"] == [7]
-    assert reasons["expect_column_values_to_be_unique"]["observed"] == 2
-    missing = reasons["expect_column_values_to_be_between"]
-    assert missing["column"] == "missing_features" and missing["observed"] == 2  # rows
-    assert missing["null_columns"] == {"b": 2} and "b: 2" in missing["message"]
-    assert reasons["expect_table_row_count_to_equal"]["observed"] == N
+    assert reasons["labels_in_range"].unexpected_examples == (7,)
+    assert reasons["unique_ids"].observed == 2
+    missing = reasons["missing_features"]
+    assert missing.column == "missing_features" and missing.observed == 2  # rows
+    assert missing.details["null_columns"] == {"b": 2} and "b: 2" in missing.message
+    assert reasons["row_count"].observed == N
     assert v.summary().count(";") == len(v.reasons) - 1
 
 
 def test_config_file_overrides_and_bad_values(tmp_path: Path) -> None:
     p = tmp_path / "gate.yaml"
-    p.write_text("max_suspect_rate: 0.2\ndeployment_alias: prod\n")
+    p.write_text("max_suspect_rate: 0.2\n")
     cfg = load_gate_config(p)
-    assert cfg.max_suspect_rate == 0.2 and cfg.deployment_alias == "prod"
-    assert cfg.mismatch_alpha == 0.05  # untouched default
+    assert cfg.max_suspect_rate == 0.2
+    assert cfg.high_confidence == 0.95  # untouched default
+    p.write_text("deployment_alias: prod\n")  # a setting now (INFGATE_DEPLOYMENT_ALIAS)
+    with pytest.raises(InvalidInputError, match="deployment_alias"):
+        load_gate_config(p)
     p.write_text("max_suspect_rat: 0.2\n")
     with pytest.raises(InvalidInputError, match="max_suspect_rat"):
         load_gate_config(p)
@@ -120,3 +127,9 @@ def test_config_file_overrides_and_bad_values(tmp_path: Path) -> None:
         GateConfig(max_suspect_rate=1.5)
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_gate_config(tmp_path / "missing.yaml")
+
+
+def test_packaged_defaults_yaml_equals_the_dataclass_defaults() -> None:
+    import yaml
+
+    assert yaml.safe_load(DEFAULTS_PATH.read_text()) == GateConfig().to_dict()

@@ -11,7 +11,7 @@ from tests.services import NoisyVersion
 
 @pytest.fixture(scope="module")
 def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from infgate.scan.stages import run_scan
+    from infgate.scan import run_scan
     from infgate.store import Store
     from mlflow import MlflowClient
 
@@ -21,7 +21,13 @@ def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactor
     uri, v = noisy_version.server.uri, noisy_version.version
     client = MlflowClient(uri)
     client.set_registered_model_alias("noisy", "champion", v)  # set before anyone checked
-    out = run_scan(f"models:/noisy/{v}", store=store, tracking_uri=uri, report_dir=root / "report")
+    from infgate.config import ScanConfig
+    from infgate.settings import Settings
+
+    config = ScanConfig().with_overrides(**{"report.directory": str(root / "report")})
+    out = run_scan(
+        f"models:/noisy/{v}", store=store, config=config, settings=Settings(tracking_uri=uri)
+    )
     return {"out": out, "store": store, "client": client, "root": root}
 
 
@@ -32,9 +38,9 @@ def test_noisy_version_is_blocked_tagged_and_loses_the_alias(
 
     out, client = scanned["out"], scanned["client"]
     assert out.verdict.verdict == "blocked"
-    failed = {r["expectation"]: r for r in out.verdict.reasons}
+    failed = {r.name: r for r in out.verdict.reasons}
     n_suspects = int(out.ranking["is_suspect"].sum())
-    assert failed["expect_column_mean_to_be_between"]["observed"] == pytest.approx(n_suspects / 500)
+    assert failed["suspect_rate"].observed == pytest.approx(n_suspects / 500)
     tags = client.get_model_version("noisy", noisy_version.version).tags
     assert tags["infgate.gate"] == "blocked"
     assert tags["infgate.scan_id"] == str(out.scan_id)
@@ -46,7 +52,8 @@ def test_noisy_version_is_blocked_tagged_and_loses_the_alias(
 
 def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: NoisyVersion) -> None:
     out, client = scanned["out"], scanned["client"]
-    run = client.get_run(out.scan_run_id)
+    assert out.report is not None and out.report.scan_run_id
+    run = client.get_run(out.report.scan_run_id)
     m = run.data.metrics
     assert m["n_rows"] == 500 and m["gate_passed"] == 0.0
     assert m["suspect_rate"] == pytest.approx(int(out.ranking["is_suspect"].sum()) / 500)
@@ -54,7 +61,7 @@ def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: Noisy
     # finds most flips in the top 20% of the data
     assert m["n_true_label_errors"] == int(noisy_version.digits.flipped.sum())
     assert m["recall_at_20pct"] >= 0.8
-    names = {f.path for f in client.list_artifacts(out.scan_run_id, "infgate")}
+    names = {f.path for f in client.list_artifacts(out.report.scan_run_id, "infgate")}
     assert {
         "infgate/findings.csv",
         "infgate/score_histogram.png",
@@ -63,17 +70,26 @@ def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: Noisy
         "infgate/summary.md",
     } <= names
     version_tags = client.get_model_version("noisy", noisy_version.version).tags
-    assert version_tags["infgate.scan_run_id"] == out.scan_run_id
+    assert version_tags["infgate.scan_run_id"] == out.report.scan_run_id
+    # the whole config is logged, with what the curvature fit actually used
+    assert run.data.params["influence.method"] == "auto"
+    assert run.data.params["curvature.method"] == out.analysis.curvature.method
+    assert float(run.data.params["curvature.damping"]) == pytest.approx(
+        out.analysis.curvature.damping
+    )
 
 
 def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion) -> None:
-    from infgate.scan.stages import run_scan
+    from infgate.scan import run_scan
+
+    from infgate.config import ScanConfig
+    from infgate.settings import Settings
 
     again = run_scan(
         f"models:/noisy/{noisy_version.version}",
         store=scanned["store"],
-        tracking_uri=noisy_version.server.uri,
-        log_to_mlflow=False,
+        config=ScanConfig().with_overrides(**{"report.log_to_mlflow": False}),
+        settings=Settings(tracking_uri=noisy_version.server.uri),
     )
     assert again.reused and again.scan_id == scanned["out"].scan_id
     assert again.queued == 0  # nothing queued twice
@@ -99,7 +115,7 @@ def test_promote_cli_refuses_with_the_failed_checks(
     )
     assert result.exit_code == 2, result.output
     assert "refused" in result.output and "Why the gate blocks" in result.output
-    assert "suspect_unreviewed" in result.output
+    assert "suspect_rate" in result.output
 
 
 def test_promote_refuses_until_every_blocking_finding_is_decided(
@@ -110,11 +126,14 @@ def test_promote_refuses_until_every_blocking_finding_is_decided(
     from infgate.review.queue import claim_next, decide
     from infgate.scan.promote import promote
 
+    from infgate.settings import Settings
+
     store, client, uri = scanned["store"], scanned["client"], noisy_version.server.uri
+    settings = Settings(tracking_uri=uri)
     ref = f"models:/noisy/{noisy_version.version}"
     with pytest.raises(GateBlockedError, match="refusing to give") as info:
-        promote(store, ref, tracking_uri=uri)
-    assert any(r["expectation"] == "expect_column_mean_to_be_between" for r in info.value.reasons)
+        promote(store, ref, settings=settings)
+    assert any(r.name == "suspect_rate" for r in info.value.reasons)
     ensure_annotator(store, "reviewer")
     decided = 0
     while (item := claim_next(store, "reviewer")) is not None:
@@ -124,7 +143,7 @@ def test_promote_refuses_until_every_blocking_finding_is_decided(
             decide(store, item.item_id, "reviewer", "keep")
         decided += 1
     assert decided == scanned["out"].queued
-    promote(store, ref, tracking_uri=uri)
+    promote(store, ref, settings=settings)
     assert client.get_model_version_by_alias("noisy", "champion").version == noisy_version.version
     assert client.get_model_version("noisy", noisy_version.version).tags["infgate.gate"] == "passed"
 
@@ -134,7 +153,7 @@ def test_shifted_eval_data_fails_the_mismatch_check(
 ) -> None:
     import numpy as np
     import pandas as pd
-    from infgate.scan.stages import run_scan
+    from infgate.scan import run_scan
     from infgate.store import Store
 
     train = pd.read_parquet(noisy_version.data_path)
@@ -146,18 +165,19 @@ def test_shifted_eval_data_fails_the_mismatch_check(
     shifted.drop(columns=["true_label"]).to_parquet(eval_path)
     store = Store.from_url(f"sqlite:///{tmp_path}/infgate.db")
     store.upgrade()
+    from infgate.config import ScanConfig
+    from infgate.settings import Settings
+
     out = run_scan(
         f"models:/noisy/{noisy_version.version}",
         eval_uri=str(eval_path),
         store=store,
-        tracking_uri=noisy_version.server.uri,
-        log_to_mlflow=False,
+        config=ScanConfig().with_overrides(**{"report.log_to_mlflow": False}),
+        settings=Settings(tracking_uri=noisy_version.server.uri),
     )
-    assert out.mismatch is not None and out.mismatch["flagged"]
-    reasons = {r["expectation"]: r for r in out.verdict.reasons}
-    assert reasons["expect_column_min_to_be_between"]["observed"] == pytest.approx(
-        out.mismatch["p_value"]
-    )
+    assert out.mismatch is not None and out.mismatch.flagged
+    reasons = {r.name: r for r in out.verdict.reasons}
+    assert reasons["mismatch"].observed == pytest.approx(out.mismatch.p_value)
     stored = store.findings_frame(out.scan_id)
     mismatched = stored[stored["kind"] == "domain_mismatch"]
     assert len(mismatched) > 0.5 * len(shifted)

@@ -81,6 +81,25 @@ class MismatchReport:
     driver_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
     details: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MismatchReport:
+        """Rebuild a report from :meth:`to_dict` (a stored scan's mismatch row)."""
+        examples = d.get("examples") or []
+        return cls(
+            statistic=float(d["statistic"]),
+            p_value=float(d["p_value"]),
+            flagged=bool(d["flagged"]),
+            alpha=float(d["alpha"]),
+            method=str(d.get("method", "")),
+            example_ids=np.asarray([str(e["example_id"]) for e in examples], dtype=object),
+            example_scores=np.asarray([float(e["score"]) for e in examples], dtype=float),
+            example_p_values=np.asarray([float(e["p_value"]) for e in examples], dtype=float),
+            example_flagged=np.asarray([bool(e["flagged"]) for e in examples], dtype=bool),
+            drivers=pd.DataFrame(d.get("drivers") or []),
+            driver_groups=pd.DataFrame(d.get("driver_groups") or []),
+            details=dict(d.get("details") or {}),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (for the store and MLflow)."""
         return {

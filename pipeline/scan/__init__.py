@@ -1,28 +1,41 @@
-"""One scan, stage by stage (load, influence, detect, store, gate, report), and the
-in-process assembly :func:`run_scan`."""
+"""One scan: the stages (load, analyse = influence + detect on one curvature fit, store,
+gate, report), their typed results, and the in-process assemblies :func:`run_scan` and
+:func:`scan_dataset`."""
 
-from infgate.scan.stages import (
+from infgate.scan.results import (
+    Analysis,
+    CurvatureSummary,
     LoadedScan,
-    ScanOptions,
-    ScanOutcome,
+    ReportOutcome,
+    ScanResult,
+)
+from infgate.scan.run import run_scan, scan_dataset, scan_identity
+from infgate.scan.stages import (
+    analyse,
     detect_stage,
+    fit_stage,
     gate_stage,
     influence_stage,
     load_stage,
     report_stage,
-    run_scan,
     store_stage,
 )
 
 __all__ = [
+    "Analysis",
+    "CurvatureSummary",
     "LoadedScan",
-    "ScanOptions",
-    "ScanOutcome",
+    "ReportOutcome",
+    "ScanResult",
+    "analyse",
     "detect_stage",
+    "fit_stage",
     "gate_stage",
     "influence_stage",
     "load_stage",
     "report_stage",
     "run_scan",
+    "scan_dataset",
+    "scan_identity",
     "store_stage",
 ]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from infgate.config import ScanConfig
 from infgate.errors import GateBlockedError
-from infgate.gate.core import GateConfig, GateVerdict, load_gate_config
+from infgate.gate import GateCheck, GateVerdict
 from infgate.registry.core import resolve_model_version, set_alias
+from infgate.settings import Settings
 
 __all__ = ["promote", "recheck"]
 
@@ -24,8 +26,8 @@ def recheck(
     ref: str,
     *,
     version: str | None = None,
-    config: GateConfig | None = None,
-    tracking_uri: str | None = None,
+    config: ScanConfig | None = None,
+    settings: Settings | None = None,
 ) -> tuple[int, GateVerdict]:
     """Re-run the gate on the version's latest scan (queue decisions count as reviews).
 
@@ -37,13 +39,21 @@ def recheck(
     """
     from infgate.scan.stages import gate_stage, load_stage
 
-    mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
+    settings = settings or Settings.from_env()
+    mv = resolve_model_version(ref, version=version, tracking_uri=settings.tracking_uri)
     info = store.latest_scan(mv.name, mv.version)
     if info is None:
-        reason = {"message": f"{mv.uri} has no infgate scan yet; run `infgate scan {mv.uri}`"}
+        reason = GateCheck(
+            name="scanned",
+            suite="findings",
+            success=False,
+            observed="no scan",
+            threshold={},
+            message=f"{mv.uri} has no infgate scan yet; run `infgate scan {mv.uri}`",
+        )
         raise GateBlockedError(f"refusing to promote {mv.uri}: it was never scanned", [reason])
-    loaded = load_stage(mv.uri, data_uri=info.dataset_uri, tracking_uri=tracking_uri)
-    verdict = gate_stage(store, loaded, info.id, config=config, tracking_uri=tracking_uri)
+    loaded = load_stage(mv.uri, data_uri=info.dataset_uri, settings=settings)
+    verdict = gate_stage(store, loaded, info.id, config or ScanConfig(), settings)
     return info.id, verdict
 
 
@@ -53,8 +63,8 @@ def promote(
     *,
     version: str | None = None,
     alias: str | None = None,
-    config: GateConfig | None = None,
-    tracking_uri: str | None = None,
+    config: ScanConfig | None = None,
+    settings: Settings | None = None,
 ) -> GateVerdict:
     """Point the deployment alias at the version if (and only if) its gate passes.
 
@@ -62,18 +72,16 @@ def promote(
         GateBlockedError: the gate blocks; ``.reasons`` lists each failed check with its
             observed value.
     """
-    config = config or load_gate_config()
-    alias = alias or config.deployment_alias
-    scan_id, verdict = recheck(
-        store, ref, version=version, config=config, tracking_uri=tracking_uri
-    )
-    mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
+    settings = settings or Settings.from_env()
+    alias = alias or settings.deployment_alias
+    scan_id, verdict = recheck(store, ref, version=version, config=config, settings=settings)
+    mv = resolve_model_version(ref, version=version, tracking_uri=settings.tracking_uri)
     if not verdict.passed:
         raise GateBlockedError(
             f"refusing to give {mv.uri} the alias {alias!r}: the gate blocks it (scan {scan_id}): "
             f"{verdict.summary()}",
-            verdict.reasons,
+            list(verdict.reasons),
         )
-    set_alias(mv, alias, tracking_uri=tracking_uri)
+    set_alias(mv, alias, tracking_uri=settings.tracking_uri)
     log.info("promoted %s to alias %r (scan %d passed)", mv.uri, alias, scan_id)
     return verdict

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from infgate.scan.stages import LoadedScan, ScanOptions
+    from infgate.scan.results import LoadedScan
 
-__all__ = ["findings_to_store", "flat_params", "json_safe"]
+__all__ = ["findings_to_store", "json_safe"]
 
 
 def json_safe(value: Any) -> Any:
@@ -26,10 +26,10 @@ def json_safe(value: Any) -> Any:
 
 
 def findings_to_store(
-    loaded: LoadedScan, ranking: pd.DataFrame, mismatch: dict[str, Any] | None, options: ScanOptions
+    loaded: LoadedScan, ranking: pd.DataFrame, mismatch: dict[str, Any] | None, store_top: int
 ) -> pd.DataFrame:
     """The rows a scan stores: every suspect plus the top ``store_top`` of the ranking."""
-    keep = ranking["is_suspect"].astype(bool) | (ranking["rank"] <= options.store_top)
+    keep = ranking["is_suspect"].astype(bool) | (ranking["rank"] <= store_top)
     rows = ranking.loc[keep].copy()
     rows["kind"] = "label_error"
     pos = pd.Series(
@@ -55,13 +55,3 @@ def findings_to_store(
             )
         )
     return pd.concat(frames, ignore_index=True)
-
-
-def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

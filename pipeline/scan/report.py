@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from infgate.gate.core import GateVerdict
-    from infgate.scan.stages import LoadedScan
+    from infgate.detect import MismatchReport
+    from infgate.gate import GateVerdict
+    from infgate.scan.results import Analysis, LoadedScan
 
 __all__ = ["ScanReport", "recall_curve", "summary_markdown", "write_report"]
 
@@ -69,28 +70,38 @@ def recall_curve(
 def summary_markdown(
     *,
     model: str,
-    scan_id: int,
+    scan_id: int | None,
     n_rows: int,
     n_suspects: int,
     verdict: GateVerdict,
-    mismatch: dict[str, Any] | None,
+    mismatch: MismatchReport | None,
     top: pd.DataFrame,
+    curvature: dict[str, Any] | None = None,
 ) -> str:
     """A short markdown summary: verdict, reasons, counts, the top suspects."""
     head = "BLOCKED" if not verdict.passed else "PASSED"
     lines = [
-        f"# infgate scan {scan_id}: {model} — gate {head}",
+        f"# infgate scan {scan_id if scan_id is not None else '(not stored)'}: {model} — "
+        f"gate {head}",
         "",
         f"- training examples: {n_rows:,}",
         f"- suspected label errors: {n_suspects:,} ({n_suspects / max(n_rows, 1):.1%})",
     ]
     if mismatch is not None:
         lines.append(
-            f"- train vs eval mismatch: p = {float(mismatch['p_value']):.3g} "
-            f"({'flagged' if mismatch.get('flagged') else 'not flagged'})"
+            f"- train vs eval mismatch: p = {float(mismatch.p_value):.3g} "
+            f"({'flagged' if mismatch.flagged else 'not flagged'} at alpha {mismatch.alpha:g})"
         )
+    if curvature:
+        lines.append(
+            f"- curvature: {curvature.get('method')} (damping {float(curvature['damping']):.3g}, "
+            f"from {curvature.get('damping_source')}; {int(curvature.get('n_params', 0)):,} params)"
+        )
+        reason = (curvature.get("choice") or {}).get("reason")
+        if reason:
+            lines.append(f"- why: {reason}")
     lines += ["", "## Gate checks", ""]
-    lines += [f"- {'✅' if c['success'] else '❌'} {c['message']}" for c in verdict.checks]
+    lines += [f"- {'✅' if c.success else '❌'} {c.message}" for c in verdict.checks]
     if len(top):
         lines += [
             "",
@@ -110,7 +121,7 @@ def _has_tabulate() -> bool:
 
 
 def _plots(
-    directory: Path, ranking: pd.DataFrame, loaded: LoadedScan, mismatch: dict[str, Any] | None
+    directory: Path, ranking: pd.DataFrame, loaded: LoadedScan, mismatch: MismatchReport | None
 ) -> list[Path]:
     import matplotlib
 
@@ -150,16 +161,16 @@ def _plots(
         files.append(directory / "recall_curve.png")
         fig.savefig(files[-1], dpi=100)
         plt.close(fig)
-    if mismatch is not None and mismatch.get("examples"):
+    if mismatch is not None and len(mismatch.example_scores):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist(
-            np.asarray([e["score"] for e in mismatch["examples"]], float),
+            np.asarray(mismatch.example_scores, float),
             bins=40,
             alpha=0.8,
             label="eval examples",
         )
         ax.set_xlabel("mismatch score per evaluation example")
-        ax.set_title(f"dataset-level p = {float(mismatch['p_value']):.3g}")
+        ax.set_title(f"dataset-level p = {float(mismatch.p_value):.3g}")
         ax.legend()
         fig.tight_layout()
         files.append(directory / "mismatch_scores.png")
@@ -172,15 +183,15 @@ def write_report(
     directory: Path | None,
     *,
     loaded: LoadedScan,
-    ranking: pd.DataFrame,
-    mismatch: dict[str, Any] | None,
+    analysis: Analysis,
     verdict: GateVerdict,
-    scan_id: int,
+    scan_id: int | None,
     top: int = 20,
 ) -> ScanReport:
     """Write findings CSV, plots, gate verdict JSON and summary markdown; compute metrics."""
     import json
 
+    ranking, mismatch = analysis.ranking, analysis.mismatch
     directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="infgate-report-"))
     directory.mkdir(parents=True, exist_ok=True)
     n_rows = len(loaded.train.data)
@@ -193,10 +204,9 @@ def write_report(
         "gate_failed_checks": float(len(verdict.reasons)),
     }
     if mismatch is not None:
-        metrics["mismatch_p_value"] = float(mismatch["p_value"])
-        metrics["mismatch_statistic"] = float(mismatch["statistic"])
-        examples = mismatch.get("examples") or []
-        metrics["mismatch_flagged_examples"] = float(sum(bool(e.get("flagged")) for e in examples))
+        metrics["mismatch_p_value"] = float(mismatch.p_value)
+        metrics["mismatch_statistic"] = float(mismatch.statistic)
+        metrics["mismatch_flagged_examples"] = float(np.sum(mismatch.example_flagged))
     if loaded.true_labels is not None:
         data = loaded.train.data
         wrong = set(data.example_ids[np.asarray(loaded.true_labels) != data.labels].astype(str))
@@ -210,11 +220,7 @@ def write_report(
     ranking.to_csv(findings_csv, index=False)
     files.append(findings_csv)
     (directory / "gate_verdict.json").write_text(
-        json.dumps(
-            {"verdict": verdict.verdict, "reasons": verdict.reasons, "checks": verdict.checks},
-            indent=2,
-            default=str,
-        )
+        json.dumps(verdict.to_dict(), indent=2, default=str)
     )
     files.append(directory / "gate_verdict.json")
     try:
@@ -224,13 +230,14 @@ def write_report(
     head = ranking[ranking["is_suspect"].astype(bool)].head(top)
     head = head[[c for c in TOP_COLUMNS if c in head.columns]]
     md = summary_markdown(
-        model=f"{loaded.mv.name} v{loaded.mv.version}",
+        model=loaded.subject,
         scan_id=scan_id,
         n_rows=n_rows,
         n_suspects=int(sus.sum()),
         verdict=verdict,
         mismatch=mismatch,
         top=head,
+        curvature=analysis.curvature.to_dict(),
     )
     (directory / "summary.md").write_text(md)
     files.append(directory / "summary.md")

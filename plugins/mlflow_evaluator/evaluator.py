@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from infgate.errors import InvalidInputError
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 from torch import nn
@@ -53,13 +52,17 @@ class InfgateEvaluator(ModelEvaluator):
         model: Any = None,
         **kwargs: Any,
     ) -> EvaluationResult:
-        """Run the influence stage, detection, and the gate on ``dataset``; log to ``run_id``."""
-        from infgate.config import InfluenceConfig
+        """Scan ``dataset`` with the model (:func:`infgate.scan.scan_dataset`: the same
+        stages as a registry scan, nothing stored); log metrics and the report to ``run_id``.
+
+        ``evaluator_config`` (all optional): ``config`` (a ScanConfig dict), ``method``,
+        ``damping`` (the model's weight decay), ``params``, the gate thresholds
+        (``max_suspect_rate``, ``high_confidence``, ``max_unreviewed_high_confidence``),
+        ``image_shape``, ``model_name``.
+        """
+        from infgate.config import ScanConfig
         from infgate.data.training import TrainingData
-        from infgate.gate.core import GateInputs, load_gate_config, run_gate
-        from infgate.registry.core import ModelVersionRef, ResolvedData
-        from infgate.scan.report import write_report
-        from infgate.scan.stages import LoadedScan, ScanOptions, influence_stage
+        from infgate.scan import scan_dataset
         from mlflow import MlflowClient
 
         if model is None:
@@ -76,56 +79,59 @@ class InfgateEvaluator(ModelEvaluator):
         data = TrainingData.from_frame(
             frame,
             image_shape=tuple(shape) if shape else None,
-            name="evaluation",  # type: ignore[arg-type]
+            name=str(cfg.get("model_name", "evaluation dataset")),  # type: ignore[arg-type]
         )
-        mv = ModelVersionRef(name=str(cfg.get("model_name", "evaluated-model")), version="eval")
-        with torch.no_grad():
-            with_logits = torch_model(torch.as_tensor(data.features[:2]))
-        loaded = LoadedScan(
-            mv=mv,
-            model=torch_model,
-            train=ResolvedData(data, frame, "mlflow.evaluate", "evaluation dataset", None, "label"),
-            eval_data=None,
-            n_classes=int(with_logits.shape[1]),
-        )
-        options = ScanOptions(
-            influence=InfluenceConfig(
-                method=cfg.get("method", "exact"), damping=cfg.get("damping")
-            ),
-            explain_top=0,
-            enqueue=False,
-        )
-        ranking, _, _ = influence_stage(loaded, options)
-        gate_cfg = load_gate_config(
+        gate_keys = ("max_suspect_rate", "high_confidence", "max_unreviewed_high_confidence")
+        config = ScanConfig.from_dict(cfg.get("config") or {}).with_overrides(
             **{
-                k: cfg[k]
-                for k in ("max_suspect_rate", "high_confidence", "max_unreviewed_high_confidence")
-                if k in cfg
+                "influence.method": cfg.get("method"),
+                "influence.damping": cfg.get("damping"),
+                "influence.params": cfg.get("params"),
+                "detect.explain_top": cfg.get("explain_top", 0),
+                "detect.enqueue": False,
+                "report.log_to_mlflow": False,
+                **{f"gate.{k}": cfg.get(k) for k in gate_keys},
             }
         )
-        verdict = run_gate(
-            GateInputs(
-                frame,
-                "label",
-                [c for c in frame.columns if c not in {"example_id", "label"}],
-                loaded.n_classes,
-                ranking,
-            ),
-            gate_cfg,
-        )
         out = Path(tempfile.mkdtemp(prefix="infgate-eval-"))
-        report = write_report(
-            out, loaded=loaded, ranking=ranking, mismatch=None, verdict=verdict, scan_id=0
-        )
-        metrics = {f"infgate_{k}": v for k, v in report.metrics.items()}
+        config = config.with_overrides(**{"report.directory": str(out)})
+        result = scan_dataset(torch_model, data, config=config, name=data.name)
+        assert result.report is not None
+        metrics = {f"infgate_{k}": float(v) for k, v in result.report.metrics.items()}
         client = MlflowClient()
         for k, v in metrics.items():
             client.log_metric(run_id, k, v)
         client.log_artifacts(run_id, str(out), artifact_path="infgate")
-        artifacts: dict[str, Any] = {}
+        artifacts = _artifacts(run_id, result.report.files)
         log.info(
             "infgate evaluator: %d suspects, gate %s",
-            int(report.metrics["n_suspects"]),
-            verdict.verdict,
+            result.analysis.n_suspects,
+            result.verdict.verdict,
         )
         return EvaluationResult(metrics=metrics, artifacts=artifacts, run_id=run_id)
+
+
+def _artifacts(run_id: str, files: tuple[Path, ...]) -> dict[str, Any]:
+    """The logged report files as MLflow evaluation artifacts (``EvaluationResult.artifacts``)."""
+    from mlflow.models.evaluation.artifacts import (
+        ImageEvaluationArtifact,
+        JsonEvaluationArtifact,
+        ParquetEvaluationArtifact,
+        TextEvaluationArtifact,
+    )
+
+    kinds = {
+        ".png": ImageEvaluationArtifact,
+        ".json": JsonEvaluationArtifact,
+        ".parquet": ParquetEvaluationArtifact,
+    }
+    out: dict[str, Any] = {}
+    for f in files:
+        cls = kinds.get(f.suffix, TextEvaluationArtifact)
+        artifact = cls(uri=f"runs:/{run_id}/infgate/{f.name}")
+        try:
+            artifact._load(str(f))
+        except Exception:  # an unreadable file is still listed by its URI
+            log.debug("could not load %s for the evaluation result", f)
+        out[f"infgate_{f.stem}"] = artifact
+    return out

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from infgate.config import ScanConfig
 from infgate.plugins.review_hook.app import ScanRequest
 
 __all__ = ["DeploymentStarter", "EmbeddedStarter", "Started", "Starter", "enforce_gate"]
@@ -119,32 +120,30 @@ class EmbeddedStarter(_Worker):
         *,
         db_url: str | None = None,
         tracking_uri: str | None = None,
-        gate_config: str | None = None,
         deployment_alias: str = "champion",
         report_root: str | None = None,
-        options: dict[str, Any] | None = None,
+        config: ScanConfig | None = None,
     ) -> None:
         self.db_url = db_url
         self.tracking_uri = tracking_uri
-        self.gate_config = gate_config
         self.deployment_alias = deployment_alias
         self.report_root = report_root
-        self.options = options
+        self.config = config
         super().__init__()
 
     def start(self, request: ScanRequest) -> dict[str, Any]:
-        from infgate.flows.scan import scan_model_version
+        from infgate.flows.scan import default_config, scan_model_version
+        from infgate.settings import Settings
 
-        report_dir = None
+        config = self.config or default_config(Settings.from_env())
         if self.report_root:
             report_dir = f"{self.report_root}/{request.model_name}-v{request.version}"
+            config = config.with_overrides(**{"report.directory": report_dir})
         state = scan_model_version(
             f"models:/{request.model_name}/{request.version}",
-            options=self.options,
-            gate_config=self.gate_config,
+            config=config,
             db_url=self.db_url,
             tracking_uri=self.tracking_uri,
-            report_dir=report_dir,
             return_state=True,
         )
         summary = state.result(raise_on_failure=False)
