@@ -7,18 +7,40 @@ the version with its reasons and the relabel queue filling up.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import pandas as pd
-from infgate.data.training import TrainingData, flip_labels
-from rich.console import Console
-from rich.table import Table
-from sklearn.datasets import load_digits
+import typer
+from infgate.plugins.cli._common import console, guarded, print_table
 
-__all__ = ["digits_with_flips", "run_demo"]
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from infgate.data.training import TrainingData
+
+__all__ = ["demo", "digits_with_flips", "run_demo"]
 
 WEIGHT_DECAY = 1e-3
+DEMO_MODEL = "digits-demo"
+#: MLflow model-version tag naming the demo run (noise, seed, data) that registered it.
+DEMO_KEY_TAG = "infgate.demo_key"
+
+
+@guarded
+def demo(
+    noise: Annotated[float, typer.Option(help="Fraction of training labels to flip.")] = 0.10,
+    seed: Annotated[int, typer.Option(help="Seed for the label flips and the model init.")] = 0,
+    top: Annotated[int, typer.Option(min=1, help="How many top suspects to print.")] = 10,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo's MLflow, store and reports live.")
+    ] = Path("demo_out"),
+) -> None:
+    """Run the main job end to end on embedded defaults (scikit-learn digits).
+
+    A re-run with the same noise and seed reuses its model version and queues nothing twice.
+    """
+    run_demo(noise=noise, seed=seed, top=top, workdir=workdir)
 
 
 def digits_with_flips(noise: float, seed: int) -> tuple[TrainingData, np.ndarray, np.ndarray]:
@@ -27,6 +49,10 @@ def digits_with_flips(noise: float, seed: int) -> tuple[TrainingData, np.ndarray
     Returns:
         ``(data with noisy labels, flipped mask, clean labels)``.
     """
+    import numpy as np
+    from infgate.data.training import TrainingData, flip_labels
+    from sklearn.datasets import load_digits
+
     d = load_digits()
     rng = np.random.default_rng(seed)
     noisy, flipped = flip_labels(d.target, noise, 10, rng)
@@ -41,6 +67,30 @@ def digits_with_flips(noise: float, seed: int) -> tuple[TrainingData, np.ndarray
     return data, flipped, d.target.astype(np.int64)
 
 
+def _demo_key(noise: float, seed: int, data: TrainingData) -> str:
+    """What makes two demo runs the same model: noise, seed, weight decay and the data."""
+    raw = f"{noise!r}|{seed}|{WEIGHT_DECAY!r}|{data.content_hash}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _reusable_version(name: str, key: str, tracking_uri: str, data_path: Path) -> str | None:
+    """The newest registered version of ``name`` when an earlier demo run registered it with
+    the same key (and its training file is still there), else ``None``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    if not versions or not data_path.is_file():
+        return None
+    # only the newest: each registration rewrites the one training file
+    newest = max(versions, key=lambda v: int(v.version))
+    return str(newest.version) if newest.tags.get(DEMO_KEY_TAG) == key else None
+
+
 def run_demo(
     *, noise: float = 0.10, seed: int = 0, top: int = 10, workdir: str | Path = "demo_out"
 ) -> dict[str, float]:
@@ -51,16 +101,16 @@ def run_demo(
     run's dataset input, runs the ``scan_model_version`` flow on Prefect's ephemeral API,
     shows the gate blocking the version (and ``promote`` refusing it), fills the relabel
     queue and prints where to look.
+
+    Idempotent: a re-run with the same noise and seed reuses the registered version, so the
+    scan is the same stored scan and no example is queued twice.
     """
     import logging
-    import warnings
 
-    from infgate.examples.demo_registry import register_model_with_data
-    from infgate.plugins.cli.ops import embedded_prefect_env
+    import pandas as pd
+    from infgate.settings import quiet_third_party_env
 
-    embedded_prefect_env()
-
-    console = Console()
+    quiet_third_party_env()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     # relative paths keep the printed commands short; they hold from the current directory
@@ -68,7 +118,6 @@ def run_demo(
     db_url = f"sqlite:///{work / 'infgate.db'}"
     for noisy in ("alembic", "mlflow", "great_expectations", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning)  # MLflow schema hints, torch
     data, flipped, clean = digits_with_flips(noise, seed)
     console.rule("[bold]infgate demo: a model trained on mislabeled digits meets the gate")
     console.print(
@@ -76,49 +125,64 @@ def run_demo(
         f"flipped ({noise:.0%}); softmax regression trained with L-BFGS, "
         f"weight decay {WEIGHT_DECAY}"
     )
-    reg = register_model_with_data(
-        data,
-        name="digits-demo",
-        workdir=work,
-        artifact_root=work / "mlartifacts",
-        tracking_uri=tracking_uri,
-        true_labels=clean,
-        weight_decay=WEIGHT_DECAY,
-        seed=seed,
-    )
-    console.print(
-        f"2. registered [bold]models:/{reg.name}/{reg.version}[/bold] in MLflow ({tracking_uri}); "
-        f"training data logged as the run's dataset input ({reg.data_path.name})"
-    )
+    name, key = DEMO_MODEL, _demo_key(noise, seed, data)
+    version = _reusable_version(name, key, tracking_uri, work / f"{name}-train.parquet")
+    if version is None:
+        from infgate.examples.demo_registry import register_model_with_data
+        from mlflow import MlflowClient
+
+        reg = register_model_with_data(
+            data,
+            name=name,
+            workdir=work,
+            artifact_root=work / "mlartifacts",
+            tracking_uri=tracking_uri,
+            true_labels=clean,
+            weight_decay=WEIGHT_DECAY,
+            seed=seed,
+        )
+        version = reg.version
+        MlflowClient(tracking_uri=tracking_uri).set_model_version_tag(
+            name, version, DEMO_KEY_TAG, key
+        )
+        console.print(
+            f"2. registered [bold]models:/{name}/{version}[/bold] in MLflow ({tracking_uri}); "
+            f"training data logged as the run's dataset input ({reg.data_path.name})"
+        )
+    else:
+        console.print(
+            f"2. reusing [bold]models:/{name}/{version}[/bold] in MLflow ({tracking_uri}): an "
+            "earlier demo run registered this model on this data"
+        )
     console.print(
         "3. running the scan flow on Prefect's ephemeral API (load, influence, detect, store, "
         "gate, report; about a minute on 2 cores) ..."
     )
+    from infgate.config import ScanConfig
     from infgate.flows.scan import scan_model_version  # the demo drives the real flow
 
-    for name in (
+    for logger in (
         "prefect",
         "great_expectations",
         "great_expectations.data_context.types.base",  # GX resets its root logger's level
         "mlflow",
         "alembic",
     ):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(logger).setLevel(logging.WARNING)
 
-    report_dir = work / f"report-{reg.name}-v{reg.version}"
+    ref = f"models:/{name}/{version}"
+    report_dir = work / f"report-{name}-v{version}"
+    config = ScanConfig().with_overrides(
+        **{"influence.damping": WEIGHT_DECAY, "report.directory": str(report_dir)}
+    )
     state = scan_model_version(
-        f"models:/{reg.name}/{reg.version}",
-        options={"influence": {"damping": WEIGHT_DECAY}},
-        db_url=db_url,
-        tracking_uri=tracking_uri,
-        report_dir=str(report_dir),
-        return_state=True,
+        ref, config=config, db_url=db_url, tracking_uri=tracking_uri, return_state=True
     )
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         raise RuntimeError(f"the scan flow failed: {state.message}")
     ranking = pd.read_csv(report_dir / "findings.csv", dtype={"example_id": str})
-    _print_suspects(console, ranking, data, clean, top)
+    _print_suspects(ranking, data, clean, top)
     metrics = summary["metrics"]
     console.print(
         f"   suspects: {int(metrics['n_suspects'])} ({metrics['suspect_rate']:.1%} of the data); "
@@ -134,29 +198,34 @@ def run_demo(
         else f"4. gate verdict: [green]{summary['verdict']}[/green]"
     )
     for r in summary["reasons"]:
-        console.print(f"   [red]x[/red] {r['message']}")
+        message = r.get("message") if isinstance(r, dict) else getattr(r, "message", r)
+        console.print(f"   [red]x[/red] {message}", highlight=False)
     console.print(
-        f"   MLflow tags on v{reg.version}: infgate.gate={summary['verdict']}, "
+        f"   MLflow tags on v{version}: infgate.gate={summary['verdict']}, "
         f"infgate.scan_id={summary['scan_id']}, infgate.reason=..."
     )
     from infgate.errors import GateBlockedError
+    from infgate.review.queue import queue_stats
     from infgate.scan.promote import promote
     from infgate.store import Store
 
     store = Store.from_url(db_url)
     try:
-        promote(store, f"models:/{reg.name}/{reg.version}", tracking_uri=tracking_uri)
+        promote(store, ref, tracking_uri=tracking_uri)
         console.print("5. `infgate promote` gave the version the alias 'champion'")
     except GateBlockedError as e:
         console.print(f"5. `infgate promote` [red]refuses[/red]: {len(e.reasons)} failed check(s)")
-    console.print(f"6. relabel queue: {summary['queued']} suspects waiting for annotators")
+    waiting = queue_stats(store, scan_id=int(summary["scan_id"])).left
+    console.print(
+        f"6. relabel queue: {waiting} suspects waiting for annotators "
+        f"({summary['queued']} added by this run)"
+    )
     console.rule("where to look")
     console.print(f"  MLflow UI:    mlflow ui --backend-store-uri {tracking_uri}")
     console.print(f"  review page:  infgate annotator add alice --db {db_url}   (prints a token)")
     console.print(f"                infgate ui serve --db {db_url}")
     console.print(
-        f"  promote:      infgate promote models:/{reg.name}/{reg.version} "
-        f"--db {db_url} --tracking-uri {tracking_uri}"
+        f"  promote:      infgate promote {ref} --db {db_url} --tracking-uri {tracking_uri}"
     )
     console.print(f"  report files: {report_dir}")
     return {
@@ -165,35 +234,27 @@ def run_demo(
         "n_suspects": float(metrics["n_suspects"]),
         "blocked": float(summary["verdict"] == "blocked"),
         "queued": float(summary["queued"]),
+        "waiting": float(waiting),
     }
 
 
-def _print_suspects(
-    console: Console, ranking: pd.DataFrame, data: TrainingData, clean: np.ndarray, top: int
-) -> None:
+def _print_suspects(ranking: pd.DataFrame, data: TrainingData, clean: np.ndarray, top: int) -> None:
     pos = {str(e): i for i, e in enumerate(data.example_ids)}
-    table = Table(title=f"Top {top} suspected label errors (higher score = more suspicious)")
-    for col in (
-        "rank",
-        "example_id",
-        "score",
-        "given",
-        "suggested",
-        "confidence",
-        "true",
-        "flipped?",
-    ):
-        table.add_column(col, justify="right")
+    rows = []
     for _, r in ranking.head(top).iterrows():
         i = pos[str(r["example_id"])]
-        table.add_row(
-            str(r["rank"]),
-            str(r["example_id"]),
-            f"{float(r['score']):.3f}",
-            str(r["given_label"]),
-            str(r["suggested_label"]),
-            f"{float(r['suggestion_confidence']):.2f}",
-            str(clean[i]),
-            "yes" if clean[i] != data.labels[i] else "no",
+        rows.append(
+            (
+                r["rank"],
+                r["example_id"],
+                f"{float(r['score']):.3f}",
+                r["given_label"],
+                r["suggested_label"],
+                f"{float(r['suggestion_confidence']):.2f}",
+                clean[i],
+                "yes" if clean[i] != data.labels[i] else "no",
+            )
         )
-    console.print(table)
+    console.print(f"[bold]Top {top} suspected label errors[/] (higher score = more suspicious)")
+    columns = ["rank", "example_id", "score", "given", "suggested", "confidence", "true"]
+    print_table([*columns, "flipped?"], rows, numeric=["rank", "score", "confidence"])
