@@ -4,8 +4,12 @@ MLflow signs each delivery: ``X-MLflow-Signature: v1,<base64 HMAC-SHA256(secret,
 "{delivery_id}.{timestamp}.{body}")>`` with ``X-MLflow-Delivery-Id`` and
 ``X-MLflow-Timestamp`` headers (``mlflow/webhooks/delivery.py``). The receiver
 
+* refuses a body over ``max_body_bytes`` (413) before reading it (``Content-Length``), or
+  as soon as a streamed body passes the limit;
 * rejects a missing or wrong signature (401), a timestamp older or newer than
-  ``max_age_seconds`` (401), and a delivery id it has already accepted (409);
+  ``max_age_seconds`` (401), a payload that is not a JSON object (400), and a delivery id
+  it has already accepted (409; kept in the findings store's ``webhook_deliveries`` table,
+  so a replay is refused after a restart too);
 * answers 202 at once and hands the event to a
   :class:`~infgate.plugins.review_hook.starters.Starter` that starts one flow run per
   event in the background.
@@ -24,17 +28,25 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from infgate.errors import InvalidInputError
+from infgate.errors import ConfigError, InvalidInputError
+from infgate.settings import Settings
+from infgate.store import Store
+from infgate.store.deliveries import MAX_DELIVERY_ID, record_delivery
 
-__all__ = ["HookSettings", "ReplayGuard", "ScanRequest", "create_app", "verify_signature"]
+__all__ = [
+    "HookSettings",
+    "ReplayGuard",
+    "ScanRequest",
+    "check_secret",
+    "create_app",
+    "verify_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,27 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 EVENTS = ("model_version.created", "model_version_alias.created", "model_version_tag.set")
+MIN_SECRET_CHARS = 32
+MAX_BODY_BYTES = 1 << 20  # MLflow's payloads are a few hundred bytes
+
+
+def check_secret(secret: Any) -> str:
+    """``secret`` if it is strong enough to sign webhooks, else a :class:`ConfigError`.
+
+    Strong: at least 32 characters with at least 8 different non-blank ones (a hex or
+    base64 string of 32 random bytes passes; 32 spaces, ``"s" * 32`` or ``"ab" * 16`` do
+    not). The message never shows the secret.
+    """
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError("set INFGATE_WEBHOOK_SECRET to the webhook's shared secret")
+    distinct = len(set(secret) - set(" \t\r\n\f\v"))
+    if len(secret) < MIN_SECRET_CHARS or distinct < 8:
+        raise ConfigError(
+            f"the webhook secret is too weak ({len(secret)} characters, {distinct} distinct "
+            f"non-blank): use at least {MIN_SECRET_CHARS} random characters, e.g. "
+            f'`python -c "import secrets; print(secrets.token_urlsafe(32))"`'
+        )
+    return secret
 
 
 @dataclass(frozen=True)
@@ -49,11 +82,15 @@ class HookSettings:
     """Receiver settings.
 
     Attributes:
-        secret: the shared HMAC secret (``INFGATE_WEBHOOK_SECRET``); never logged.
+        secret: the shared HMAC secret (``INFGATE_WEBHOOK_SECRET``); never logged; checked
+            by :func:`check_secret` at start-up.
         max_age_seconds: how far a delivery's timestamp may be from now.
         deployment_alias: setting this alias on a version enforces the gate.
         review_aliases: setting one of these aliases starts a scan.
         rescan_tags: setting one of these model-version tags starts a scan.
+        db_url: the findings store that keeps accepted delivery ids (``None``: the store's
+            own default, ``INFGATE_DB_URL`` else ``sqlite:///infgate.db``).
+        max_body_bytes: larger deliveries are refused with 413 before they are read.
     """
 
     secret: str = field(repr=False)
@@ -61,26 +98,32 @@ class HookSettings:
     deployment_alias: str = "champion"
     review_aliases: tuple[str, ...] = ("candidate",)
     rescan_tags: tuple[str, ...] = ("infgate.train_data", "infgate.rescan")
+    db_url: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
-        if not isinstance(self.secret, str) or len(self.secret) < 16:
-            raise InvalidInputError("the webhook secret must be a string of at least 16 characters")
-        if self.max_age_seconds < 1:
-            raise InvalidInputError(f"max_age_seconds must be >= 1, got {self.max_age_seconds}")
+        check_secret(self.secret)
+        for name, value, low in (
+            ("max_age_seconds", self.max_age_seconds, 1),
+            ("max_body_bytes", self.max_body_bytes, 1024),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(f"{name} must be an int >= {low}, got {value!r}")
 
     @classmethod
-    def from_env(cls) -> HookSettings:
-        """Read ``INFGATE_WEBHOOK_SECRET`` (required), ``INFGATE_WEBHOOK_MAX_AGE``,
-        ``INFGATE_DEPLOYMENT_ALIAS`` and ``INFGATE_REVIEW_ALIASES`` (comma-separated)."""
-        secret = os.environ.get("INFGATE_WEBHOOK_SECRET")
-        if not secret:
-            raise InvalidInputError("set INFGATE_WEBHOOK_SECRET to the webhook's shared secret")
-        aliases = os.environ.get("INFGATE_REVIEW_ALIASES", "candidate")
+    def from_env(cls, settings: Settings | None = None) -> HookSettings:
+        """The receiver's settings from :class:`~infgate.settings.Settings` (``None``:
+        :meth:`Settings.from_env`): ``webhook_secret`` (required), ``webhook_max_age``,
+        ``deployment_alias``, ``review_aliases`` and ``db_url``."""
+        env = settings if settings is not None else Settings.from_env()
+        if not env.webhook_secret:
+            raise ConfigError("set INFGATE_WEBHOOK_SECRET to the webhook's shared secret")
         return cls(
-            secret=secret,
-            max_age_seconds=int(os.environ.get("INFGATE_WEBHOOK_MAX_AGE", "300")),
-            deployment_alias=os.environ.get("INFGATE_DEPLOYMENT_ALIAS", "champion"),
-            review_aliases=tuple(a.strip() for a in aliases.split(",") if a.strip()),
+            secret=env.webhook_secret,
+            max_age_seconds=env.webhook_max_age,
+            deployment_alias=env.deployment_alias,
+            review_aliases=env.review_aliases,
+            db_url=env.db_url,
         )
 
 
@@ -109,33 +152,29 @@ def verify_signature(
 
 
 class ReplayGuard:
-    """Remembers accepted delivery ids for twice the allowed age (older ones fail the
-    timestamp check anyway). Per process: run one receiver replica, or put it behind
-    sticky routing."""
+    """Accepted delivery ids, in the findings store (``webhook_deliveries``) for twice the
+    allowed age (older deliveries fail the timestamp check anyway): a replay is refused
+    after a receiver restart, and by every replica that shares the store."""
 
-    def __init__(self, max_age_seconds: int) -> None:
+    def __init__(self, store: Store, max_age_seconds: int) -> None:
+        self.store = store
         self.ttl = 2 * max_age_seconds
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def first_time(self, delivery_id: str) -> bool:
         """Record ``delivery_id``; False when it was already seen."""
-        now = time.time()
-        with self._lock:
-            for k in [k for k, t in self._seen.items() if now - t > self.ttl]:
-                del self._seen[k]
-            if delivery_id in self._seen:
-                return False
-            self._seen[delivery_id] = now
-            return True
+        return record_delivery(self.store, delivery_id, keep_seconds=self.ttl)
 
 
 def route(settings: HookSettings, payload: dict[str, Any], delivery_id: str) -> ScanRequest | None:
     """What an MLflow event asks of infgate, or ``None`` to ignore it."""
     event = f"{payload.get('entity')}.{payload.get('action')}"
     data = payload.get("data") or {}
+    if not isinstance(data, dict):
+        return None
     name, version = data.get("name"), data.get("version")
-    if event not in EVENTS or not name or version is None:
+    if event not in EVENTS or not isinstance(name, str) or not name:
+        return None
+    if isinstance(version, bool) or not isinstance(version, str | int):
         return None
     action: Literal["scan", "enforce"] | None = None
     if event == "model_version.created":
@@ -153,12 +192,37 @@ def route(settings: HookSettings, payload: dict[str, Any], delivery_id: str) -> 
     return ScanRequest(action, event, str(name), str(version), delivery_id, time.time())
 
 
-def create_app(settings: HookSettings, starter: Any) -> FastAPI:
-    """The receiver app. ``starter.submit(ScanRequest)`` must return at once."""
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it passes ``limit`` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: HookSettings, starter: Any, *, store: Store | None = None) -> FastAPI:
+    """The receiver app. ``starter.submit(ScanRequest)`` must return at once.
+
+    Args:
+        settings: the receiver's settings.
+        starter: what starts the work for an accepted event.
+        store: the store that keeps delivery ids (``None``: ``settings.db_url``, upgraded
+            to the current schema now).
+    """
+    if store is None:
+        store = Store.from_url(settings.db_url)
+        store.upgrade()
+    store.check_schema()
     app = FastAPI(title="infgate model-review hook", docs_url=None, redoc_url=None)
-    guard = ReplayGuard(settings.max_age_seconds)
+    guard = ReplayGuard(store, settings.max_age_seconds)
     app.state.settings = settings
     app.state.starter = starter
+    app.state.store = store
+    limit = settings.max_body_bytes
 
     def reject(status: int, why: str) -> JSONResponse:
         log.warning("webhook delivery rejected: %s", why)
@@ -170,12 +234,19 @@ def create_app(settings: HookSettings, starter: Any) -> FastAPI:
 
     @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
-        body = await request.body()
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return reject(413, f"body over the {limit}-byte limit (Content-Length {declared[:20]})")
         delivery_id = request.headers.get(DELIVERY_HEADER, "")
         stamp = request.headers.get(TIMESTAMP_HEADER, "")
         signature = request.headers.get(SIGNATURE_HEADER, "")
         if not (delivery_id and stamp and signature):
             return reject(401, "missing signature, timestamp or delivery id header")
+        if len(delivery_id) > MAX_DELIVERY_ID:
+            return reject(400, f"delivery id longer than {MAX_DELIVERY_ID} characters")
+        body = await _read_capped(request, limit)
+        if body is None:
+            return reject(413, f"body over the {limit}-byte limit")
         if not verify_signature(settings.secret, delivery_id, stamp, body, signature):
             return reject(401, "bad signature")
         try:
@@ -186,12 +257,14 @@ def create_app(settings: HookSettings, starter: Any) -> FastAPI:
             return reject(
                 401, f"stale timestamp ({age:.0f}s old, limit {settings.max_age_seconds}s)"
             )
-        if not guard.first_time(delivery_id):
-            return reject(409, f"delivery {delivery_id} was already accepted (replay)")
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return reject(400, "body is not JSON")
+        if not isinstance(payload, dict):
+            return reject(400, f"payload must be a JSON object, got {type(payload).__name__}")
+        if not guard.first_time(delivery_id):
+            return reject(409, f"delivery {delivery_id} was already accepted (replay)")
         req = route(settings, payload, delivery_id)
         if req is None:
             return JSONResponse({"accepted": True, "action": "ignored"}, status_code=202)

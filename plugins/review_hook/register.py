@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from infgate.errors import InvalidInputError
-from infgate.plugins.review_hook.app import EVENTS
+from infgate.plugins.review_hook.app import EVENTS, check_secret
+from infgate.settings import Settings
 
 __all__ = ["register_webhook"]
 
@@ -31,15 +31,18 @@ def register_webhook(
         The webhook id.
 
     Raises:
-        InvalidInputError: no secret, or a tracking URI that is not an MLflow server.
+        InvalidInputError: no secret or a weak one, or a tracking URI that is not an MLflow
+            server.
     """
     from mlflow import MlflowClient
     from mlflow.entities.webhook import WebhookEvent
 
-    secret = secret or os.environ.get("INFGATE_WEBHOOK_SECRET")
+    settings = Settings.from_env() if secret is None or tracking_uri is None else None
+    secret = secret or (settings.webhook_secret if settings else None)
     if not secret:
         raise InvalidInputError("set INFGATE_WEBHOOK_SECRET (or pass --secret) before registering")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    check_secret(secret)  # the receiver refuses to start with a weak one: fail here first
+    uri = tracking_uri or (settings.tracking_uri if settings else None) or ""
     if not uri.startswith(("http://", "https://")):
         raise InvalidInputError(
             f"webhooks need an `mlflow server` tracking URI (http[s]://...), got {uri!r}"

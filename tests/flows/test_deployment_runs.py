@@ -261,7 +261,7 @@ def test_deployment_starter_runs_the_scan_deployment_then_enforces(
     for key in ("infgate.gate", "infgate.scan_id"):  # earlier scans set them: start clean
         mlflow.delete_model_version_tag(name, version, key)
     starter = DeploymentStarter(tracking_uri=noisy_version.server.uri)
-    settings = HookSettings(secret="s" * 32)
+    settings = HookSettings(secret="Zq3-v8Kp_x1Lw9Yt2Rb7Nc4Hd6Jf0Gm5Ae", db_url=served.db_url)
     try:
         body, headers = _signed(
             settings.secret,

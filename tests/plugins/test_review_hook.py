@@ -22,10 +22,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from infgate.errors import ConfigError
 from infgate.plugins.review_hook import EmbeddedStarter, HookSettings, create_app, verify_signature
-from infgate.plugins.review_hook.app import route
+from infgate.plugins.review_hook.app import ScanRequest, route
+from infgate.settings import Settings
+from infgate.store import Store
 
 from tests.services import MlflowServer, free_port, small_digits
+
+STRONG = "Zq3-v8Kp_x1Lw9Yt2Rb7Nc4Hd6Jf0Gm5Ae"  # 34 characters, all different
 
 
 def sign(secret: str, delivery_id: str, stamp: str, body: bytes) -> str:
@@ -46,7 +51,7 @@ def test_signature_matches_mlflow_implementation() -> None:
 
 
 def test_routing_ignores_own_tags_and_other_aliases() -> None:
-    s = HookSettings(secret="x" * 16)
+    s = HookSettings(secret=STRONG)
 
     def ev(entity: str, action: str, **data: str) -> dict[str, object]:
         return {"entity": entity, "action": action, "data": {"name": "m", "version": "3", **data}}
@@ -58,8 +63,141 @@ def test_routing_ignores_own_tags_and_other_aliases() -> None:
     assert route(s, ev("model_version_tag", "set", key="infgate.gate"), "d") is None
     assert route(s, ev("model_version_tag", "set", key="infgate.rescan"), "d").action == "scan"  # type: ignore[union-attr]
     assert route(s, ev("registered_model", "created"), "d") is None
-    with pytest.raises(ValueError, match="16 characters"):
-        HookSettings(secret="short")
+    assert route(s, {"entity": "model_version", "action": "created", "data": [1]}, "d") is None
+
+
+@pytest.mark.parametrize("weak", ["short", " " * 16, " " * 40, "s" * 32, "ab" * 16, "x"])
+def test_weak_webhook_secrets_are_refused_at_start_up(weak: str) -> None:
+    with pytest.raises(ConfigError, match="too weak") as err:
+        HookSettings(secret=weak)
+    assert weak.strip() == "" or weak not in str(err.value)  # the secret is never shown
+    with pytest.raises(ConfigError, match="too weak"):
+        HookSettings.from_env(Settings(webhook_secret=weak))
+
+
+def test_settings_come_from_the_one_environment_reader(tmp_path: Path) -> None:
+    env = {
+        "INFGATE_WEBHOOK_SECRET": STRONG,
+        "INFGATE_WEBHOOK_MAX_AGE": "42",
+        "INFGATE_DEPLOYMENT_ALIAS": "prod",
+        "INFGATE_REVIEW_ALIASES": "candidate, staging",
+        "INFGATE_DB_URL": f"sqlite:///{tmp_path}/hook.db",
+    }
+    hook = HookSettings.from_env(Settings.from_env(env))
+    assert (hook.secret, hook.max_age_seconds, hook.deployment_alias) == (STRONG, 42, "prod")
+    assert hook.review_aliases == ("candidate", "staging")
+    assert hook.db_url == env["INFGATE_DB_URL"]
+    with pytest.raises(ConfigError, match="INFGATE_WEBHOOK_SECRET"):
+        HookSettings.from_env(Settings.from_env({}))
+
+
+class Recording:
+    """A starter that only records what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.requests: list[ScanRequest] = []
+
+    def submit(self, request: ScanRequest) -> None:
+        self.requests.append(request)
+
+
+def _signed_headers(body: bytes, did: str | None = None) -> dict[str, str]:
+    did = did or str(uuid.uuid4())
+    stamp = str(int(time.time()))
+    return {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": sign(STRONG, did, stamp, body),
+    }
+
+
+async def _asgi_post(app: object, headers: dict[str, str], chunks: Iterator[bytes]) -> tuple:
+    """POST /webhook straight to the ASGI app; counts how often the app reads the body."""
+    reads = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal reads
+        reads += 1
+        chunk = next(chunks, None)
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/webhook",
+        "raw_path": b"/webhook",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)  # type: ignore[operator]
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, reads
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_body_over_the_limit_is_refused_before_it_is_read(store: Store) -> None:
+    import asyncio
+    import itertools
+
+    app = create_app(HookSettings(secret=STRONG), Recording(), store=store)
+    huge = {**_signed_headers(b"{}"), "Content-Length": str(300 * 2**20)}
+    status, reads = asyncio.run(_asgi_post(app, huge, iter(())))
+    assert (status, reads) == (413, 0)  # answered from the header alone
+    # no Content-Length (chunked): reading stops once the stream passes the 1 MiB limit
+    endless = (b"x" * 65536 for _ in itertools.count())
+    status, reads = asyncio.run(_asgi_post(app, _signed_headers(b"{}"), endless))
+    assert status == 413 and reads <= 2**20 // 65536 + 2
+    # and an unsigned delivery is refused before its body is read, whatever its size
+    status, reads = asyncio.run(_asgi_post(app, {"Content-Length": "900"}, iter([b"{}"])))
+    assert (status, reads) == (401, 0)
+
+
+def test_replay_is_refused_after_a_receiver_restart(store: Store) -> None:
+    from fastapi.testclient import TestClient
+
+    body = _version_payload("m", "1")
+    headers = _signed_headers(body)
+    first, second = Recording(), Recording()
+    with TestClient(create_app(HookSettings(secret=STRONG), first, store=store)) as http:
+        assert http.post("/webhook", content=body, headers=headers).status_code == 202
+    # a fresh process: a new app over a new connection to the same store
+    again = Store.from_url(store.engine.url.render_as_string(hide_password=False))
+    try:
+        restarted = create_app(HookSettings(secret=STRONG), second, store=again)
+        with TestClient(restarted) as http:
+            r = http.post("/webhook", content=body, headers=headers)
+        assert r.status_code == 409 and "replay" in r.json()["error"]
+        other = _signed_headers(body)  # a new delivery of the same event is accepted
+        with TestClient(restarted) as http:
+            assert http.post("/webhook", content=body, headers=other).status_code == 202
+    finally:
+        again.dispose()
+    assert len(first.requests) == 1 and len(second.requests) == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_signed_json_that_is_not_an_object_gets_400(store: Store) -> None:
+    from fastapi.testclient import TestClient
+
+    starter = Recording()
+    with TestClient(create_app(HookSettings(secret=STRONG), starter, store=store)) as http:
+        for body in (b"[1, 2]", b'"model_version"', b"3", b"null", b"true", b"[" * 50_000):
+            r = http.post("/webhook", content=body, headers=_signed_headers(body))
+            assert r.status_code == 400, (body[:20], r.text)
+        odd = json.dumps({"entity": "model_version", "action": "created", "data": 7}).encode()
+        r = http.post("/webhook", content=odd, headers=_signed_headers(odd))
+        assert r.status_code == 202 and r.json()["action"] == "ignored"
+    assert starter.requests == []
 
 
 @dataclass
@@ -83,7 +221,7 @@ def receiver(
     starter = EmbeddedStarter(
         db_url=db_url, tracking_uri=mlflow_server.uri, report_root=str(root / "reports")
     )
-    app = create_app(HookSettings(secret=secret, max_age_seconds=120), starter)
+    app = create_app(HookSettings(secret=secret, max_age_seconds=120, db_url=db_url), starter)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

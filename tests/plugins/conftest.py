@@ -1,0 +1,1 @@
+from tests.store.fixtures import db_url, store  # noqa: F401
