@@ -25,10 +25,11 @@ import logging
 
 import numpy as np
 import torch
+from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
-from tqdm.auto import tqdm
+from infgate.influence.backends.base import CanFilter
 
-__all__ = ["FILTER_STRENGTH", "filtered_probabilities"]
+__all__ = ["FILTER_STRENGTH", "filter_backend", "filtered_probabilities"]
 
 log = logging.getLogger(__name__)
 
@@ -36,66 +37,38 @@ log = logging.getLogger(__name__)
 FILTER_STRENGTH = 0.1
 
 
-def _gauss_newton_matvec(scorer: InfluenceScorer, v: torch.Tensor) -> torch.Tensor:
-    """``H v`` for the Gauss-Newton matrix of the mean training loss, streamed."""
-    out = torch.zeros_like(v)
-    for start, x, y in scorer.train:
-        u = scorer.engine.factor_grads(start, x, y).double()  # (B, K, P)
-        out += torch.einsum("bkp,bk->p", u, torch.einsum("bkp,p->bk", u, v))
-    return out / len(scorer.train)
-
-
-def _curvature_trace(scorer: InfluenceScorer) -> float:
-    total = 0.0
-    for start, x, y in scorer.train:
-        total += float(scorer.engine.factor_grads(start, x, y).double().pow(2).sum())
-    return total / len(scorer.train)
-
-
-def _solve_cg(scorer: InfluenceScorer, b: torch.Tensor, shift: float, iters: int) -> torch.Tensor:
-    """Conjugate gradients on ``(H + shift I) x = b`` with streamed Gauss-Newton products."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = float(r @ r)
-    for _ in tqdm(
-        range(iters), desc="filtered model (CG)", disable=not scorer.progress, leave=False
-    ):
-        ap = _gauss_newton_matvec(scorer, p) + shift * p
-        alpha = rs / float(p @ ap)
-        x += alpha * p
-        r -= alpha * ap
-        rs_new = float(r @ r)
-        if rs_new <= 1e-20 * float(b @ b):
-            break
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-    return x
+def filter_backend(scorer: InfluenceScorer) -> CanFilter:
+    """The scorer's back-end as :class:`CanFilter`, or a one-line error naming what works."""
+    backend = scorer.backend
+    if not isinstance(backend, CanFilter):
+        raise InvalidInputError(
+            f"the curvature-filtered model needs a back-end with a fitted factorisation "
+            f"(exact Cholesky or the EK-FAC eigenbasis); {backend.name!r} "
+            f"({type(backend).__name__}) has none. Use method='exact', 'ekfac', 'kfac' or "
+            f"'auto', or a ranking method that does not start with 'filtered'"
+        )
+    return backend
 
 
 def filtered_probabilities(
-    scorer: InfluenceScorer, *, strength: float = FILTER_STRENGTH, cg_iters: int = 100
+    scorer: InfluenceScorer, *, strength: float = FILTER_STRENGTH
 ) -> np.ndarray:
     """Softmax outputs of the curvature-filtered model on the training data, ``(n, C)``.
 
-    Uses the exact back-end's curvature matrix when available; otherwise conjugate
-    gradients on streamed Gauss-Newton products (``cg_iters`` data sweeps at most).
+    The Newton step uses the factorisation the scorer's back-end already fitted (its
+    :class:`~infgate.influence.backends.base.CanFilter` capability): no data sweep beyond
+    the final forward pass.
+
+    Raises:
+        InvalidInputError: ``strength`` is negative, or the back-end cannot filter.
     """
+    if not strength >= 0:
+        raise InvalidInputError(f"strength must be >= 0, got {strength!r}")
+    backend = filter_backend(scorer)
     engine = scorer.engine
     theta = engine.flatten(engine.params).double()
-    lam = float(scorer.backend.damping)
-    h = getattr(scorer.backend, "h", None)
-    if isinstance(h, torch.Tensor):
-        p = h.shape[0]
-        lam_f = strength * float(torch.trace(h)) / p
-        eye = torch.eye(p, dtype=h.dtype, device=h.device)
-        rhs = h @ theta + lam * theta
-        theta_f = torch.linalg.solve(h + max(lam_f, lam) * eye, rhs)
-    else:
-        lam_f = strength * _curvature_trace(scorer) / engine.n_params
-        rhs = _gauss_newton_matvec(scorer, theta) + lam * theta
-        theta_f = _solve_cg(scorer, rhs, max(lam_f, lam), cg_iters)
-    log.info("filtered model: lambda' = %.3g (damping %.3g)", max(lam_f, lam), lam)
+    theta_f, lam_f = backend.filter_parameters(theta, strength)
+    log.info("filtered model: lambda' = %.3g (damping %.3g)", lam_f, scorer.backend.damping)
     params = engine.unflatten(theta_f.to(engine.dtype))
     probs = []
     with torch.no_grad():

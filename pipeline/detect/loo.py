@@ -22,6 +22,7 @@ gradient norm and RelatIF's ``||H^{-1} g_i||``, so every ranking in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -29,17 +30,22 @@ import numpy as np
 import torch
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
-from infgate.influence.backends.base import Backend
+from infgate.influence.backends.base import Backend, CanWhiten
 from infgate.influence.batches import BatchSource, DatasetLike
 from infgate.influence.gradients import GradientEngine
 from infgate.influence.sharding import _SCORE_LOCK, FittedCurvature, map_shards
-from torch.func import jacrev, vmap
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["LooOutputs", "LooShardJob", "approximate_loo", "sharded_approximate_loo"]
+__all__ = [
+    "LooOutputs",
+    "LooShardJob",
+    "approximate_loo",
+    "leverage_backend",
+    "sharded_approximate_loo",
+]
 
 
 @dataclass(frozen=True)
@@ -76,20 +82,27 @@ class LooOutputs:
         )
 
 
-def _jacobians(engine: GradientEngine, x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, P)`` Jacobians of the logits w.r.t. the selected parameters."""
+def _ce_residual(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``r_i = p_i - e_{y_i}``, the cross-entropy gradient in logit space."""
 
-    def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-        return engine.forward(params, xi.unsqueeze(0)).reshape(-1)
+    def residual(logits: torch.Tensor) -> torch.Tensor:
+        r = torch.softmax(logits, dim=1)
+        r[torch.arange(r.shape[0]), y] -= 1.0
+        return r
 
-    jac = vmap(jacrev(f), in_dims=(None, 0))(engine.params, x)
-    return torch.cat(
-        [
-            jac[n].reshape(x.shape[0], -1, s)
-            for n, s in zip(engine.names, engine.sizes, strict=True)
-        ],
-        dim=-1,
-    )
+    return residual
+
+
+def leverage_backend(backend: Backend) -> CanWhiten:
+    """``backend`` as :class:`CanWhiten`, or a one-line error naming what would work."""
+    if not isinstance(backend, CanWhiten):
+        raise InvalidInputError(
+            f"the leave-one-out sweep needs output-space leverage from a fitted factorisation; "
+            f"back-end {backend.name!r} ({type(backend).__name__}) has none (each of its solves "
+            f"is an iterative sweep over the data). Use method='exact', 'ekfac', 'kfac', "
+            f"'arnoldi' or 'auto'"
+        )
+    return backend
 
 
 def _loo_batch(
@@ -101,26 +114,12 @@ def _loo_batch(
     y: torch.Tensor,
 ) -> dict[str, np.ndarray]:
     """Every :class:`LooOutputs` field for one batch; ``n`` = training-set size."""
-    logits = engine.checked_outputs(start, x, y).double()
+    piece = leverage_backend(backend).output_leverage(engine, start, x, y, _ce_residual(y))
+    logits = piece.logits
     b, c = logits.shape
-    jac = _jacobians(engine, x)  # (B, C, P)
-    jd = jac.double()
     p = torch.softmax(logits, dim=1)
-    r = p.clone()
-    r[torch.arange(b), y] -= 1.0
-    g = torch.einsum("bc,bcp->bp", r, jd)  # per-example gradients J_i^T r_i
-    whiten, unwhiten = getattr(backend, "whiten", None), getattr(backend, "unwhiten", None)
-    if callable(whiten) and callable(unwhiten):
-        # exact: Z_i = J_i W^T (one GEMM), M_i = Z_i Z_i^T, W g_i = Z_i^T r_i, H^-1 g_i = W^T W g_i
-        z = whiten(jac.reshape(b * c, -1)).reshape(b, c, -1)
-        zd = z.double()
-        lev = torch.einsum("bcp,bdp->bcd", zd, zd)
-        hg = unwhiten(torch.einsum("bc,bcp->bp", r.to(z.dtype), z)).double()
-    else:
-        solved = backend.solve(jac.reshape(b * c, -1)).reshape(b, c, -1).double()
-        lev = torch.einsum("bcp,bdp->bcd", jd, solved)  # M_i = J_i H^-1 J_i^T
-        hg = torch.einsum("bc,bcp->bp", r, solved)
-    lev = 0.5 * (lev + lev.transpose(1, 2))
+    r = _ce_residual(y)(logits)
+    lev = 0.5 * (piece.leverage + piece.leverage.transpose(1, 2))
     cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L_i
     eye = torch.eye(c, dtype=torch.float64, device=logits.device).expand(b, c, c)
     # (I - L M / n)^{-1} r, then M (...) / n
@@ -137,8 +136,8 @@ def _loo_batch(
         "probs": p.cpu().numpy(),
         "loo_probs": p_loo.cpu().numpy(),
         "self_influence": si.cpu().numpy(),
-        "grad_norm": g.norm(dim=1).cpu().numpy(),
-        "solved_norm": hg.norm(dim=1).cpu().numpy(),
+        "grad_norm": piece.grad_norm.cpu().numpy(),
+        "solved_norm": piece.solved_norm.cpu().numpy(),
         "expected_influence": ei.cpu().numpy(),
     }
 
@@ -180,9 +179,11 @@ def approximate_loo(scorer: InfluenceScorer, rows: np.ndarray | None = None) -> 
         :class:`LooOutputs` in training-data order.
 
     Raises:
-        InvalidInputError: the scorer's objective is not cross-entropy.
+        InvalidInputError: the scorer's objective is not cross-entropy, or its back-end
+            has no fitted factorisation to take leverage from (cg, lissa, tracin).
     """
     _check_objective(scorer)
+    leverage_backend(scorer.backend)
     n = len(scorer.train)
     source = scorer.train
     if rows is not None:
@@ -227,6 +228,7 @@ def sharded_approximate_loo(
         threads_per_task: ``torch.set_num_threads`` inside each shard task.
     """
     _check_objective(scorer)
+    leverage_backend(scorer.backend)
     curvature = FittedCurvature(scorer.engine, scorer.backend, scorer.batch_size, threads_per_task)
     job = LooShardJob(curvature, len(scorer.train))
     done: dict[int, LooOutputs] = {}

@@ -12,13 +12,23 @@ from infgate.influence.api import (
     influence,
     self_influence,
 )
-from infgate.influence.backends.base import Backend, available_backends, register_backend
+from infgate.influence.backends.auto import CurvatureChoice
+from infgate.influence.backends.base import (
+    Backend,
+    CanFilter,
+    CanWhiten,
+    available_backends,
+    register_backend,
+)
 from infgate.influence.gradients import GradientEngine
 from infgate.influence.objective import CrossEntropyObjective, MSEObjective, Objective
 
 __all__ = [
     "Backend",
+    "CanFilter",
+    "CanWhiten",
     "CrossEntropyObjective",
+    "CurvatureChoice",
     "GradientEngine",
     "InfluenceMatrix",
     "InfluenceResult",

@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 from infgate.config import InfluenceConfig
+from infgate.influence.backends.auto import (
+    CurvatureChoice,
+    auto_options,
+    choose_method,
+    curvature_choice,
+)
 from infgate.influence.backends.base import Backend, get_backend
 from infgate.influence.batches import BatchSource, DatasetLike
 from infgate.influence.gradients import GradientEngine, ParamSelector, resolve_device
@@ -71,8 +77,10 @@ class InfluenceScorer:
         train: training data: a torch Dataset of ``(x, y)``, a ``(features, labels)``
             pair, or :class:`~infgate.data.training.TrainingData`.
         method: back-end name (see :func:`infgate.influence.available_backends`), or
-            ``"auto"``: exact up to 20k selected parameters, else EK-FAC; what it picked and
-            why is in ``result.details["auto"]`` and the log. With ``auto``,
+            ``"auto"``: exact up to 20k selected parameters, else EK-FAC (rule in
+            :mod:`infgate.influence.backends.auto`); what it picked and why is
+            ``scorer.choice`` (a :class:`CurvatureChoice`), ``result.details["auto"]`` and
+            the log. With ``auto``,
             ``backend_options`` are keyed by back-end name.
         damping: lambda; ``None`` picks the back-end's documented default.
         params: names/modules whose parameters are differentiated (``None`` = all).
@@ -109,15 +117,18 @@ class InfluenceScorer:
         #: ``{"picked": ..., "reason": ...}`` when ``method="auto"`` chose the back-end.
         self.auto: dict[str, str] | None = None
         options = dict(backend_options or {})
+        requested, reason = method, None
         if method == "auto":
-            from infgate.influence.backends.auto import auto_options, choose_method
-
             method, reason = choose_method(self.engine)
             options = auto_options(method, backend_options)
             self.auto = {"picked": method, "reason": reason}
             log.info("method='auto' picked %r: %s", method, reason)
         self.backend: Backend = get_backend(method, **options)
         self.backend.fit(self.engine, self.train, damping=damping, progress=progress)
+        #: What curvature was fitted, why, and what each parameter got (``to_dict()``).
+        self.choice: CurvatureChoice = curvature_choice(
+            self.engine, self.backend, requested=requested, reason=reason
+        )
         self.fit_seconds = time.perf_counter() - t0
         log.info(
             "fitted %s curvature on %d examples, %d params, damping %.3g in %.2fs",
@@ -151,7 +162,11 @@ class InfluenceScorer:
                 "score": score_s,
                 "total": self.fit_seconds + score_s,
             },
-            details={**self.backend.describe(), **({"auto": self.auto} if self.auto else {})},
+            details={
+                **self.backend.describe(),
+                **({"auto": self.auto} if self.auto else {}),
+                "choice": self.choice.to_dict(),
+            },
         )
 
     def gradients(self, data: DatasetLike) -> torch.Tensor:

@@ -179,6 +179,21 @@ class GradientEngine:
         self._check_finite(start, flat, "gradients")
         return flat
 
+    def output_jacobians(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, P)`` Jacobians of each example's outputs w.r.t. the selected parameters."""
+
+        def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+            return self.forward(params, xi.unsqueeze(0)).reshape(-1)
+
+        jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
+        return torch.cat(
+            [
+                jac[n].reshape(x.shape[0], -1, sz)
+                for n, sz in zip(self.names, self.sizes, strict=True)
+            ],
+            dim=-1,
+        )
+
     def factor_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, K, P)`` rows ``U_b = A_b J_b`` with ``sum_b U_b^T U_b`` = Gauss-Newton sum.
 
@@ -186,18 +201,7 @@ class GradientEngine:
         ``A_b^T A_b`` the loss Hessian in output space (Martens 2020, Sec. 8).
         """
         out = self.checked_outputs(start, x, y)
-
-        def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-            return self.forward(params, xi.unsqueeze(0)).reshape(-1)
-
-        jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
-        j = torch.cat(
-            [
-                jac[n].reshape(x.shape[0], -1, sz)
-                for n, sz in zip(self.names, self.sizes, strict=True)
-            ],
-            dim=-1,
-        )
+        j = self.output_jacobians(x)
         a = self.objective.output_hessian_factor(out.reshape(out.shape[0], -1), y).to(j.dtype)
         u = torch.bmm(a, j)
         self._check_finite(start, u.reshape(u.shape[0], -1), "Gauss-Newton factors")

@@ -1,15 +1,13 @@
-"""Curvature-filtered model: streamed products and CG agree with the exact matrix."""
+"""Curvature-filtered model: one step with the fitted factorisation, checked against the
+eigendecomposition of the exact matrix; back-ends without a factorisation are refused."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from infgate.detect.filtered import (
-    _curvature_trace,
-    _gauss_newton_matvec,
-    _solve_cg,
-    filtered_probabilities,
-)
+from infgate.detect.filtered import filtered_probabilities
+from infgate.errors import InvalidInputError
 from infgate.examples.models import make_classifier, train_classifier
 from infgate.influence import InfluenceScorer
 from sklearn.datasets import load_breast_cancer
@@ -28,15 +26,28 @@ def _scorer() -> InfluenceScorer:
     return InfluenceScorer(model, (x, y), damping=WEIGHT_DECAY, progress=False, batch_size=64)
 
 
-def test_streamed_products_and_cg_match_the_exact_matrix() -> None:
+def test_exact_filter_keeps_each_eigendirection_in_proportion() -> None:
     scorer = _scorer()
     h = scorer.backend.h  # type: ignore[attr-defined]
-    v = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(_gauss_newton_matvec(scorer, v), h @ v, rtol=1e-9, atol=1e-10)
-    assert abs(_curvature_trace(scorer) - float(torch.trace(h))) < 1e-8 * float(torch.trace(h))
-    shift = 0.1 * float(torch.trace(h)) / h.shape[0]
-    direct = torch.linalg.solve(h + shift * torch.eye(h.shape[0], dtype=h.dtype), v)
-    torch.testing.assert_close(_solve_cg(scorer, v, shift, 150), direct, rtol=1e-6, atol=1e-8)
+    lam = scorer.backend.damping
+    theta = scorer.engine.flatten(scorer.engine.params).double()
+    got, lam_f = scorer.backend.filter_parameters(theta, 0.1)  # type: ignore[attr-defined]
+    evals, evecs = torch.linalg.eigh(h)
+    assert lam_f == pytest.approx(max(0.1 * float(evals.mean()), lam), rel=1e-9)
+    want = evecs @ (((evals + lam) / (evals + lam_f)) * (evecs.T @ theta))
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_backends_without_a_factorisation_are_refused() -> None:
+    base = _scorer()
+    x = torch.cat([x for _, x, _ in base.train])
+    y = torch.cat([y for _, _, y in base.train])
+    cg = InfluenceScorer(base.engine.model, (x, y), method="cg", damping=WEIGHT_DECAY,
+                         progress=False)  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"'cg' \(CGBackend\) has none.*'ekfac'"):
+        filtered_probabilities(cg)
+    with pytest.raises(InvalidInputError, match="strength must be"):
+        filtered_probabilities(base, strength=-1.0)
 
 
 def test_zero_strength_filter_returns_the_model_outputs() -> None:

@@ -44,7 +44,13 @@ def test_large_model_picks_ekfac_and_takes_keyed_options(caplog):
     assert res.method == "ekfac" and res.details["fisher"] == "sampled"
     reason = res.details["auto"]["reason"]
     assert "24,483 selected parameters > 20,000" in reason and "1.bias" in reason
-    assert res.details["uncovered"] == ["1.weight", "1.bias"]
+    assert [d["param"] for d in res.details["own_block"]] == ["1.weight", "1.bias"]
+    choice = sc.choice
+    assert choice.method == "ekfac" and choice.requested == "auto"
+    assert choice.covered == ("0.weight", "0.bias", "3.weight", "3.bias")
+    assert choice.own_block["1.weight"] == "1 (LayerNorm): normalisation scale/shift"
+    assert choice.to_dict()["own_block"] == choice.own_block
+    assert res.details["choice"]["reason"] == reason
     assert "picked 'ekfac'" in caplog.text
     with pytest.raises(InvalidInputError, match="keyed by back-end name"):
         InfluenceScorer(

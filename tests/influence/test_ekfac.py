@@ -42,7 +42,7 @@ def test_mlp_ranks_like_exact(mlp_case, method):
     )
     assert spearman(res.scores, exact) >= 0.9
     assert top_overlap(res.scores, exact) >= 0.8
-    assert res.details["uncovered"] == [] and res.details["covered_params"] == res.n_params
+    assert res.details["own_block"] == [] and res.details["covered_params"] == res.n_params
     assert [layer["layer"] for layer in res.details["layers"]] == ["0", "2"]
 
 
@@ -92,21 +92,45 @@ class _Normed(nn.Module):
         return self.head(torch.tanh(self.norm(self.emb(x))))
 
 
-def test_uncovered_layers_are_reported_and_nothing_covered_raises(mlp_case, caplog):
+def test_layers_ekfac_cannot_factor_get_an_exact_diagonal_block(mlp_case, caplog):
     _, x, y, _ = mlp_case
     torch.manual_seed(0)
     model = _Normed().double().eval()
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         res = self_influence(model, (x, y), method="ekfac", progress=False)
-    assert res.details["uncovered"] == ["norm.weight", "norm.bias"]
+    assert [d["param"] for d in res.details["own_block"]] == ["norm.weight", "norm.bias"]
+    assert res.details["own_block"][0]["reason"] == "norm (LayerNorm): normalisation scale/shift"
     assert res.details["covered_params"] == res.n_params - 12
-    assert "norm.weight" in caplog.text
-    with pytest.raises(InvalidInputError, match=r"covers Linear and Conv2d layers .* only"):
-        self_influence(model, (x, y), method="ekfac", params=["norm"], progress=False)
-    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(4, 3)).double().eval()
-    tokens = torch.randint(0, 10, (20, 1), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(InvalidInputError, match=r"uncovered: \['0.weight'\]"):
-        self_influence(emb, (tokens, y[:20] % 3), method="ekfac", params=["0"], progress=False)
+    assert "own diagonal block" in caplog.text
+    # Only the norm selected: EK-FAC is then exactly the Gauss-Newton diagonal.
+    only = InfluenceScorer(model, (x, y), method="ekfac", params=["norm"], progress=False)
+    ref = InfluenceScorer(model, (x, y), method="exact", params=["norm"], progress=False)
+    d = torch.diagonal(ref.backend.h)  # type: ignore[attr-defined]
+    g = ref.gradients((x, y)).double()
+    lam = only.backend.damping
+    expected = (g.pow(2) / (d + lam)).sum(1).numpy()
+    np.testing.assert_allclose(only.self_influence().scores, expected, rtol=1e-9)
+
+
+class _RawParam(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(8, dtype=torch.float64))
+        self.head = nn.Linear(8, 4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x * self.scale)
+
+
+def test_parameters_of_unknown_kinds_are_refused_naming_the_module(mlp_case):
+    _, x, y, _ = mlp_case
+    model = _RawParam().eval()
+    with pytest.raises(
+        InvalidInputError, match=r"<root> \(_RawParam\) holding \['scale'\].*params="
+    ):
+        self_influence(model, (x, y), method="ekfac", progress=False)
+    res = self_influence(model, (x, y), method="ekfac", params=["head"], progress=False)
+    assert res.details["covered_params"] == 36
 
 
 def test_non_finite_and_bad_options(mlp_case):

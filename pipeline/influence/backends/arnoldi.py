@@ -19,11 +19,12 @@ single-vector Lanczos would need one pass per vector. Factorisations are float64
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from infgate.errors import CurvatureError, InvalidInputError
-from infgate.influence.backends.base import Backend, register_backend
+from infgate.influence.backends.base import Backend, OutputLeverage, register_backend
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
 from infgate.influence.hvp import (
@@ -202,6 +203,27 @@ class ArnoldiBackend(Backend):
         else:
             out = (proj * inv) @ v.T
         return out.to(grads.dtype)
+
+    def output_leverage(
+        self,
+        engine: GradientEngine,
+        start: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        residual: Callable[[torch.Tensor], torch.Tensor],
+    ) -> OutputLeverage:
+        """``M_i = J_i A^{-1} J_i^T`` with the closed-form low-rank-plus-residual inverse."""
+        logits = engine.checked_outputs(start, x, y).double()
+        b, c = logits.shape
+        jd = engine.output_jacobians(x).double()
+        r = residual(logits)
+        solved = self.solve(jd.reshape(b * c, -1)).reshape(b, c, -1).double()
+        return OutputLeverage(
+            logits=logits,
+            leverage=torch.einsum("bcp,bdp->bcd", jd, solved),
+            grad_norm=torch.einsum("bc,bcp->bp", r, jd).norm(dim=1),
+            solved_norm=torch.einsum("bc,bcp->bp", r, solved).norm(dim=1),
+        )
 
     def describe(self) -> dict[str, Any]:
         ev = self.eigenvalues

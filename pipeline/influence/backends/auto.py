@@ -1,44 +1,139 @@
-"""``method="auto"``: exact when the selected parameters fit, else EK-FAC (else Arnoldi)."""
+"""``method="auto"``: exact when the selected parameters fit a budget, else EK-FAC.
+
+The rule, stated once:
+
+1. **Exact** when the float64 ``P x P`` curvature of the ``P`` selected parameters fits
+   :data:`AUTO_EXACT_MAX_BYTES` (3.2 GB, so ``P <= 20,000``; its Cholesky then costs at most
+   ``P^3 / 3 = 2.7`` TFLOP, a minute or two on a laptop CPU).
+2. Otherwise **EK-FAC**: Linear / Conv1d / Conv2d weights and biases are Kronecker-factored;
+   every other selected parameter of a known kind (norms, embeddings, attention
+   in-projections, layers whose weights the forward uses without calling the module) gets
+   its own diagonal block; parameters of unknown kinds are refused with a one-line
+   :class:`~infgate.errors.InvalidInputError` naming the module and suggesting ``params=``
+   (see :mod:`~infgate.influence.backends.layer_plan`). Works on MLflow ``pt2``
+   GraphModules through the graph's linear/conv calls.
+
+What was chosen and why is a :class:`CurvatureChoice` (``InfluenceScorer.choice``).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from infgate.errors import InvalidInputError
-from infgate.influence.backends.base import available_backends
-from infgate.influence.backends.kfac_layers import find_layers
+from infgate.influence.backends.base import Backend, available_backends
 from infgate.influence.gradients import GradientEngine
 
-__all__ = ["AUTO_EXACT_MAX_PARAMS", "auto_options", "choose_method"]
+__all__ = [
+    "AUTO_EXACT_MAX_BYTES",
+    "AUTO_EXACT_MAX_PARAMS",
+    "CurvatureChoice",
+    "auto_options",
+    "choose_method",
+    "curvature_choice",
+]
 
-#: Above this many selected parameters ``auto`` stops forming the exact matrix: at 20k
-#: the float64 matrix is 3.2 GB and its Cholesky ~2.7 TFLOP, minutes on a laptop CPU.
-AUTO_EXACT_MAX_PARAMS = 20_000
+#: Memory budget of the exact back-end under ``auto``: the float64 P x P curvature matrix.
+AUTO_EXACT_MAX_BYTES = 3.2e9
+#: The parameter count that budget allows, ``sqrt(3.2e9 / 8)``.
+AUTO_EXACT_MAX_PARAMS = math.isqrt(int(AUTO_EXACT_MAX_BYTES) // 8)
+
+
+@dataclass(frozen=True)
+class CurvatureChoice:
+    """Which curvature a scorer fitted, why, and what each parameter got.
+
+    Attributes:
+        method: the back-end fitted (``"exact"``, ``"ekfac"``...).
+        reason: one sentence: the rule that picked it (or ``"method=... given"``).
+        requested: what the caller asked for (``"auto"`` or a back-end name).
+        n_params: selected parameters.
+        covered: parameter names the main curvature covers (all of them for exact;
+            the Kronecker-factored ones for EK-FAC).
+        own_block: ``{name: reason}`` for parameters in EK-FAC's own diagonal block.
+        left_out: ``{name: reason}`` for model parameters that get no influence (not
+            selected by ``params=`` or frozen).
+    """
+
+    method: str
+    reason: str
+    requested: str
+    n_params: int
+    covered: tuple[str, ...] = ()
+    own_block: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.method or not self.reason:
+            raise InvalidInputError(
+                f"CurvatureChoice needs a method and a reason, got {self.method!r}, {self.reason!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for MLflow params, the store and the report."""
+        out = asdict(self)
+        out["covered"] = list(self.covered)
+        return out
 
 
 def choose_method(engine: GradientEngine) -> tuple[str, str]:
-    """The back-end ``auto`` picks for this model and parameter selection, and why."""
+    """The back-end ``auto`` picks for this model and parameter selection, and why.
+
+    Raises:
+        InvalidInputError: above the exact budget, a selected parameter of a kind EK-FAC
+            can neither factor nor give a diagonal block (names the module).
+    """
     p = engine.n_params
     gb = p * p * 8 / 1e9
+    budget = f"{AUTO_EXACT_MAX_BYTES / 1e9:.2g} GB"
     if p <= AUTO_EXACT_MAX_PARAMS:
         return "exact", (
             f"{p:,} selected parameters <= {AUTO_EXACT_MAX_PARAMS:,}: the exact {p:,} x {p:,} "
-            f"curvature fits ({gb:.2g} GB in float64)"
+            f"curvature fits the {budget} budget ({gb:.2g} GB in float64)"
         )
-    layers, uncovered = find_layers(engine)
-    if layers:
-        covered = sum(layer.n_params for layer in layers)
-        why = (
-            f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact matrix would "
-            f"take {gb:.3g} GB): EK-FAC covers {covered:,} of them in {len(layers)} "
-            f"Linear/Conv2d layer(s)"
+    from infgate.influence.backends.layer_plan import plan_layers
+
+    plan = plan_layers(engine)  # raises on parameters of unknown kinds
+    covered = sum(engine.sizes[engine.names.index(n)] for n in plan.factored_names)
+    why = (
+        f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact matrix would take "
+        f"{gb:.3g} GB, budget {budget}): EK-FAC factors {covered:,} of them in "
+        f"{len(plan.layers)} Linear/Conv layer(s)"
+    )
+    if plan.own_block:
+        names = list(plan.own_block)
+        more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+        why += f"; own diagonal block for {', '.join(names[:4])}{more}"
+    return "ekfac", why
+
+
+def curvature_choice(
+    engine: GradientEngine, backend: Backend, *, requested: str, reason: str | None
+) -> CurvatureChoice:
+    """The :class:`CurvatureChoice` of a fitted ``backend`` (after fit: EK-FAC only knows
+    which layers its forward pass never calls once it has run one)."""
+    own: dict[str, str] = dict(getattr(backend, "own_reasons", {}) or {})
+    covered = tuple(n for n in engine.names if n not in own)
+    selected = set(engine.names)
+    left = {
+        n: (
+            "frozen (requires_grad=False)"
+            if not p.requires_grad
+            else "not selected by params= (no influence flows through it)"
         )
-        if uncovered:
-            why += f"; not covered (no influence from them): {uncovered[:6]}"
-        return "ekfac", why
-    return "arnoldi", (
-        f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} and none sits in a "
-        f"Linear/Conv2d layer EK-FAC could factor: using the matrix-free Arnoldi back-end"
+        for n, p in engine.model.named_parameters()
+        if n not in selected
+    }
+    return CurvatureChoice(
+        method=backend.name,
+        reason=reason or f"method={requested!r} given",
+        requested=requested,
+        n_params=engine.n_params,
+        covered=covered,
+        own_block=own,
+        left_out=left,
     )
 
 

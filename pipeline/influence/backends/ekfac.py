@@ -19,9 +19,11 @@ given labels): ``"expected"`` takes the exact expectation through the objective'
 output-Hessian factor (one backward pass per output), ``"sampled"`` one random probe with the
 same covariance (one backward pass), ``"empirical"`` uses the given labels. For softmax
 cross-entropy the true Fisher equals the Gauss-Newton matrix. Factors and eigendecompositions
-are float64. Parameters outside Linear/Conv2d layers (norm layers, embeddings, grouped
-convolutions) are not covered: they are listed in ``details["uncovered"]`` and logged, and
-if nothing is covered the fit raises.
+are float64. Selected parameters no Kronecker factor covers get their own diagonal block
+(:mod:`~infgate.influence.backends.diagonal`) or are refused, by the rule in
+:mod:`~infgate.influence.backends.layer_plan`; ``details["own_block"]`` lists them with the
+reason. The fitted eigenbasis also answers the detectors directly (:class:`CanWhiten`:
+output-space leverage per example; :class:`CanFilter`: the curvature-filtered model).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from infgate.errors import CurvatureError, InvalidInputError, NonFiniteError
-from infgate.influence.backends.base import Backend, register_backend
+from infgate.influence.backends.base import Backend, OutputLeverage, register_backend
+from infgate.influence.backends.diagonal import DiagonalBlock
 from infgate.influence.backends.exact import default_damping
-from infgate.influence.backends.kfac_layers import KronLayer, LayerCapture, find_layers
+from infgate.influence.backends.kfac_layers import KronLayer, LayerCapture
+from infgate.influence.backends.layer_plan import plan_layers
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
+from torch import nn
 from tqdm.auto import tqdm
 
 __all__ = ["EKFACBackend", "KFACBackend"]
@@ -73,7 +78,9 @@ class EKFACBackend(Backend):
         self.seed = seed
         self.damping = float("nan")
         self.layers: list[KronLayer] = []
-        self.uncovered: list[str] = []
+        self.block: DiagonalBlock | None = None
+        self.own_reasons: dict[str, str] = {}
+        self.model: nn.Module | None = None  # tapped copy of a pt2 GraphModule
         self.n_covered = 0
 
     # -- fitting ---------------------------------------------------------------------------
@@ -95,40 +102,63 @@ class EKFACBackend(Backend):
     def fit(
         self, engine: GradientEngine, data: BatchSource, *, damping: float | None, progress: bool
     ) -> None:
-        self.layers, self.uncovered = find_layers(engine)
-        if not self.layers:
-            raise InvalidInputError(
-                f"method={self.name!r} covers Linear and Conv2d layers (groups=1, zero "
-                f"padding) only, and none of the selected parameters belongs to one "
-                f"(uncovered: {self.uncovered[:8]}). Use method='arnoldi' or 'cg', or select "
-                f"Linear/Conv2d parameters with params="
-            )
-        if self.uncovered:
-            log.warning(
-                "%s: %d selected parameter tensor(s) are not in a Linear/Conv2d layer and get "
-                "no influence: %s",
+        plan = plan_layers(engine)
+        self.model = plan.model
+        layers = [KronLayer(spec) for spec in plan.layers]
+        own = dict(plan.own_block)
+        start, x, y = next(iter(data))
+        with LayerCapture(engine, layers, start, x, y, model=self.model) as cap:
+            silent = set(cap.silent)
+            n_out = int(cap.output.reshape(cap.output.shape[0], -1).shape[1])
+        for layer in layers:
+            if layer.path in silent:
+                for name in (layer.weight, layer.bias):
+                    if name:
+                        own[name] = (
+                            f"{layer.path}: its weights are used without calling the module "
+                            f"(e.g. MultiheadAttention.out_proj), so no hook sees its inputs"
+                        )
+        self.layers = [layer for layer in layers if layer.path not in silent]
+        self.own_reasons = own
+        names = [n for n in engine.names if n in own]
+        self.block = DiagonalBlock(engine, names) if names else None
+        if own:
+            log.info(
+                "%s: %d parameter tensor(s) get their own diagonal block: %s",
                 self.name,
-                len(self.uncovered),
-                self.uncovered[:12],
+                len(own),
+                list(own.values())[:6],
             )
+        if self.fisher is None:
+            self.fisher = "expected" if n_out <= MAX_EXPECTED_OUTPUTS else "sampled"
         self.n_covered = sum(layer.n_params for layer in self.layers)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         n = len(data)
-        self._fisher_sweep(engine, data, gen, "factors", progress, KronLayer.accumulate_factors)
+        self._fisher_sweep(
+            engine, data, gen, "factors", progress, KronLayer.accumulate_factors, diagonal=True
+        )
         for layer in self.layers:
             layer.eigendecompose(n)
-        if self.refit_eigenvalues:
+        if self.refit_eigenvalues and self.layers:
             self._fisher_sweep(
                 engine, data, gen, "eigenvalues", progress, KronLayer.accumulate_eigenvalues
             )
         for layer in self.layers:
             layer.finish_eigenvalues(n, refit=self.refit_eigenvalues)
         trace = sum(float(layer.eigenvalues.sum()) for layer in self.layers)
+        if self.block is not None:
+            self.block.finish(n)
+            trace += float(self.block.diag.sum())
         if not np.isfinite(trace):
             raise CurvatureError(f"{self.name} eigenvalues are NaN or inf")
-        self.damping = default_damping(trace, self.n_covered) if damping is None else float(damping)
+        self.mean_eigenvalue = trace / max(engine.n_params, 1)
+        self.damping = (
+            default_damping(trace, engine.n_params) if damping is None else float(damping)
+        )
         for layer in self.layers:
             layer.set_damping(self.damping, engine.dtype)
+        if self.block is not None:
+            self.block.set_damping(self.damping)
         self.bind(engine)
 
     def _fisher_sweep(
@@ -139,8 +169,11 @@ class EKFACBackend(Backend):
         what: str,
         progress: bool,
         update: Callable[[KronLayer, torch.Tensor, list[torch.Tensor]], None],
+        *,
+        diagonal: bool = False,
     ) -> None:
-        """One pass over ``data`` feeding each layer's ``update`` method (activations, grads)."""
+        """One pass over ``data`` feeding each layer's ``update`` method (activations, grads),
+        and the diagonal block when ``diagonal``."""
         bar = tqdm(
             data,
             total=data.n_batches,
@@ -150,10 +183,14 @@ class EKFACBackend(Backend):
             leave=False,
         )
         for start, x, y in bar:
-            with LayerCapture(engine, self.layers, start, x, y) as cap:
-                grads = self._fisher_grads(cap, gen)
-                for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
-                    update(layer, acts, gs)
+            if self.layers:
+                with LayerCapture(engine, self.layers, start, x, y, model=self.model) as cap:
+                    grads = self._fisher_grads(cap, gen)
+                    for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
+                        update(layer, acts, gs)
+            if diagonal and self.block is not None:
+                assert self.fisher is not None
+                self.block.accumulate(start, x, y, self.fisher, gen)
 
     # -- scoring ---------------------------------------------------------------------------
     def self_influence(
@@ -169,34 +206,98 @@ class EKFACBackend(Backend):
             leave=False,
         )
         for start, x, y in bar:
-            with LayerCapture(engine, self.layers, start, x, y) as cap:
-                grads = cap.output_grads(engine.objective.loss(cap.output, y).sum())
-                s = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-                for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
-                    s += layer.self_scores(acts, gs[0])
+            s = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+            if self.layers:
+                with LayerCapture(engine, self.layers, start, x, y, model=self.model) as cap:
+                    grads = cap.output_grads(engine.objective.loss(cap.output, y).sum())
+                    for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
+                        s += layer.self_scores(acts, gs[0])
+            if self.block is not None:
+                s += self.block.self_scores(start, x, y)
             if not bool(torch.isfinite(s).all()):
                 rows = (torch.nonzero(~torch.isfinite(s)).flatten()[:5] + start).tolist()
                 raise NonFiniteError(f"{self.name} scores are NaN or inf for example(s) {rows}")
             out[start : start + x.shape[0]] = s.cpu().numpy()
         return out
 
-    def _per_layer(self, grads: torch.Tensor, fn: str) -> list[Any]:
-        parts = dict(zip(self._names, torch.split(grads, self._sizes, dim=1), strict=True))
-        return [getattr(layer, fn)(parts) for layer in self.layers]
+    def _split(self, grads: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self._names, torch.split(grads, self._sizes, dim=1), strict=True))
+
+    def _block_part(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert self.block is not None
+        return torch.cat([parts[n] for n in self.block.names], dim=1)
 
     def quadratic(self, grads: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self._per_layer(grads, "quadratic_flat")).sum(0)
+        parts = self._split(grads)
+        s = torch.zeros(grads.shape[0], dtype=torch.float64, device=grads.device)
+        for layer in self.layers:
+            s += layer.quadratic_flat(parts)
+        if self.block is not None:
+            s += self.block.quadratic_flat(self._block_part(parts))
+        return s
+
+    def _assemble(self, solved: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        return torch.cat([solved[n] for n in self._names], dim=1).to(like.dtype)
+
+    def _block_items(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.block is not None
+        sizes = self.block.engine.sizes
+        return dict(zip(self.block.names, torch.split(values, sizes, dim=1), strict=True))
 
     def solve(self, grads: torch.Tensor) -> torch.Tensor:
-        """Uncovered parameters get zero (they carry no influence in this approximation)."""
-        solved = dict(
-            item for part in self._per_layer(grads, "solve_flat") for item in part.items()
-        )
-        cols = [
-            solved.get(n, torch.zeros(grads.shape[0], s, dtype=grads.dtype, device=grads.device))
-            for n, s in zip(self._names, self._sizes, strict=True)
-        ]
-        return torch.cat(cols, dim=1).to(grads.dtype)
+        parts = self._split(grads)
+        solved: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            solved.update(layer.solve_flat(parts))
+        if self.block is not None:
+            solved.update(self._block_items(self.block.solve_flat(self._block_part(parts))))
+        return self._assemble(solved, grads)
+
+    def filter_parameters(self, theta: torch.Tensor, strength: float) -> tuple[torch.Tensor, float]:
+        """Each eigen-direction scaled by ``(Lambda + lambda) / (Lambda + lambda')``."""
+        lam_f = max(strength * self.mean_eigenvalue, self.damping)
+        rows = theta.double().unsqueeze(0)
+        parts = self._split(rows)
+        out: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            out.update(layer.filter_flat(parts, self.damping, lam_f))
+        if self.block is not None:
+            shrunk = self.block.filter(self._block_part(parts), self.damping, lam_f)
+            out.update(self._block_items(shrunk))
+        return self._assemble(out, rows).squeeze(0), lam_f
+
+    def output_leverage(
+        self,
+        engine: GradientEngine,
+        start: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        residual: Callable[[torch.Tensor], torch.Tensor],
+    ) -> OutputLeverage:
+        """Leverage blocks from the eigenbasis: one backward pass per model output (batched),
+        per-layer rotations of the captured factors, never a whole-model gradient."""
+        with LayerCapture(engine, self.layers, start, x, y, model=self.model) as cap:
+            logits = cap.output.detach().double()
+            b, c = logits.shape
+            r = residual(logits)
+            lev = torch.zeros(b, c, c, dtype=torch.float64, device=logits.device)
+            g2 = torch.zeros(b, dtype=torch.float64, device=logits.device)
+            s2 = torch.zeros_like(g2)
+            if self.layers:
+                eye = torch.eye(c, dtype=cap.output.dtype, device=logits.device)
+                per_out = [cap.output_grads(cap.output, eye[k].expand(b, c)) for k in range(c)]
+                for i, layer in enumerate(self.layers):
+                    g = torch.stack([per_out[k][i][0] for k in range(c)], dim=1)
+                    lv, gg, ss = layer.leverage(cap.inputs[i], g, r)
+                    lev += lv
+                    g2 += gg
+                    s2 += ss
+        if self.block is not None:
+            lv, gg, ss = self.block.leverage(x, r)
+            lev += lv
+            g2 += gg
+            s2 += ss
+        return OutputLeverage(logits, lev, g2.sqrt(), s2.sqrt())
 
     def bind(self, engine: GradientEngine) -> None:
         """Remember the engine's flat layout (for ``quadratic``/``solve`` on flat gradients)."""
@@ -207,12 +308,14 @@ class EKFACBackend(Backend):
             layer.bind_shapes(self._shapes)
 
     def describe(self) -> dict[str, Any]:
+        own = self.block.describe(self.own_reasons) if self.block is not None else []
         return {
             **super().describe(),
             "fisher": self.fisher,
             "layers": [layer.describe() for layer in self.layers],
             "covered_params": self.n_covered,
-            "uncovered": list(self.uncovered),
+            "own_block": own,
+            "own_block_params": 0 if self.block is None else self.block.n_params,
         }
 
 

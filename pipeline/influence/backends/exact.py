@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from infgate.errors import CurvatureError, InvalidInputError
-from infgate.influence.backends.base import Backend, register_backend
+from infgate.influence.backends.base import Backend, OutputLeverage, register_backend
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
 from tqdm.auto import tqdm
@@ -205,6 +206,41 @@ class ExactBackend(Backend):
     def solve(self, grads: torch.Tensor) -> torch.Tensor:
         w = self._whitener(torch.float64)
         return ((grads.double() @ w.T) @ w).to(grads.dtype)
+
+    def output_leverage(
+        self,
+        engine: GradientEngine,
+        start: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        residual: Callable[[torch.Tensor], torch.Tensor],
+    ) -> OutputLeverage:
+        """``Z_i = J_i W^T`` (one GEMM): ``M_i = Z_i Z_i^T``, ``W g_i = Z_i^T r_i`` and
+        ``A^{-1} g_i = W^T (W g_i)``."""
+        logits = engine.checked_outputs(start, x, y).double()
+        b, c = logits.shape
+        jac = engine.output_jacobians(x)
+        r = residual(logits)
+        z = self.whiten(jac.reshape(b * c, -1)).reshape(b, c, -1)
+        zd = z.double()
+        g = torch.einsum("bc,bcp->bp", r, jac.double())
+        hg = self.unwhiten(torch.einsum("bc,bcp->bp", r.to(z.dtype), z)).double()
+        return OutputLeverage(
+            logits=logits,
+            leverage=torch.einsum("bcp,bdp->bcd", zd, zd),
+            grad_norm=g.norm(dim=1),
+            solved_norm=hg.norm(dim=1),
+        )
+
+    def filter_parameters(self, theta: torch.Tensor, strength: float) -> tuple[torch.Tensor, float]:
+        """One Cholesky solve with the stored curvature matrix."""
+        h = self.h
+        assert h is not None
+        p = h.shape[0]
+        lam_f = max(strength * float(torch.trace(h)) / p, self.damping)
+        eye = torch.eye(p, dtype=h.dtype, device=h.device)
+        rhs = h @ theta + self.damping * theta
+        return torch.linalg.solve(h + lam_f * eye, rhs), lam_f
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "curvature": self.curvature}

@@ -17,54 +17,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from infgate.errors import CurvatureError, NonFiniteError
+from infgate.influence.backends.layer_plan import LayerSpec
 from infgate.influence.gradients import GradientEngine
 from torch import nn
+from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["KronLayer", "LayerCapture", "find_layers"]
-
-
-def _conv_ok(m: nn.Conv2d) -> bool:
-    return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-
-
-def find_layers(engine: GradientEngine) -> tuple[list[KronLayer], list[str]]:
-    """Linear/Conv2d layers holding selected parameters, and the selected names left over."""
-    selected = set(engine.names)
-    layers: list[KronLayer] = []
-    covered: set[str] = set()
-    for path, module in engine.model.named_modules():
-        ok = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and _conv_ok(module))
-        if not ok:
-            continue
-        pre = f"{path}." if path else ""
-        weight = f"{pre}weight" if f"{pre}weight" in selected else None
-        bias = f"{pre}bias" if module.bias is not None and f"{pre}bias" in selected else None
-        if weight is None and bias is None:
-            continue
-        layers.append(KronLayer(path or "<root>", module, weight, bias))
-        covered.update(n for n in (weight, bias) if n)
-    return layers, [n for n in engine.names if n not in covered]
+__all__ = ["KronLayer", "LayerCapture"]
 
 
 class KronLayer:
     """Kronecker factors, eigenbases and (refitted) eigenvalues of one layer."""
 
-    def __init__(self, path: str, module: nn.Module, weight: str | None, bias: str | None) -> None:
-        self.path = path
-        self.module = module
-        self.weight = weight
-        self.bias = bias
-        if isinstance(module, nn.Conv2d):
-            self.kind = "conv2d"
-            self.out_dim = module.out_channels
-            kh, kw = module.kernel_size
-            self.in_dim = module.in_channels * kh * kw
-        else:
-            assert isinstance(module, nn.Linear)
-            self.kind = "linear"
-            self.out_dim, self.in_dim = module.out_features, module.in_features
-        self.in_aug = (self.in_dim if weight else 0) + (1 if bias else 0)
+    def __init__(self, spec: LayerSpec) -> None:
+        self.spec = spec
+        self.path = spec.path
+        self.module = spec.module
+        self.weight = spec.weight
+        self.bias = spec.bias
+        self.kind = spec.kind
+        self.out_dim, self.in_dim = spec.out_dim, spec.in_dim
+        self.in_aug = (self.in_dim if self.weight else 0) + (1 if self.bias else 0)
         self.n_params = self.out_dim * self.in_aug
         self.a_sum: torch.Tensor | None = None
         self.s_sum: torch.Tensor | None = None
@@ -76,15 +49,11 @@ class KronLayer:
     # -- shapes ----------------------------------------------------------------------------
     def activations(self, raw: torch.Tensor) -> torch.Tensor:
         """``(B, T, in_aug)`` layer inputs from the module's raw input."""
-        m = self.module
-        if self.kind == "conv2d":
-            assert isinstance(m, nn.Conv2d)
+        sp = self.spec
+        if self.kind in ("conv1d", "conv2d"):
+            img = raw.unsqueeze(2) if self.kind == "conv1d" else raw  # (B, C, L) -> (B, C, 1, L)
             a = F.unfold(
-                raw,
-                m.kernel_size,
-                dilation=m.dilation,
-                padding=m.padding,  # type: ignore[arg-type]
-                stride=m.stride,
+                img, sp.kernel_size, dilation=sp.dilation, padding=sp.padding, stride=sp.stride
             ).transpose(1, 2)
         else:
             a = raw.reshape(raw.shape[0], -1, self.in_dim)
@@ -95,7 +64,7 @@ class KronLayer:
 
     def output_rows(self, g: torch.Tensor) -> torch.Tensor:
         """``(B, T, O)`` output gradients from the gradient w.r.t. the module's output."""
-        if self.kind == "conv2d":
+        if self.kind in ("conv1d", "conv2d"):
             return g.flatten(2).transpose(1, 2)
         return g.reshape(g.shape[0], -1, self.out_dim)
 
@@ -190,6 +159,57 @@ class KronLayer:
             out[self.bias] = back[:, :, -1].reshape(b, -1)
         return out
 
+    def filter_flat(
+        self, parts: dict[str, torch.Tensor], lam: float, lam_f: float
+    ) -> dict[str, torch.Tensor]:
+        """``(H + lambda' I)^{-1} (H + lambda I)`` on this layer's block, in its eigenbasis."""
+        r = self.qs.T @ self._matrix(parts) @ self.qa
+        back = self.qs @ (r * (self.eigenvalues + lam) / (self.eigenvalues + lam_f)) @ self.qa.T
+        b = back.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        if self.weight:
+            out[self.weight] = back[:, :, : self.in_dim].reshape(b, -1)
+        if self.bias:
+            out[self.bias] = back[:, :, -1].reshape(b, -1)
+        return out
+
+    def leverage(
+        self, acts: torch.Tensor, g: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This layer's ``(M (B,C,C), ||g||^2, ||A^{-1} g||^2)`` from the captured inputs
+        ``acts`` ``(B, T, I)``, per-output gradients ``g`` ``(B, C, T, O)`` and residuals
+        ``r`` ``(B, C)``: in the eigenbasis ``A^{-1}`` is the diagonal ``inv``, so
+        ``M_cd = sum_jk R_c R_d inv`` with ``R_c = Q_S^T G_c Q_A`` (rotations applied to the
+        factors before the product, never to a formed gradient)."""
+        ra = acts.to(self.qa_s.dtype) @ self.qa_s  # (B, T, I)
+        rg = g.to(self.qs_s.dtype) @ self.qs_s  # (B, C, T, O)
+        rd = r.to(torch.float64)
+        inv = self.inv
+        if acts.shape[1] == 1:  # dense: R_c = rg_c ra^T, an outer product
+            ra0, rg0 = ra[:, 0].double(), rg[:, :, 0].double()
+            a2 = ra0.pow(2)
+            w = a2 @ inv.T  # (B, O): sum_k inv_jk ra_k^2
+            lev = torch.einsum("bco,bdo,bo->bcd", rg0, rg0, w)
+            gr = torch.einsum("bc,bco->bo", rd, rg0)
+            g2 = gr.pow(2).sum(1) * a2.sum(1)
+            s2 = ((gr.pow(2) @ inv.pow(2)) * a2).sum(1)
+            return lev, g2, s2
+        b, c = r.shape
+        lev = torch.zeros(b, c, c, dtype=torch.float64, device=r.device)
+        g2 = torch.zeros(b, dtype=torch.float64, device=r.device)
+        s2 = torch.zeros_like(g2)
+        root = self.inv_s.sqrt()
+        step = max(1, (1 << 25) // max(c * self.n_params, 1))
+        for i in range(0, b, step):
+            sl = slice(i, i + step)
+            big_r = torch.einsum("bcto,bti->bcoi", rg[sl], ra[sl])
+            z = big_r * root
+            lev[sl] = torch.einsum("bcoi,bdoi->bcd", z, z).double()
+            rr = torch.einsum("bc,bcoi->boi", r[sl].to(big_r.dtype), big_r).double()
+            g2[sl] = rr.pow(2).sum((1, 2))
+            s2[sl] = (rr * inv).pow(2).sum((1, 2))
+        return lev, g2, s2
+
     def describe(self) -> dict[str, Any]:
         ev = self.eigenvalues
         return {
@@ -214,8 +234,11 @@ class LayerCapture:
         start: int,
         x: torch.Tensor,
         y: torch.Tensor,
+        *,
+        model: nn.Module | None = None,
     ) -> None:
         self.engine, self.layers, self.start = engine, layers, start
+        self.model = model  # a tapped copy of a pt2 GraphModule, else the engine's model
         self.x, self.targets = x, y
         self._raw: list[list[torch.Tensor]] = [[] for _ in layers]
         self._outs: list[list[torch.Tensor]] = [[] for _ in layers]
@@ -232,14 +255,21 @@ class LayerCapture:
         eng = self.engine
         params = {n: p.detach().requires_grad_(True) for n, p in eng.params.items()}
         with torch.enable_grad():
-            self.output = eng.forward(params, self.x)
+            if self.model is None:
+                self.output = eng.forward(params, self.x)
+            else:
+                self.output = functional_call(self.model, {**eng.fixed, **params}, (self.x,))
         eng.objective.check_targets(self.output, self.targets)
         finite = torch.isfinite(self.output.reshape(self.output.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):
             rows = (torch.nonzero(~finite).flatten()[:5] + self.start).tolist()
             raise NonFiniteError(f"model outputs are NaN or inf for example(s) {rows}")
+        #: layers whose hook never fired (the forward uses their weights without calling them)
+        self.silent = [
+            layer.path for layer, raws in zip(self.layers, self._raw, strict=True) if not raws
+        ]
         self.inputs = [
-            torch.cat([layer.activations(r) for r in raws], dim=1)
+            torch.cat([layer.activations(r) for r in raws], dim=1) if raws else torch.empty(0)
             for layer, raws in zip(self.layers, self._raw, strict=True)
         ]
         return self

@@ -1,0 +1,97 @@
+"""EK-FAC's fitted eigenbasis answers the detectors directly (CanWhiten, CanFilter): checked
+against the explicit matrix ``A^{-1}`` it implies (``solve`` applied to the identity)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from infgate.influence import CanFilter, CanWhiten, InfluenceScorer
+from torch import nn
+
+from tests.influence.approx_helpers import DAMPING, default_cnn, one_thread
+
+__all__ = ["one_thread"]
+
+
+class SeqNet(nn.Module):
+    """Embedding -> Conv1d -> LayerNorm over channels -> Linear per position -> mean -> head."""
+
+    def __init__(self, vocab: int = 7, classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 4)
+        self.conv = nn.Conv1d(4, 5, 3, padding=1)
+        self.norm = nn.LayerNorm(5)
+        self.mix = nn.Linear(5, 5)
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.emb(tokens).transpose(1, 2)).transpose(1, 2)  # (B, L, 5)
+        h = torch.tanh(self.mix(self.norm(h)))  # dense layer at every position: T = L
+        return self.head(h.mean(1))
+
+
+def _seq_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = SeqNet().double().eval()
+    tokens = torch.randint(0, 7, (40, 6), generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    return model, tokens, y
+
+
+def _cases() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+    cnn, x, y = default_cnn()
+    return [("cnn", cnn, x[:60], y[:60]), ("seq", *_seq_case())]
+
+
+def _implied_inverse(sc: InfluenceScorer) -> torch.Tensor:
+    p = sc.engine.n_params
+    return sc.backend.solve(torch.eye(p, dtype=torch.float64)).double()
+
+
+def _ce_residual(y: torch.Tensor):
+    def residual(logits: torch.Tensor) -> torch.Tensor:
+        r = torch.softmax(logits, dim=1)
+        r[torch.arange(len(y)), y] -= 1.0
+        return r
+
+    return residual
+
+
+@pytest.mark.parametrize("method", ["ekfac", "kfac"])
+@pytest.mark.parametrize("case", [0, 1], ids=["cnn", "seq"])
+def test_leverage_equals_the_implied_matrix(method, case):
+    _, model, x, y = _cases()[case]
+    sc = InfluenceScorer(model, (x, y), method=method, damping=DAMPING, progress=False)
+    assert isinstance(sc.backend, CanWhiten) and isinstance(sc.backend, CanFilter)
+    a_inv = _implied_inverse(sc)
+    xb, yb = x[:9], y[:9]
+    got = sc.backend.output_leverage(sc.engine, 0, xb, yb, _ce_residual(yb))
+    jac = sc.engine.output_jacobians(xb).double()
+    want = torch.einsum("bcp,pq,bdq->bcd", jac, a_inv, jac)
+    torch.testing.assert_close(got.leverage, want, rtol=1e-8, atol=1e-12)
+    r = _ce_residual(yb)(sc.engine.outputs(xb).double())
+    g = torch.einsum("bc,bcp->bp", r, jac)
+    torch.testing.assert_close(got.grad_norm, g.norm(dim=1), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.solved_norm, (g @ a_inv).norm(dim=1), rtol=1e-8, atol=1e-12)
+    # self-influence from the hooks agrees with the implied matrix too
+    s = sc.self_influence((xb, yb)).scores
+    np.testing.assert_allclose(s, torch.einsum("bp,pq,bq->b", g, a_inv, g).numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("case", [0, 1], ids=["cnn", "seq"])
+def test_filter_is_the_newton_step_with_the_implied_curvature(case):
+    _, model, x, y = _cases()[case]
+    sc = InfluenceScorer(model, (x, y), method="ekfac", damping=DAMPING, progress=False)
+    a_inv = _implied_inverse(sc)
+    p = a_inv.shape[0]
+    eye = torch.eye(p, dtype=torch.float64)
+    lam = sc.backend.damping
+    h = torch.linalg.inv(a_inv) - lam * eye
+    h = 0.5 * (h + h.T)
+    theta = sc.engine.flatten(sc.engine.params).double()
+    got, lam_f = sc.backend.filter_parameters(theta, 0.1)  # type: ignore[attr-defined]
+    assert lam_f == pytest.approx(max(0.1 * float(torch.trace(h)) / p, lam), rel=1e-6)
+    want = torch.linalg.solve(h + lam_f * eye, (h + lam * eye) @ theta)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
