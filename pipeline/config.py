@@ -38,7 +38,8 @@ _LOSSES = ("cross_entropy", "mse")
 
 def config_hash(config: dict[str, Any]) -> str:
     """sha256 of a config dict's canonical JSON (key order does not matter)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:

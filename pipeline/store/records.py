@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from infgate.config import config_hash
 from infgate.errors import InvalidInputError
 
 __all__ = ["FINDING_COLUMNS", "FINDING_KINDS", "ScanInfo", "ScanRecord", "config_hash"]
@@ -20,12 +19,6 @@ FINDING_KINDS = ("label_error", "domain_mismatch")
 FINDING_COLUMNS = ("example_id", "score", "rank", "kind")
 _SCAN_STATUSES = ("running", "completed", "failed")
 _MAX_OUTPUTS = 2**31 - 1
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the scan config as canonical JSON: the scan's identity with model and data."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
