@@ -59,7 +59,7 @@ CSRF_HEADER = "X-CSRF-Token"
 class DecisionIn(BaseModel):
     """JSON body of ``POST /api/decisions``."""
 
-    item_id: int = Field(ge=1, le=MAX_ID)
+    item_id: int = Field(ge=1, le=MAX_ID, strict=True)  # `true` is not item 1
     action: str = Field(max_length=16)
     label: str | None = Field(default=None, max_length=255)
     lease_token: str | None = Field(default=None, max_length=64)

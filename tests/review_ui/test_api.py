@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-from fastapi.testclient import TestClient
 import re
 
+import pytest
+from fastapi.testclient import TestClient
 from infgate.plugins.review_ui import create_app
 from infgate.review.annotators import add_annotator
 from infgate.review.queue import enqueue_scan
@@ -91,9 +91,7 @@ def test_form_input_is_validated_server_side(
         resp = client.post("/decide", data={**data, **csrf}, headers={"accept": "text/html"})
         assert resp.status_code == code, (data, resp.text)
     assert _decisions(store) == 0
-    done = client.post(
-        "/decide", data={"item_id": str(item_id), "decision": "relabel:3", **csrf}
-    )
+    done = client.post("/decide", data={"item_id": str(item_id), "decision": "relabel:3", **csrf})
     assert done.status_code == 200 and "Saved: item" in done.text
     assert _decisions(store) == 1
 
