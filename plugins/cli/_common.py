@@ -220,9 +220,7 @@ def json_value(value: Any) -> Any:
         return str(value)
     if hasattr(value, "to_dict"):
         return json_value(value.to_dict())
-    if hasattr(value, "item"):  # numpy scalar
-        return json_value(value.item())
-    if hasattr(value, "tolist"):  # numpy array
+    if hasattr(value, "tolist"):  # numpy array or scalar
         return json_value(value.tolist())
     return str(value)
 
