@@ -235,7 +235,9 @@ def create_app(settings: HookSettings, starter: Any, *, store: Store | None = No
     @app.post("/webhook")
     async def webhook(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            return reject(400, "Content-Length is not a byte count")
+        if declared is not None and (len(declared) > 18 or int(declared) > limit):
             return reject(413, f"body over the {limit}-byte limit (Content-Length {declared[:20]})")
         delivery_id = request.headers.get(DELIVERY_HEADER, "")
         stamp = request.headers.get(TIMESTAMP_HEADER, "")
