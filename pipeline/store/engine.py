@@ -4,7 +4,6 @@ Alembic plumbing that upgrades or checks the schema revision."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from infgate.errors import InvalidInputError, SchemaVersionError
+from infgate.settings import DEFAULT_DB_URL, Settings
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -29,14 +29,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DEFAULT_DB_URL = "sqlite:///infgate.db"
 VERSION_TABLE = "infgate_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def resolve_url(url: str | None) -> str:
-    """``url``, else ``$INFGATE_DB_URL``, else the embedded default ``sqlite:///infgate.db``."""
-    return url or os.environ.get("INFGATE_DB_URL") or DEFAULT_DB_URL
+    """``url``, else the settings' ``INFGATE_DB_URL``, else ``sqlite:///infgate.db``."""
+    return url or Settings.from_env().db_url
 
 
 def safe_url(engine: Engine) -> str:
