@@ -12,6 +12,7 @@ import numpy as np
 from infgate.data.training import TrainingData
 from infgate.errors import DatasetMismatchError, InvalidInputError
 from infgate.review.decisions import check_id, label_index
+from infgate.settings import Settings
 from infgate.store.models import DatasetVersion, Finding, QueueItem
 from infgate.store.store import Store
 from sqlalchemy import select
@@ -112,7 +113,7 @@ def apply_decisions(
         os.replace(tmp, path)  # readers never see a half-written file
     n_dropped = int((~keep).sum())
     run_id = None
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or Settings.from_env().tracking_uri
     if uri:
         try:
             run_id = _log_to_mlflow(
