@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 from infgate.detect._inputs import example_ids
+from infgate.detect.calibrate import NoiseModel, NoiseModelOptions, fit_noise_model
+from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.filtered import filtered_probabilities
 from infgate.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
 from infgate.detect.stats import rank_average
-from infgate.detect.suggest import estimate_n_errors, suggest_labels
+from infgate.detect.suggest import suggest_from_posterior
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.batches import DatasetLike
@@ -41,6 +43,8 @@ RankingMethod = Literal[
     "self_influence",
     "relatif",
     "grad_norm",
+    "error_probability",
+    "eval_influence",
 ]
 
 LABEL_ERROR_COLUMNS = [
@@ -54,6 +58,8 @@ LABEL_ERROR_COLUMNS = [
     "is_suspect",
     "loo_given_probability",
     "self_influence",
+    "error_probability",
+    "eval_influence",
 ]
 
 _EPS = 1e-12
@@ -68,7 +74,12 @@ def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def ranking_scores(
-    out: LooOutputs, method: RankingMethod, filtered: np.ndarray | None = None
+    out: LooOutputs,
+    method: RankingMethod,
+    filtered: np.ndarray | None = None,
+    *,
+    noise: NoiseModel | None = None,
+    eval_influence: np.ndarray | None = None,
 ) -> np.ndarray:
     """The score of ``method`` for every example; higher = more likely mislabeled.
 
@@ -85,6 +96,10 @@ def ranking_scores(
       curvature-filtered model (``filtered``, from
       :func:`infgate.detect.filtered.filtered_probabilities`).
     * ``consensus``: mean normalized rank of ``margin``, ``loo_margin`` and ``grad_norm``.
+    * ``error_probability``: the noise model's posterior probability that the given label
+      is wrong (``noise``, :mod:`infgate.detect.calibrate`).
+    * ``eval_influence``: ``(1/m) sum_j I_up,loss(i, j)`` over labelled evaluation data
+      (``eval_influence``, :mod:`infgate.detect.eval_influence`).
     """
     labels = out.labels
     idx = np.arange(len(labels))
@@ -108,6 +123,16 @@ def ranking_scores(
         if method == "filtered_margin":
             return _margin(filtered, labels)
         return -np.log(np.clip(filtered[idx, labels], _EPS, 1.0))
+    if method == "error_probability":
+        if noise is None:
+            raise InvalidInputError(f"method={method!r} needs the fitted noise model")
+        return noise.error_probability
+    if method == "eval_influence":
+        if eval_influence is None:
+            raise InvalidInputError(
+                f"method={method!r} needs labelled evaluation data: pass eval_data="
+            )
+        return eval_influence
     if method == "consensus":
         return rank_average(
             _margin(out.probs, labels), _margin(out.loo_probs, labels), out.grad_norm
@@ -131,6 +156,8 @@ def find_label_errors(
     backend_options: dict[str, Any] | None = None,
     shard_size: int | None = None,
     client: Client | None = None,
+    eval_data: Any = None,
+    noise_options: NoiseModelOptions | None = None,
 ) -> pd.DataFrame:
     """Rank every training example by how likely its label is wrong.
 
@@ -163,7 +190,9 @@ def find_label_errors(
         train: its training data (``TrainingData``, ``(features, labels)`` or a torch
             Dataset of ``(x, y)``).
         method: ranking; see :func:`ranking_scores`. Higher score = more likely mislabeled.
-        damping: lambda for the curvature; pass the model's weight decay when known.
+        damping: lambda for the curvature; pass the weight decay the model was trained with
+            (then ``H + lambda I`` is the Hessian of the training objective). With a
+            ``scorer`` it must match the scorer's damping (or be ``None``).
         scorer: an already fitted :class:`InfluenceScorer` on ``train`` (reuses its curvature).
         influence_method: curvature back-end when ``scorer`` is not given.
         batch_size: examples per streamed batch.
@@ -174,25 +203,43 @@ def find_label_errors(
             part) in shards of this many rows, on ``client``'s Dask workers when given
             (the fitted curvature is sent to each worker once). ``None`` = one sweep here.
         client: a ``dask.distributed`` client for the shards.
+        eval_data: optional labelled evaluation data (``EvalData`` with labels or a
+            ``(features, labels)`` pair): adds the ``eval_influence`` column, each training
+            example's mean ``I_up,loss`` on it, from ONE extra solve with the fitted
+            curvature (:func:`infgate.detect.eval_influence.eval_loss_influence`).
+        noise_options: how the label-noise model behind ``is_suspect`` and the suggestion
+            confidence is fitted (:class:`infgate.detect.calibrate.NoiseModelOptions`).
 
     Returns:
         One row per training example, most suspicious first, with columns
         ``example_id, score, rank`` (1 = most suspicious), ``given_label``,
-        ``predicted_label`` (in-sample argmax), ``suggested_label`` and
-        ``suggestion_confidence`` (leave-one-out argmax and its probability; see
-        :func:`infgate.detect.suggest.suggest_labels`), ``is_suspect`` (the top
-        ``n_est`` rows, ``n_est`` being confident learning's calibrated off-diagonal count on the
-        leave-one-out probabilities, :func:`infgate.detect.suggest.estimate_n_errors`),
-        ``loo_given_probability`` and ``self_influence``. ``df.attrs`` holds
-        ``n_estimated_errors``, ``method`` and ``damping``.
+        ``predicted_label`` (in-sample argmax), ``is_suspect`` (the top ``n_est`` rows,
+        ``n_est`` = the expected number of wrong labels under the fitted noise model,
+        ``round(sum_i error_probability_i)``, :mod:`infgate.detect.calibrate`),
+        ``suggested_label`` and ``suggestion_confidence`` (for a suspect: the most probable
+        OTHER class and the posterior probability that it is the true label, calibrated; for
+        other rows the posterior argmax, usually the given label; see
+        :func:`infgate.detect.suggest.suggest_from_posterior`), ``loo_given_probability``,
+        ``self_influence``, ``error_probability`` (posterior probability that the given
+        label is wrong) and ``eval_influence`` (mean ``I_up,loss`` on ``eval_data``; NaN
+        without it). ``df.attrs`` holds ``n_estimated_errors``, ``expected_errors`` (the
+        unrounded sum), ``method``, ``damping``, ``noise_temperature`` and
+        ``noise_transition`` (``T[c][j] = P(given j | true c)``).
 
     Raises:
         InvalidInputError: unknown ``method``, labels the model cannot output, empty data,
-            non-finite features, a non-cross-entropy scorer.
+            non-finite features, a non-cross-entropy scorer, a ``damping`` that differs
+            from the given scorer's, ``method="eval_influence"`` without ``eval_data``,
+            unlabelled ``eval_data``.
+        DatasetMismatchError: ``eval_data`` rows of the wrong shape.
     """
     if method not in get_args(RankingMethod):
         raise InvalidInputError(
             f"method must be one of {list(get_args(RankingMethod))}, got {method!r}"
+        )
+    if method == "eval_influence" and eval_data is None:
+        raise InvalidInputError(
+            "method='eval_influence' needs labelled evaluation data: pass eval_data="
         )
     if scorer is None:
         scorer = InfluenceScorer(
@@ -205,18 +252,29 @@ def find_label_errors(
             progress=progress,
             backend_options=backend_options,
         )
-    elif len(scorer.train) != len(scorer.batches(train, what="train")):
-        raise InvalidInputError(
-            f"scorer was fitted on {len(scorer.train):,} examples but train has "
-            f"{len(scorer.batches(train, what='train')):,}"
-        )
+    else:
+        if len(scorer.train) != len(scorer.batches(train, what="train")):
+            raise InvalidInputError(
+                f"scorer was fitted on {len(scorer.train):,} examples but train has "
+                f"{len(scorer.batches(train, what='train')):,}"
+            )
+        fitted = float(scorer.backend.damping)
+        if damping is not None and not np.isclose(damping, fitted, rtol=1e-9, atol=0.0):
+            raise InvalidInputError(
+                f"damping={damping!r} but the scorer was fitted with damping {fitted:.6g}; "
+                f"fit the scorer with InfluenceScorer(..., damping={damping!r}) or pass "
+                "damping=None"
+            )
     if shard_size is None and client is None:
         out = approximate_loo(scorer)
     else:
         n = len(scorer.train)
         out = sharded_approximate_loo(scorer, shard_size=shard_size or n, client=client)
     filtered = filtered_probabilities(scorer) if method.startswith("filtered") else None
-    return _compute_frame(out, method, filtered, example_ids(train, len(out.labels)), scorer)
+    ev = None if eval_data is None else eval_loss_influence(scorer, eval_data)
+    noise = fit_noise_model(out.loo_probs, out.labels, options=noise_options)
+    ids = example_ids(train, len(out.labels))
+    return _compute_frame(out, method, filtered, ids, scorer, noise, ev)
 
 
 def _compute_frame(
@@ -225,33 +283,48 @@ def _compute_frame(
     filtered: np.ndarray | None,
     ids: np.ndarray,
     scorer: InfluenceScorer,
+    noise: NoiseModel,
+    ev: np.ndarray | None,
 ) -> pd.DataFrame:
-    scores = ranking_scores(out, method, filtered)
-    suggested, confidence = suggest_labels(out.loo_probs)
-    n_est = estimate_n_errors(out.loo_probs, out.labels)
+    scores = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev)
+    n = len(scores)
+    n_est = int(np.clip(round(noise.expected_errors), 0, n))
     order = np.argsort(-scores, kind="stable")
-    idx = np.arange(len(scores))
+    suspect = np.zeros(n, dtype=bool)
+    suspect[order[:n_est]] = True
+    suggested, confidence = suggest_from_posterior(noise.posterior, out.labels, suspect)
+    idx = np.arange(n)
     df = (
         pd.DataFrame(
             {
                 "example_id": ids,
                 "score": scores,
+                "rank": np.zeros(n, dtype=np.int64),
                 "given_label": out.labels,
                 "predicted_label": out.probs.argmax(axis=1).astype(np.int64),
                 "suggested_label": suggested,
                 "suggestion_confidence": confidence,
+                "is_suspect": suspect,
                 "loo_given_probability": out.loo_probs[idx, out.labels],
                 "self_influence": out.self_influence,
+                "error_probability": noise.error_probability,
+                "eval_influence": np.full(n, np.nan) if ev is None else ev,
             }
         )
         .iloc[order]
         .reset_index(drop=True)
     )
-    df.insert(2, "rank", np.arange(1, len(df) + 1))
-    df.insert(7, "is_suspect", df["rank"] <= n_est)
+    df["rank"] = np.arange(1, n + 1)
     df = df[LABEL_ERROR_COLUMNS].copy()
     df.attrs.update(
-        {"n_estimated_errors": n_est, "method": method, "damping": scorer.backend.damping}
+        {
+            "n_estimated_errors": n_est,
+            "expected_errors": noise.expected_errors,
+            "method": method,
+            "damping": scorer.backend.damping,
+            "noise_temperature": noise.temperature,
+            "noise_transition": noise.transition.round(6).tolist(),
+        }
     )
-    log.info("ranked %d examples by %s; %d estimated label errors", len(df), method, n_est)
+    log.info("ranked %d examples by %s; %d estimated label errors", n, method, n_est)
     return df

@@ -8,6 +8,7 @@ from scipy.stats import rankdata
 __all__ = [
     "benjamini_hochberg",
     "conformal_p_values",
+    "expected_calibration_error",
     "median_bandwidth",
     "mmd_permutation_test",
     "rank_average",
@@ -20,6 +21,31 @@ def rank_average(*scores: np.ndarray) -> np.ndarray:
         raise ValueError("rank_average needs at least one score vector")
     n = len(scores[0])
     return np.mean([rankdata(s) / n for s in scores], axis=0)
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10
+) -> float:
+    """ECE: ``sum_b (n_b / n) |mean correct_b - mean confidence_b|`` over equal-width bins.
+
+    Guo et al. 2017, Eq. 3; bins ``[0, 1/B), ..., [(B-1)/B, 1]``. 0 = perfectly calibrated.
+
+    Raises:
+        ValueError: empty or mismatched inputs, ``n_bins < 1``.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if len(conf) == 0 or len(conf) != len(hit) or n_bins < 1:
+        raise ValueError(
+            f"need equal, non-empty confidence and correct and n_bins >= 1, got "
+            f"{len(conf)}, {len(hit)} and {n_bins}"
+        )
+    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        rows = bins == b
+        total += rows.sum() * abs(hit[rows].mean() - conf[rows].mean())
+    return float(total / len(conf))
 
 
 def conformal_p_values(calibration: np.ndarray, test: np.ndarray) -> np.ndarray:

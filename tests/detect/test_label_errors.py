@@ -15,6 +15,8 @@ from infgate.detect import (
     find_label_errors,
     ranking_scores,
 )
+from infgate.detect.calibrate import fit_noise_model
+from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.filtered import filtered_probabilities
 from infgate.errors import InvalidInputError
 from infgate.examples.models import make_classifier, train_classifier
@@ -68,22 +70,29 @@ def test_planted_flips_are_recovered(digits_flipped: Flipped) -> None:
     assert (suggested == f.clean[top]).mean() >= 0.8
     conf = df["suggestion_confidence"].to_numpy()
     assert ((conf >= 0) & (conf <= 1)).all()
-    # is_suspect: a prefix of the ranking sized by the confident-learning estimate.
+    # is_suspect: a prefix of the ranking sized by the noise model's expected error count.
     n_est = int(df.attrs["n_estimated_errors"])
+    assert n_est == round(df["error_probability"].sum())
     assert df["is_suspect"].sum() == n_est
     assert df["is_suspect"].iloc[:n_est].all()
     assert 0.8 * f.flipped.sum() <= n_est <= 1.2 * f.flipped.sum()
     assert f.flipped[rows[:n_est]].mean() >= 0.9  # suspects are mostly real flips
+    sus = df[df["is_suspect"]]
+    assert (sus["suggested_label"] != sus["given_label"]).all()  # a suspect gets a replacement
+    assert df["eval_influence"].isna().all()  # no eval_data given
     assert (df["given_label"].to_numpy() == f.data.labels[rows]).all()
 
 
 def test_every_method_ranks_and_default_beats_random(digits_flipped: Flipped) -> None:
     out = approximate_loo(digits_flipped.scorer)
     filtered = filtered_probabilities(digits_flipped.scorer)
+    noise = fit_noise_model(out.loo_probs, out.labels)
     flipped = digits_flipped.flipped
+    x, _ = digits_flipped.data.as_tensors()
+    ev = eval_loss_influence(digits_flipped.scorer, (x, torch.as_tensor(digits_flipped.clean)))
     k = round(0.1 * len(flipped))
     for method in get_args(RankingMethod):
-        s = ranking_scores(out, method, filtered)
+        s = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev)
         assert s.shape == flipped.shape and np.isfinite(s).all()
         found = flipped[np.argsort(-s, kind="stable")[:k]].sum() / flipped.sum()
         assert found > 0.3, method  # random finds 10%
@@ -100,3 +109,9 @@ def test_bad_input_raises_clear_errors(digits_flipped: Flipped) -> None:
         find_label_errors(f.model, (x, y_bad), progress=False)
     with pytest.raises(InvalidInputError, match="fitted on 1,797 examples"):
         find_label_errors(f.model, (x[:100], y[:100]), scorer=f.scorer, progress=False)
+    with pytest.raises(InvalidInputError, match=r"damping=0\.1 but the scorer was fitted"):
+        find_label_errors(f.model, f.data, scorer=f.scorer, damping=0.1, progress=False)
+    with pytest.raises(InvalidInputError, match="needs labelled evaluation data"):
+        find_label_errors(f.model, f.data, scorer=f.scorer, method="eval_influence")
+    with pytest.raises(InvalidInputError, match="eval_data has no labels"):
+        find_label_errors(f.model, f.data, scorer=f.scorer, eval_data=x[:10], progress=False)
