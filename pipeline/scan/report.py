@@ -1,9 +1,12 @@
-"""A scan's report: metrics, the findings table, plots and a markdown summary.
+"""A scan's report: metrics, the findings table, figures, ``summary.md`` and ``report.html``.
 
-The same files go to MLflow (scan run artifacts), Prefect (markdown + table artifacts) and
-the terminal. Plots: self-influence score histogram (suspects vs the rest), a recall curve
-(fraction of true label errors found vs fraction of data checked, Koh & Liang Fig. 6) when
-the true labels are known, and the mismatch score distribution when there is eval data.
+The same folder goes to MLflow (scan run artifacts, with ``inputs.json`` naming the datasets
+read, logged as the run's inputs), Prefect (markdown + table artifacts) and the terminal.
+Figures (:mod:`infgate.scan.report_plots`): the ranking score and self-influence
+distributions (suspects vs the rest, log x when heavy-tailed), a recall curve (fraction of
+true label errors found vs fraction of data checked, Koh & Liang Fig. 6) when the true labels
+are known, and the mismatch scores with evaluation data. ``report.html``
+(:mod:`infgate.scan.report_html`) is one self-contained page with all of it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ import pandas as pd
 if TYPE_CHECKING:
     from infgate.detect import MismatchReport
     from infgate.gate import GateVerdict
+    from infgate.registry.scan_run import ScanDataset
     from infgate.scan.results import Analysis, LoadedScan
 
-__all__ = ["ScanReport", "recall_curve", "summary_markdown", "write_report"]
+__all__ = [
+    "ScanReport",
+    "markdown_table",
+    "recall_curve",
+    "scan_datasets",
+    "summary_markdown",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,7 @@ TOP_COLUMNS = [
     "predicted_label",
     "suggested_label",
     "suggestion_confidence",
+    "self_influence",
 ]
 
 
@@ -67,6 +79,20 @@ def recall_curve(
     return checked, found
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub-flavoured Markdown table (``|`` in values escaped)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            v = f"{float(v):.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines)
+
+
 def summary_markdown(
     *,
     model: str,
@@ -77,8 +103,10 @@ def summary_markdown(
     mismatch: MismatchReport | None,
     top: pd.DataFrame,
     curvature: dict[str, Any] | None = None,
+    html_report: Path | None = None,
 ) -> str:
-    """A short markdown summary: verdict, reasons, counts, the top suspects."""
+    """A short Markdown summary: verdict, counts, every gate check and the top suspects as
+    tables, and where the HTML report is."""
     head = "BLOCKED" if not verdict.passed else "PASSED"
     lines = [
         f"# infgate scan {scan_id if scan_id is not None else '(not stored)'}: {model} — "
@@ -100,100 +128,89 @@ def summary_markdown(
         reason = (curvature.get("choice") or {}).get("reason")
         if reason:
             lines.append(f"- why: {reason}")
-    lines += ["", "## Gate checks", ""]
-    lines += [f"- {'✅' if c.success else '❌'} {c.message}" for c in verdict.checks]
+    if html_report is not None:
+        lines.append(
+            f"- full report: [{html_report.name}]({html_report.resolve().as_uri()}) "
+            f"(`{html_report.resolve()}`; also in the MLflow scan run's artifacts)"
+        )
+    checks = pd.DataFrame(
+        [
+            {
+                "result": "✅ held" if c.success else "❌ failed",
+                "check": c.name,
+                "observed": fmt_observed(c.observed),
+                "allowed": c.allowed or "—",
+                "why": c.message,
+            }
+            for c in verdict.checks
+        ],
+        columns=["result", "check", "observed", "allowed", "why"],
+    )
+    lines += ["", "## Gate checks", "", markdown_table(checks)]
     if len(top):
-        lines += [
-            "",
-            "## Top suspects",
-            "",
-            top.to_markdown(index=False) if _has_tabulate() else top.to_string(index=False),
-        ]
+        lines += ["", "## Top suspects", "", "Ranking score: higher = more likely mislabeled.", ""]
+        lines.append(markdown_table(top))
     return "\n".join(lines) + "\n"
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def fmt_observed(value: Any) -> str:
+    """An observed gate value as text (4 significant digits for floats)."""
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4g}"
+    return "—" if value is None else str(value)
 
 
-def _plots(
-    directory: Path, ranking: pd.DataFrame, loaded: LoadedScan, mismatch: MismatchReport | None
-) -> list[Path]:
-    import matplotlib
+def scan_datasets(loaded: LoadedScan) -> list[ScanDataset]:
+    """The datasets the scan read, as MLflow run inputs (training, and evaluation if any)."""
+    from infgate.registry.scan_run import ScanDataset
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files: list[Path] = []
-    scores = ranking["score"].astype(float).to_numpy()
-    sus = ranking["is_suspect"].astype(bool).to_numpy()
-    # fixed margins and pre-binned stairs: tight_layout and one patch per bar cost ~0.15 s
-    # a figure, a fixed cost of every scan
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.96)
-    bins = np.histogram_bin_edges(scores, bins=40)
-    for mask, label in ((~sus, "not suspect"), (sus, "suspect")):
-        counts, _ = np.histogram(scores[mask], bins=bins)
-        ax.stairs(counts, bins, fill=True, alpha=0.7, label=label)
-    ax.set_xlabel("score (higher = more likely mislabeled)")
-    ax.set_ylabel("examples")
-    ax.set_yscale("log")
-    ax.legend()
-    files.append(directory / "score_histogram.png")
-    fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
-    if loaded.true_labels is not None:
-        data = loaded.train.data
-        wrong = set(data.example_ids[np.asarray(loaded.true_labels) != data.labels].astype(str))
-        x, y = recall_curve(ranking["example_id"].astype(str).tolist(), wrong, len(data))
-        fig, ax = plt.subplots(figsize=(5, 4))
-        fig.subplots_adjust(left=0.14, right=0.96, bottom=0.13, top=0.96)
-        ax.plot(x, y, label="infgate ranking")
-        ax.plot([0, 1], [0, 1], "--", color="grey", label="random")
-        ax.set_xlim(0, min(1.0, max(x.max(), 0.3)))
-        ax.set_xlabel("fraction of training data checked")
-        ax.set_ylabel("fraction of label errors found")
-        ax.legend()
-        files.append(directory / "recall_curve.png")
-        fig.savefig(files[-1], dpi=100)
-        plt.close(fig)
-    if mismatch is not None and len(mismatch.example_scores):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(
-            np.asarray(mismatch.example_scores, float),
-            bins=40,
-            alpha=0.8,
-            label="eval examples",
+    data = loaded.train.data
+    frame = loaded.train.frame
+    columns = tuple((str(c), _mlflow_type(frame[c].dtype)) for c in frame.columns)
+    name = data.name if data.name and data.name != "train" else Path(loaded.train.uri).stem
+    out = [
+        ScanDataset(
+            name=name or "training data",
+            source=loaded.train.uri,
+            digest=data.content_hash,
+            context="training",
+            n_rows=len(data),
+            columns=columns,
         )
-        ax.set_xlabel("mismatch score per evaluation example")
-        ax.set_title(f"dataset-level p = {float(mismatch.p_value):.3g}")
-        ax.legend()
-        fig.tight_layout()
-        files.append(directory / "mismatch_scores.png")
-        fig.savefig(files[-1], dpi=100)
-        plt.close(fig)
-    return files
+    ]
+    if loaded.eval_data is not None:
+        tags = loaded.mv.tags if loaded.mv is not None else {}
+        source = tags.get("infgate.eval_data") or "evaluation data (source not recorded)"
+        out.append(
+            ScanDataset(
+                name=Path(source).stem if "infgate.eval_data" in tags else "evaluation data",
+                source=source,
+                digest=loaded.eval_hash or "",
+                context="evaluation",
+                n_rows=len(loaded.eval_data),
+            )
+        )
+    return out
 
 
-def write_report(
-    directory: Path | None,
-    *,
-    loaded: LoadedScan,
-    analysis: Analysis,
-    verdict: GateVerdict,
-    scan_id: int | None,
-    top: int = 20,
-) -> ScanReport:
-    """Write findings CSV, plots, gate verdict JSON and summary markdown; compute metrics."""
-    import json
+def _mlflow_type(dtype: Any) -> str:
+    """MLflow's column type name for a pandas dtype (``string`` when unsure)."""
+    kind = np.dtype(dtype).kind if not isinstance(dtype, pd.api.extensions.ExtensionDtype) else ""
+    size = np.dtype(dtype).itemsize if kind else 0
+    return {
+        "f": "double" if size == 8 else "float",
+        "i": "long" if size == 8 else "integer",
+        "u": "long",
+        "b": "boolean",
+        "S": "binary",
+    }.get(kind, "string")
 
+
+def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -> dict[str, float]:
+    """The scan's metrics, under the same names for every version of a model (so MLflow
+    compares its scan runs): counts and rates, the gate, the mismatch test when there is
+    evaluation data, recall figures when the true labels are known."""
     ranking, mismatch = analysis.ranking, analysis.mismatch
-    directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="infgate-report-"))
-    directory.mkdir(parents=True, exist_ok=True)
     n_rows = len(loaded.train.data)
     sus = ranking["is_suspect"].astype(bool)
     metrics: dict[str, float] = {
@@ -207,39 +224,104 @@ def write_report(
         metrics["mismatch_p_value"] = float(mismatch.p_value)
         metrics["mismatch_statistic"] = float(mismatch.statistic)
         metrics["mismatch_flagged_examples"] = float(np.sum(mismatch.example_flagged))
-    if loaded.true_labels is not None:
-        data = loaded.train.data
-        wrong = set(data.example_ids[np.asarray(loaded.true_labels) != data.labels].astype(str))
-        _, y = recall_curve(ranking["example_id"].astype(str).tolist(), wrong, n_rows)
+    wrong = _error_ids(loaded)
+    if wrong is not None:
+        ids = ranking["example_id"].astype(str).tolist()
+        _, y = recall_curve(ids, wrong, n_rows)
         for frac in (0.05, 0.10, 0.20):
             k = min(round(frac * n_rows), len(y) - 1)
             metrics[f"recall_at_{int(frac * 100)}pct"] = float(y[k])
+        flagged = set(ranking.loc[sus.to_numpy(), "example_id"].astype(str))
         metrics["n_true_label_errors"] = float(len(wrong))
-    files: list[Path] = []
-    findings_csv = directory / "findings.csv"
-    ranking.to_csv(findings_csv, index=False)
-    files.append(findings_csv)
-    (directory / "gate_verdict.json").write_text(
-        json.dumps(verdict.to_dict(), indent=2, default=str)
-    )
-    files.append(directory / "gate_verdict.json")
+        metrics["recall_at_suspects"] = len(flagged & wrong) / max(len(wrong), 1)
+        metrics["precision_at_suspects"] = len(flagged & wrong) / max(len(flagged), 1)
+    return metrics
+
+
+def _error_ids(loaded: LoadedScan) -> set[str] | None:
+    """Ids whose given label differs from the known true label (``None``: not known)."""
+    if loaded.true_labels is None:
+        return None
+    data = loaded.train.data
+    return set(data.example_ids[np.asarray(loaded.true_labels) != data.labels].astype(str))
+
+
+def write_report(
+    directory: Path | None,
+    *,
+    loaded: LoadedScan,
+    analysis: Analysis,
+    verdict: GateVerdict,
+    scan_id: int | None,
+    top: int = 20,
+) -> ScanReport:
+    """Write the report folder; compute the metrics.
+
+    Files: ``findings.csv``, ``gate_verdict.json``, ``inputs.json`` (the datasets read),
+    the figures, ``report.html`` (self-contained) and ``summary.md``. A figure or the HTML
+    page that cannot be drawn is logged and left out; it never sinks a scan.
+    """
+    import json
+
+    from infgate.registry.scan_run import INPUTS_FILE
+    from infgate.scan.report_html import render_html
+    from infgate.scan.report_plots import draw_plots
+
+    ranking, mismatch = analysis.ranking, analysis.mismatch
+    directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="infgate-report-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    n_rows = len(loaded.train.data)
+    metrics = scan_metrics(loaded, analysis, verdict)
+    files: list[Path] = [directory / "findings.csv", directory / "gate_verdict.json"]
+    ranking.to_csv(files[0], index=False)
+    files[1].write_text(json.dumps(verdict.to_dict(), indent=2, default=str))
+    datasets = scan_datasets(loaded)
+    files.append(directory / INPUTS_FILE)
+    files[-1].write_text(json.dumps({"datasets": [d.to_dict() for d in datasets]}, indent=2))
+    figures: list[Path] = []
     try:
-        files += _plots(directory, ranking, loaded, mismatch)
+        figures = draw_plots(
+            directory, ranking, error_ids=_error_ids(loaded), n_rows=n_rows, mismatch=mismatch
+        )
     except Exception:  # a plot must never sink a scan
         log.exception("could not draw the scan plots")
+    files += figures
     head = ranking[ranking["is_suspect"].astype(bool)].head(top)
+    curvature = analysis.curvature.to_dict()
+    html_path: Path | None = directory / "report.html"
+    try:
+        page = render_html(
+            subject=loaded.subject,
+            scan_id=scan_id,
+            verdict=verdict,
+            metrics=metrics,
+            top=head,
+            explanations=analysis.explanations,
+            curvature=curvature,
+            mismatch=mismatch,
+            data=loaded.train.data,
+            figures=figures,
+            datasets=datasets,
+        )
+        assert html_path is not None
+        html_path.write_text(page, encoding="utf-8")
+        files.append(html_path)
+    except Exception:  # the page must never sink a scan either
+        log.exception("could not write the HTML report")
+        html_path = None
     head = head[[c for c in TOP_COLUMNS if c in head.columns]]
     md = summary_markdown(
         model=loaded.subject,
         scan_id=scan_id,
         n_rows=n_rows,
-        n_suspects=int(sus.sum()),
+        n_suspects=int(metrics["n_suspects"]),
         verdict=verdict,
         mismatch=mismatch,
         top=head,
-        curvature=analysis.curvature.to_dict(),
+        curvature=curvature,
+        html_report=html_path,
     )
-    (directory / "summary.md").write_text(md)
+    (directory / "summary.md").write_text(md, encoding="utf-8")
     files.append(directory / "summary.md")
     records = json.loads(head.to_json(orient="records"))
     return ScanReport(directory, metrics, files, md, records)
