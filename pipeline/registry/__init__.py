@@ -3,30 +3,41 @@ scan runs, tags and aliases."""
 
 from infgate.registry.core import (
     ModelVersionRef,
-    ResolvedData,
     alias_version,
-    check_data_fits,
     client,
     load_model,
-    load_training_data,
     log_scan_run,
     resolve_model_version,
     set_alias,
     set_gate_tags,
     withdraw_alias,
 )
+from infgate.registry.datasets import (
+    ResolvedData,
+    StreamedData,
+    check_data_fits,
+    load_eval_data,
+    load_training_data,
+    stream_training_data,
+)
+from infgate.registry.inputs import column_options, model_input_spec
 
 __all__ = [
     "ModelVersionRef",
     "ResolvedData",
+    "StreamedData",
     "alias_version",
     "check_data_fits",
     "client",
+    "column_options",
+    "load_eval_data",
     "load_model",
     "load_training_data",
     "log_scan_run",
+    "model_input_spec",
     "resolve_model_version",
     "set_alias",
     "set_gate_tags",
+    "stream_training_data",
     "withdraw_alias",
 ]

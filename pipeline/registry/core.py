@@ -1,41 +1,36 @@
-"""MLflow registry in and out: resolve a model version, load it and its training data, log back.
+"""MLflow registry in and out: resolve a model version, load its model, log scans back.
 
 Model references: ``models:/name@alias``, ``models:/name/version``, or a bare name plus a
-version. Training data resolution order (first that exists wins):
-
-1. an explicit URI passed by the caller,
-2. the model-version tag ``infgate.train_data``,
-3. the dataset input the training run logged with ``mlflow.log_input`` (context
-   ``training`` preferred).
-
-Data files are Parquet or CSV with one row per example: an ``example_id`` column, feature
-columns and a ``label`` column (class indices). Tags ``infgate.label_column``,
-``infgate.classes`` (JSON list), ``infgate.image_shape`` (``"8x8"``) and
-``infgate.true_label_column`` (known clean labels, e.g. in a benchmark: kept out of the
-features and used only for the recall curve) refine how they are read.
+version. The version's training and evaluation data (resolution, columns, fit checks) live
+in :mod:`infgate.registry.datasets`; the names below re-export them for older imports.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
-from infgate.data.training import TrainingData
-from infgate.errors import (
-    DataResolutionError,
-    DatasetMismatchError,
-    InvalidInputError,
-    RegistryError,
-)
+from infgate.errors import InvalidInputError, RegistryError
+from infgate.registry.datasets import TAG_CLASSES as TAG_CLASSES
+from infgate.registry.datasets import TAG_IMAGE_SHAPE as TAG_IMAGE_SHAPE
+from infgate.registry.datasets import TAG_LABEL_COLUMN as TAG_LABEL_COLUMN
+from infgate.registry.datasets import TAG_TRAIN_DATA as TAG_TRAIN_DATA
+from infgate.registry.datasets import TAG_TRUE_LABEL_COLUMN as TAG_TRUE_LABEL_COLUMN
+from infgate.registry.datasets import ResolvedData as ResolvedData
+from infgate.registry.datasets import _download as _download
+from infgate.registry.datasets import _read_frame as _read_frame
+from infgate.registry.datasets import check_data_fits as check_data_fits
+from infgate.registry.datasets import load_training_data as load_training_data
+from infgate.registry.scan_run import TAG_GATE as TAG_GATE
+from infgate.registry.scan_run import TAG_REASON as TAG_REASON
+from infgate.registry.scan_run import TAG_SCAN_ID as TAG_SCAN_ID
+from infgate.registry.scan_run import TAG_SCAN_RUN as TAG_SCAN_RUN
+from infgate.registry.scan_run import log_scan_run as log_scan_run
+from infgate.registry.scan_run import set_gate_tags as set_gate_tags
 from torch import nn
 
 __all__ = [
@@ -54,17 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-TAG_TRAIN_DATA = "infgate.train_data"
-TAG_LABEL_COLUMN = "infgate.label_column"
-TAG_CLASSES = "infgate.classes"
-TAG_IMAGE_SHAPE = "infgate.image_shape"
-TAG_TRUE_LABEL_COLUMN = "infgate.true_label_column"
-TAG_SCAN_ID = "infgate.scan_id"
-TAG_GATE = "infgate.gate"
-TAG_REASON = "infgate.reason"
-TAG_SCAN_RUN = "infgate.scan_run_id"
-_MLFLOW_TAG_MAX = 5000
 
 
 @dataclass(frozen=True)
@@ -197,231 +181,6 @@ def _load_cached(uri: str, tracking_uri: str | None) -> nn.Module:
     return load_model(
         resolve_model_version(uri, tracking_uri=tracking_uri), tracking_uri=tracking_uri
     )
-
-
-def _download(uri: str) -> Path:
-    """A local path for ``uri``: local paths as they are, anything else via MLflow artifacts."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if "://" not in uri and not uri.startswith(("runs:/", "models:/")):
-        p = Path(uri)
-        if not p.exists():
-            raise DataResolutionError(f"training data file {uri!r} does not exist")
-        return p
-    import mlflow.artifacts
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as e:  # MLflow raises several types for a missing artifact
-        raise DataResolutionError(f"could not download training data {uri!r}: {e}") from e
-
-
-def _read_frame(path: Path) -> pd.DataFrame:
-    if path.is_dir():
-        files = sorted([*path.glob("*.parquet"), *path.glob("*.csv")])
-        if len(files) != 1:
-            raise DataResolutionError(
-                f"{path} holds {len(files)} parquet/csv files, need exactly one"
-            )
-        path = files[0]
-    suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    raise DataResolutionError(f"training data must be .parquet or .csv, got {path.name!r}")
-
-
-def _dataset_input_uri(
-    mv: ModelVersionRef, tracking_uri: str | None
-) -> tuple[str, int | None] | None:
-    """(source URI, registered row count) of the training run's logged dataset, if any."""
-    if not mv.run_id:
-        return None
-    run = client(tracking_uri).get_run(mv.run_id)
-    inputs = list(run.inputs.dataset_inputs or [])
-    if not inputs:
-        return None
-
-    def context(di: Any) -> str:
-        return next((t.value for t in di.tags if t.key == "mlflow.data.context"), "")
-
-    inputs.sort(key=lambda di: context(di) != "training")
-    ds = inputs[0].dataset
-    try:
-        source = json.loads(ds.source)
-    except (TypeError, ValueError):
-        source = {"uri": ds.source}
-    uri = source.get("uri") or source.get("url") or source.get("path")
-    if not uri:
-        raise DataResolutionError(
-            f"{mv.uri}: the run's dataset input {ds.name!r} has a {ds.source_type!r} source "
-            f"infgate cannot read: {ds.source}"
-        )
-    n_rows = None
-    try:
-        n_rows = int(json.loads(ds.profile or "{}").get("num_rows"))
-    except (TypeError, ValueError):
-        n_rows = None
-    return str(uri), n_rows
-
-
-@dataclass(frozen=True)
-class ResolvedData:
-    """Training data plus where it came from and the row count the registry recorded."""
-
-    data: TrainingData
-    frame: pd.DataFrame
-    uri: str
-    origin: str
-    registered_rows: int | None
-    label_column: str
-    true_labels: np.ndarray | None = None
-
-
-def load_training_data(
-    mv: ModelVersionRef,
-    *,
-    data_uri: str | None = None,
-    label_column: str | None = None,
-    tracking_uri: str | None = None,
-) -> ResolvedData:
-    """Resolve and read the version's training data (explicit URI > tag > run dataset input).
-
-    Raises:
-        DataResolutionError: nothing resolvable, unreadable file, or no label column.
-    """
-    registered_rows: int | None = None
-    if data_uri:
-        uri, origin = data_uri, "explicit"
-    elif mv.tags.get(TAG_TRAIN_DATA):
-        uri, origin = mv.tags[TAG_TRAIN_DATA], f"tag {TAG_TRAIN_DATA}"
-    else:
-        found = _dataset_input_uri(mv, tracking_uri)
-        if found is None:
-            raise DataResolutionError(
-                f"{mv.uri} has no resolvable training data: pass a data URI, set the "
-                f"model-version tag {TAG_TRAIN_DATA!r}, or log the dataset with mlflow.log_input"
-            )
-        (uri, registered_rows), origin = found, "run dataset input"
-    frame = _read_frame(_download(uri))
-    label = label_column or mv.tags.get(TAG_LABEL_COLUMN) or "label"
-    if label not in frame.columns:
-        raise DataResolutionError(
-            f"training data {uri!r} has no label column {label!r}; "
-            f"columns: {list(frame.columns)[:10]}"
-        )
-    true_col = mv.tags.get(TAG_TRUE_LABEL_COLUMN)
-    true_labels = None
-    if true_col and true_col in frame.columns:
-        true_labels = frame[true_col].to_numpy()
-        frame = frame.drop(columns=[true_col])
-    classes = json.loads(mv.tags[TAG_CLASSES]) if mv.tags.get(TAG_CLASSES) else None
-    shape = mv.tags.get(TAG_IMAGE_SHAPE)
-    image_shape = tuple(int(v) for v in shape.lower().split("x")) if shape else None
-    data = TrainingData.from_frame(
-        frame,
-        label_column=label,
-        classes=classes,
-        image_shape=image_shape,  # type: ignore[arg-type]
-        source_uri=uri,
-        name=f"{mv.name}-v{mv.version}-train",
-    )
-    log.info("training data for %s: %s (%s), %d rows", mv.uri, uri, origin, len(data))
-    return ResolvedData(data, frame, uri, origin, registered_rows, label, true_labels)
-
-
-def check_data_fits(
-    model: nn.Module,
-    features: np.ndarray,
-    labels: np.ndarray | None = None,
-    *,
-    what: str = "training data",
-) -> int:
-    """Run the model on two rows; return its number of outputs (classes).
-
-    Raises:
-        DatasetMismatchError: the columns do not fit the model's input, or labels exceed its
-            outputs.
-    """
-    x = torch.tensor(np.array(features[:2], dtype=np.float32))
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as e:  # any shape error from an arbitrary model
-        raise DatasetMismatchError(
-            f"{what} rows of shape {tuple(features.shape[1:])} do not fit the model: {e}"
-        ) from e
-    if out.ndim != 2:
-        raise DatasetMismatchError(
-            f"model output has shape {tuple(out.shape)}; expected (n, classes)"
-        )
-    n_out = int(out.shape[1])
-    if labels is not None and len(labels) and int(np.max(labels)) >= n_out:
-        raise DatasetMismatchError(
-            f"{what} has label {int(np.max(labels))} but the model has only {n_out} outputs"
-        )
-    return n_out
-
-
-def set_gate_tags(
-    mv: ModelVersionRef, *, scan_id: int, verdict: str, reason: str, tracking_uri: str | None = None
-) -> None:
-    """Tag the version with ``infgate.scan_id``, ``infgate.gate`` and ``infgate.reason``."""
-    c = client(tracking_uri)
-    c.set_model_version_tag(mv.name, mv.version, TAG_SCAN_ID, str(scan_id))
-    c.set_model_version_tag(mv.name, mv.version, TAG_GATE, verdict)
-    c.set_model_version_tag(
-        mv.name, mv.version, TAG_REASON, reason[:_MLFLOW_TAG_MAX] or "all checks passed"
-    )
-
-
-def log_scan_run(
-    mv: ModelVersionRef,
-    *,
-    metrics: dict[str, float],
-    params: dict[str, Any],
-    artifact_dir: Path | None,
-    tracking_uri: str | None = None,
-) -> str:
-    """Log a scan as its own MLflow run (in the training run's experiment); returns its id.
-
-    The training run stays untouched; the scan run is linked both ways (run tags name the
-    model version, the version gets ``infgate.scan_run_id``).
-    """
-    from mlflow.entities import Metric, Param
-
-    c = client(tracking_uri)
-    experiment_id = "0"
-    if mv.run_id:
-        experiment_id = c.get_run(mv.run_id).info.experiment_id
-    run = c.create_run(
-        experiment_id,
-        run_name=f"infgate-scan-{mv.name}-v{mv.version}",
-        tags={
-            "infgate.model_name": mv.name,
-            "infgate.model_version": mv.version,
-            "infgate.training_run_id": mv.run_id or "",
-            "mlflow.source.name": "infgate",
-        },
-    )
-    rid = run.info.run_id
-    flat = {k: str(v)[:500] for k, v in params.items()}
-    ts = int(run.info.start_time)
-    c.log_batch(
-        rid,
-        metrics=[
-            Metric(k, float(v), ts, 0)
-            for k, v in metrics.items()
-            if v is not None and np.isfinite(v)
-        ],
-        params=[Param(k, v) for k, v in flat.items()],
-    )
-    if artifact_dir is not None and Path(artifact_dir).exists():
-        c.log_artifacts(rid, str(artifact_dir), artifact_path="infgate")
-    c.set_terminated(rid)
-    c.set_model_version_tag(mv.name, mv.version, TAG_SCAN_RUN, rid)
-    return str(rid)
 
 
 def alias_version(name: str, alias: str, *, tracking_uri: str | None = None) -> str | None:
