@@ -127,3 +127,19 @@ def test_only_strings_left_gives_a_fix() -> None:
     schema = pa.schema([("label", pa.int64()), ("text", pa.string())])
     with pytest.raises(DataResolutionError, match="no numeric, image or array column"):
         resolve_columns(schema)
+
+
+def test_demo_output_reads_back_with_the_same_hash() -> None:
+    """`infgate queue apply` re-reads the demo's Parquet (with `true_label`) by from_frame."""
+    rng = np.random.default_rng(7)
+    data = TrainingData(
+        features=rng.random((20, 64)).astype(np.float32),
+        labels=rng.integers(0, 10, 20),
+        classes=tuple(map(str, range(10))),
+        image_shape=(8, 8),
+    )
+    frame = data.to_frame()
+    frame["true_label"] = data.labels
+    again = TrainingData.from_frame(frame, classes=data.classes, image_shape=(8, 8))
+    assert again.features.shape == (20, 64)
+    assert again.content_hash == data.content_hash
