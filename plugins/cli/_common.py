@@ -7,6 +7,7 @@ Nothing heavy is imported here (no torch, pandas, SQLAlchemy, MLflow or Prefect)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -44,6 +45,7 @@ __all__ = [
     "open_store",
     "print_table",
     "reasons_json",
+    "results_only_on_stdout",
     "settings_from",
 ]
 
@@ -57,7 +59,7 @@ EXIT_CODES_HELP = (
 )
 
 #: Results (tables, JSON) go to stdout; progress, logs and errors to stderr.
-console = Console(soft_wrap=False)
+console = Console(soft_wrap=True)  # lines are not cut at 80 columns on a pipe
 err = Console(stderr=True)
 
 DbOpt = Annotated[
@@ -92,6 +94,12 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*):([^@\s]+)@")
 def mask_secrets(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***``."""
     return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def results_only_on_stdout() -> contextlib.AbstractContextManager[Any]:
+    """While the work runs, whatever libraries print to stdout (MLflow's "View run at ...")
+    goes to stderr, so stdout holds only the command's result (its table or JSON)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

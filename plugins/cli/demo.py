@@ -207,11 +207,12 @@ def run_demo(
     from infgate.errors import GateBlockedError
     from infgate.review.queue import queue_stats
     from infgate.scan.promote import promote
+    from infgate.settings import Settings
     from infgate.store import Store
 
     store = Store.from_url(db_url)
     try:
-        promote(store, ref, tracking_uri=tracking_uri)
+        promote(store, ref, config=config, settings=Settings(tracking_uri=tracking_uri))
         console.print("5. `infgate promote` gave the version the alias 'champion'")
     except GateBlockedError as e:
         console.print(f"5. `infgate promote` [red]refuses[/red]: {len(e.reasons)} failed check(s)")

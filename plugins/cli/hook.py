@@ -43,6 +43,7 @@ def hook_serve(
 ) -> None:
     """Run the webhook receiver (secret from INFGATE_WEBHOOK_SECRET)."""
     import uvicorn
+    from infgate.plugins.cli.scan import build_scan_config
     from infgate.plugins.review_hook import (
         DeploymentStarter,
         EmbeddedStarter,
@@ -59,8 +60,11 @@ def hook_serve(
         starter = EmbeddedStarter(
             db_url=settings.db_url,
             tracking_uri=settings.tracking_uri,
-            gate_config=gate_config or settings.gate_config_path,
             deployment_alias=hook_settings.deployment_alias,
+            config=build_scan_config(
+                config=settings.scan_config_path,
+                gate_config=gate_config or settings.gate_config_path,
+            ),
         )
     else:
         starter = DeploymentStarter(

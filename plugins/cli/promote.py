@@ -17,6 +17,7 @@ from infgate.plugins.cli._common import (
     guarded,
     open_store,
     reasons_json,
+    results_only_on_stdout,
     settings_from,
 )
 
@@ -48,22 +49,25 @@ def promote(
     The gate is re-checked now, so decisions made in the relabel queue count.
     """
     from infgate.errors import GateBlockedError
-    from infgate.gate import load_gate_config
+    from infgate.plugins.cli.scan import build_scan_config
     from infgate.scan.promote import promote as do_promote
 
     settings = settings_from(db, tracking_uri)
     target = alias or settings.deployment_alias
-    thresholds = load_gate_config(gate_config or settings.gate_config_path)
+    config = build_scan_config(
+        config=settings.scan_config_path, gate_config=gate_config or settings.gate_config_path
+    )
     document = {"model": model, "version": version, "alias": target}
     try:
-        do_promote(
-            open_store(settings.db_url, upgrade=True),
-            model,
-            version=version,
-            alias=target,
-            config=thresholds,
-            tracking_uri=settings.tracking_uri,
-        )
+        with results_only_on_stdout():
+            do_promote(
+                open_store(settings.db_url, upgrade=True),
+                model,
+                version=version,
+                alias=target,
+                config=config,
+                settings=settings,
+            )
     except GateBlockedError as exc:
         if as_json:
             emit_json(

@@ -26,6 +26,7 @@ from infgate.plugins.cli._common import (
     open_store,
     print_table,
     reasons_json,
+    results_only_on_stdout,
     settings_from,
 )
 from infgate.plugins.cli._progress import scan_progress
@@ -295,12 +296,13 @@ def scan(
         report_dir=report_dir,
     )
     verbose = bool(ctx.find_root().params.get("verbose"))
-    if use_flow:
-        summary = _run_flow(
-            model, version, data, eval_data, cfg, settings, dask_workers, dask_address, verbose
-        )
-    else:
-        summary = _run_in_process(model, version, data, eval_data, cfg, settings)
+    with results_only_on_stdout():
+        if use_flow:
+            summary = _run_flow(
+                model, version, data, eval_data, cfg, settings, dask_workers, dask_address, verbose
+            )
+        else:
+            summary = _run_in_process(model, version, data, eval_data, cfg, settings)
     _show(summary, settings, top=top, as_json=as_json)
 
 
