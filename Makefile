@@ -44,8 +44,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Locally the tests run in file order (-p no:randomly); CI (.ci/run) shuffles them with a
+# printed seed: replay one with `make test PYTEST_ARGS="-p randomly --randomly-seed=<seed>"`.
+# PostgreSQL tests use INFGATE_TEST_PG_URL when set, else a throwaway server they start.
+TEST_ORDER ?= $(if $(findstring randomly,$(PYTEST_ARGS)),,-p no:randomly)
 test: lint
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(TEST_ORDER) $(PYTEST_ARGS)
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

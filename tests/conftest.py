@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -30,12 +31,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """URL of the real PostgreSQL test database that `.ci/run` starts (skips when unset)."""
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real PostgreSQL test database (a role with a password, over TCP).
+
+    ``INFGATE_TEST_PG_URL`` when set (`.ci/run` starts the Debian cluster); otherwise a
+    throwaway server from the ``pgserver`` wheel's binaries, started once for the session
+    (tests/postgres.py) and removed at the end.
+    """
     url = os.environ.get("INFGATE_TEST_PG_URL")
-    if not url:
-        pytest.skip(
-            "INFGATE_TEST_PG_URL is unset: start PostgreSQL with `bash infra/start-postgres.sh` "
-            "and export INFGATE_TEST_PG_URL (as .ci/run does)"
-        )
-    return url
+    if url:
+        yield url
+        return
+    from tests.postgres import remove, start_throwaway_postgres
+    from tests.services import free_port
+
+    server = start_throwaway_postgres(tmp_path_factory.mktemp("postgres"), free_port())
+    try:
+        yield server.url
+    finally:
+        remove(server)

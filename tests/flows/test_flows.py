@@ -51,7 +51,7 @@ def test_blocked_scan_ends_failed_with_reasons_and_artifacts(
     assert summary["verdict"] == "blocked" and summary["queued"] > 0
     assert any(r["expectation"] == "expect_column_mean_to_be_between" for r in summary["reasons"])
     states = _task_states(state.state_details.flow_run_id)
-    assert set(states) == {"load", "influence", "detect", "store", "gate", "report"}
+    assert set(states) == {"load", "analyse", "store", "gate", "report"}
     key = f"infgate-noisy-v{noisy_version.version}"
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
@@ -67,7 +67,7 @@ def test_blocked_scan_ends_failed_with_reasons_and_artifacts(
 def test_rerun_hits_the_cache_and_updates_the_same_scan(flow_scan: dict) -> None:
     second = flow_scan["second"]
     states = _task_states(second.state_details.flow_run_id)
-    assert states["influence"] == "Cached" and states["detect"] == "Cached"
+    assert states["analyse"] == "Cached"
     assert states["load"] == "Completed"
     first = flow_scan["first"].result(raise_on_failure=False)
     assert second.result(raise_on_failure=False)["scan_id"] == first["scan_id"]
@@ -113,6 +113,7 @@ def test_relabel_applies_decisions_and_the_gate_passes(
 def test_scan_on_dask_shards_the_influence_stage_with_the_same_findings(
     flow_scan: dict, noisy_version: NoisyVersion
 ) -> None:
+    from infgate.config import ScanConfig
     from infgate.flows.scan import open_store, scan_model_version
     from prefect_dask import DaskTaskRunner
 
@@ -127,7 +128,7 @@ def test_scan_on_dask_shards_the_influence_stage_with_the_same_findings(
     own_db = f"sqlite:///{flow_scan['root']}/dask.db"  # leaves the other tests' store alone
     state = scan_model_version.with_options(task_runner=runner)(
         f"models:/noisy/{noisy_version.version}",
-        options={"shard_size": 150},
+        config=ScanConfig().with_overrides(**{"influence.shard_size": 150}),
         return_state=True,
         **{**flow_scan["kwargs"], "db_url": own_db},
     )
