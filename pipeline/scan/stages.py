@@ -139,7 +139,9 @@ def influence_stage(
     client: Client | None = None,
 ) -> tuple[Any, Any, dict[str, float]]:
     """The label-error ranking of every example and the explanations of the top suspects,
-    from the fitted ``scorer``. With a Dask ``client`` and more than ``shard_size`` rows the
+    from the fitted ``scorer``. With labelled evaluation data the ranking also carries each
+    example's influence on the evaluation loss (``eval_influence``: one extra solve).
+    With a Dask ``client`` and more than ``shard_size`` rows the
     ranking's per-example sweep runs in shards on the cluster."""
     from infgate.detect import explain, find_label_errors
 
@@ -149,10 +151,14 @@ def influence_stage(
     options = dict(det.options)
     if det.method != "default":
         options["method"] = det.method
+    labelled_eval = loaded.eval_data
+    if labelled_eval is not None and labelled_eval.labels is None:
+        labelled_eval = None  # production data without labels: no I_up,loss on it
     ranking = find_label_errors(
         loaded.model,
         loaded.train.data,
         scorer=scorer,
+        eval_data=labelled_eval,
         progress=False,
         shard_size=config.influence.shard_size if shard else None,
         client=client if shard else None,
