@@ -92,5 +92,7 @@ def iter_parquet(
             f"only Parquet streams in batches; {path.name!r} is CSV: convert it to Parquet "
             f"or read it whole"
         )
-    with pq.ParquetFile(path) as pf:
+    # pre_buffer=False: pyarrow's default pre-buffering keeps every column chunk read so
+    # far (the whole file by the end); without it memory stays about one row group
+    with pq.ParquetFile(path, pre_buffer=False) as pf:
         yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns))

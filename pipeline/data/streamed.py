@@ -12,6 +12,9 @@ Limits (what still needs a whole column or a whole pass):
 * opening the data reads the features once, to check them (NaN/inf, one image/array size,
   the token-id range) and to compute the content hash incrementally; the hash equals the
   in-memory one for the same rows;
+* memory is about labels + ids + one Parquet row group (write files with row groups of
+  tens of thousands of rows, not one group for the whole file);
+* only Parquet streams (CSV is read whole);
 * each pass of a back-end (curvature fit, gradients) re-reads and re-decodes the file;
 * parts of a scan that need every feature row at once (explanations over the whole
   training set, the train-vs-eval mismatch test, the report's pictures) need the in-memory
