@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,8 +204,3 @@ def withdraw_alias(mv: ModelVersionRef, alias: str, *, tracking_uri: str | None 
     client(tracking_uri).delete_registered_model_alias(mv.name, alias)
     log.warning("removed alias %r from blocked version %s", alias, mv.uri)
     return True
-
-
-def tracking_uri_from_env() -> str | None:
-    """``MLFLOW_TRACKING_URI`` if set (infgate never invents a default besides MLflow's)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or None

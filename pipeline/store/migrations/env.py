@@ -6,9 +6,8 @@ alembic CLI falls back to ``sqlalchemy.url`` or ``INFGATE_DB_URL``.
 
 from __future__ import annotations
 
-import os
-
 from alembic import context
+from infgate.settings import Settings
 from infgate.store.models import Base
 from sqlalchemy import create_engine, pool
 
@@ -35,9 +34,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get(
-        "INFGATE_DB_URL", "sqlite:///infgate.db"
-    )
+    url = config.get_main_option("sqlalchemy.url") or Settings.from_env().db_url
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as conn:
         _run(conn)
