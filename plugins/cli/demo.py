@@ -118,6 +118,12 @@ def run_demo(
     db_url = f"sqlite:///{work / 'infgate.db'}"
     for noisy in ("alembic", "mlflow", "great_expectations", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # two MLflow hints about how the demo itself logs its data (a local Parquet file, integer
+    # labels): true and harmless here, and not something a demo user can act on
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
     data, flipped, clean = digits_with_flips(noise, seed)
     console.rule("[bold]infgate demo: a model trained on mislabeled digits meets the gate")
     console.print(
