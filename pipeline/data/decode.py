@@ -9,7 +9,7 @@ image or array sizes, nulls and undecodable bytes fail with the first offending 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,7 @@ from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteErr
 
 __all__ = ["decode_features", "fit_shape"]
 
-Batch = pa.Table | pa.RecordBatch
+Batch: TypeAlias = Any  # a pyarrow Table or RecordBatch (pyarrow ships no type stubs)
 
 
 def _row_name(i: int, ids: np.ndarray | None) -> str:
@@ -123,7 +123,8 @@ def _images(
         if raw is None:
             raise InvalidInputError(f"{what} image column {name!r}: {row} is empty (null)")
         try:
-            with Image.open(io.BytesIO(raw)) as img:
+            with Image.open(io.BytesIO(raw)) as opened:
+                img: Image.Image = opened
                 if img.mode in ("P", "1", "LA", "PA"):
                     img = img.convert("RGBA" if "A" in img.mode else "L")
                 pix = np.asarray(img)
