@@ -21,8 +21,10 @@ from infgate.registry.datasets import (
     stream_training_data,
 )
 from infgate.registry.inputs import column_options, model_input_spec
+from infgate.registry.runs import WEIGHT_DECAY_PARAMS, logged_weight_decay
 
 __all__ = [
+    "WEIGHT_DECAY_PARAMS",
     "ModelVersionRef",
     "ResolvedData",
     "StreamedData",
@@ -34,6 +36,7 @@ __all__ = [
     "load_model",
     "load_training_data",
     "log_scan_run",
+    "logged_weight_decay",
     "model_input_spec",
     "resolve_model_version",
     "set_alias",
