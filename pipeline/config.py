@@ -5,9 +5,9 @@ whole as MLflow params, stored with the scan, and handed unchanged to every stag
 is a frozen dataclass validated in ``__post_init__``; nothing here mutates what a caller
 passed in (``with_overrides`` returns a new object).
 
-Identity: :meth:`ScanConfig.identity` is what a scan *computes* from (influence, detection,
-mismatch): the stored scan is reused, and Prefect's cache hit, only when it is equal. The gate
-and report parts change what is decided and shown, never the scores.
+Identity: :meth:`ScanConfig.identity` is what a scan *computes* from (data, influence,
+detection, mismatch): the stored scan is reused, and Prefect's cache hit, only when it is
+equal. The gate and report parts change what is decided and shown, never the scores.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Literal
 from infgate.errors import ConfigError
 
 __all__ = [
+    "DataConfig",
     "DetectConfig",
     "GateConfig",
     "InfluenceConfig",
@@ -54,6 +55,90 @@ def _fraction(owner: str, name: str, value: Any, *, open_: bool = False) -> None
     if not ok:
         bounds = "(0, 1)" if open_ else "[0, 1]"
         raise ConfigError(f"{owner} `{name}` must be in {bounds}, got {value!r}")
+
+
+def _names_or_none(owner: str, name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{owner} `{name}` must be a list of column names, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the training (and evaluation) data is read. Every field is optional: unset fields
+    come from the model version's tags (``infgate.feature_columns``...), then the model's MLflow
+    signature, then the data (all numeric columns but the label, the id, the true label and
+    metadata); see :mod:`infgate.data.columns`.
+
+    Attributes:
+        feature_columns: the model's input columns, in order.
+        input_shape: the per-example input shape, without the batch dimension (``[1, 8, 8]``).
+        metadata_columns: columns that are never features (besides id and labels).
+        token_columns: integer token-id columns (or one list column), kept int64.
+        label_column: the class-index column (``None``: the tag, else ``label``).
+        image_scale: divide decoded pixels by this (e.g. 255); ``None`` keeps them as stored.
+        input_dtype: ``"auto"`` (int64 for tokens, else float32), ``"float32"`` or ``"int64"``.
+        use_signature: read columns and shape from the model's MLflow signature.
+    """
+
+    feature_columns: tuple[str, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+    metadata_columns: tuple[str, ...] = ()
+    token_columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    image_scale: float | None = None
+    input_dtype: Literal["auto", "float32", "int64"] = "auto"
+    use_signature: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("feature_columns", "token_columns"):
+            object.__setattr__(self, name, _names_or_none("data", name, getattr(self, name)))
+        object.__setattr__(
+            self,
+            "metadata_columns",
+            _names_or_none("data", "metadata_columns", self.metadata_columns) or (),
+        )
+        if self.input_shape is not None:
+            shape = self.input_shape
+            ok = isinstance(shape, list | tuple) and all(
+                isinstance(v, int) and not isinstance(v, bool) and (v > 0 or (i == 0 and v == -1))
+                for i, v in enumerate(shape)
+            )
+            if not ok or not shape:
+                raise ConfigError(f"data `input_shape` must be positive ints, got {shape!r}")
+            object.__setattr__(self, "input_shape", tuple(shape))
+        if self.image_scale is not None and not (
+            isinstance(self.image_scale, int | float) and self.image_scale > 0
+        ):
+            raise ConfigError(f"data `image_scale` must be positive, got {self.image_scale!r}")
+        if self.input_dtype not in ("auto", "float32", "int64"):
+            raise ConfigError(
+                f"data `input_dtype` must be auto, float32 or int64, got {self.input_dtype!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("feature_columns", "input_shape", "metadata_columns", "token_columns"):
+            d[k] = list(d[k]) if d[k] is not None else None
+        return d
+
+    def column_options(self) -> dict[str, Any]:
+        """The fields as keyword arguments of :class:`infgate.data.columns.ColumnOptions`."""
+        d = {
+            "feature_columns": self.feature_columns,
+            "input_shape": self.input_shape,
+            "metadata_columns": self.metadata_columns,
+            "token_columns": self.token_columns,
+            "image_scale": self.image_scale,
+            "input_dtype": self.input_dtype,
+        }
+        if self.label_column:
+            d["label_column"] = self.label_column
+        return d
 
 
 @dataclass(frozen=True)
@@ -237,6 +322,7 @@ class ReportConfig:
 
 
 _PARTS: dict[str, type] = {
+    "data": DataConfig,
     "influence": InfluenceConfig,
     "detect": DetectConfig,
     "mismatch": MismatchConfig,
@@ -264,6 +350,7 @@ def _build(part: str, cls: type, raw: Any) -> Any:
 class ScanConfig:
     """Everything one scan is configured by; see the parts for each option."""
 
+    data: DataConfig = field(default_factory=DataConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     mismatch: MismatchConfig = field(default_factory=MismatchConfig)
@@ -285,8 +372,8 @@ class ScanConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ScanConfig:
-        """From a YAML file with any of the sections ``influence, detect, mismatch, gate,
-        report``."""
+        """From a YAML file with any of the sections ``data, influence, detect, mismatch,
+        gate, report``."""
         import yaml
 
         p = Path(path)
@@ -321,9 +408,9 @@ class ScanConfig:
         return {name: getattr(self, name).to_dict() for name in _PARTS}
 
     def identity(self) -> dict[str, Any]:
-        """The parts the scores depend on (influence, detect, mismatch)."""
+        """The parts the scores depend on (data, influence, detect, mismatch)."""
         d = self.to_dict()
-        return {k: d[k] for k in ("influence", "detect", "mismatch")}
+        return {k: d[k] for k in ("data", "influence", "detect", "mismatch")}
 
     def identity_hash(self) -> str:
         """Hash of :meth:`identity`: same model version, data and this hash = same scan."""

@@ -52,7 +52,7 @@ def recheck(
             message=f"{mv.uri} has no infgate scan yet; run `infgate scan {mv.uri}`",
         )
         raise GateBlockedError(f"refusing to promote {mv.uri}: it was never scanned", [reason])
-    loaded = load_stage(mv.uri, data_uri=info.dataset_uri, settings=settings)
+    loaded = load_stage(mv.uri, data_uri=info.dataset_uri, config=config, settings=settings)
     verdict = gate_stage(store, loaded, info.id, config or ScanConfig(), settings)
     return info.id, verdict
 

@@ -93,7 +93,7 @@ def run_scan(
     t_all = time.perf_counter()
     note("load")
     loaded = load_stage(
-        ref, version=version, data_uri=data_uri, eval_uri=eval_uri, settings=settings
+        ref, version=version, data_uri=data_uri, eval_uri=eval_uri, config=config, settings=settings
     )
     timings["load"] = time.perf_counter() - t_all
     assert loaded.mv is not None

@@ -56,19 +56,33 @@ def load_stage(
     version: str | None = None,
     data_uri: str | None = None,
     eval_uri: str | None = None,
+    config: ScanConfig | None = None,
     settings: Settings | None = None,
 ) -> LoadedScan:
-    """Resolve the version, load its model and training (and evaluation) data, check fit."""
+    """Resolve the version, load its model and training (and evaluation) data, check fit.
+
+    Columns and input shape: ``config.data``, then the version's tags, then the model's
+    signature, then the data (:mod:`infgate.data.columns`)."""
+    from infgate.data.columns import ColumnOptions
     from infgate.registry import load_eval_data, logged_weight_decay
 
+    data_cfg = (config or ScanConfig()).data
     tracking_uri = (settings or Settings()).tracking_uri
     mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
     model = load_model(mv, tracking_uri=tracking_uri)
-    train = load_training_data(mv, data_uri=data_uri, tracking_uri=tracking_uri)
-    n_classes = check_data_fits(model, train.data.features, train.data.labels)
+    train = load_training_data(
+        mv,
+        data_uri=data_uri,
+        columns=ColumnOptions(**data_cfg.column_options()),
+        use_signature=data_cfg.use_signature,
+        tracking_uri=tracking_uri,
+    )
+    n_classes = check_data_fits(model, train.data.features, train.data.labels, plan=train.plan)
     eval_data = load_eval_data(mv, eval_uri, train)
     if eval_data is not None:
-        check_data_fits(model, eval_data.features, eval_data.labels, what="evaluation data")
+        check_data_fits(
+            model, eval_data.features, eval_data.labels, what="evaluation data", plan=train.plan
+        )
     return LoadedScan(
         mv,
         model,
@@ -284,10 +298,7 @@ def gate_inputs(
     """The gate's inputs from a loaded scan and its label-error findings."""
     findings = getattr(analysis_or_findings, "ranking", analysis_or_findings)
     frame = loaded.train.frame
-    features = list(loaded.train.data.feature_names or [])
-    if not features:
-        features = [c for c in frame.columns if c not in {"example_id", loaded.train.label_column}]
-    features = [c for c in features if c in frame.columns]
+    features = [c for c in loaded.train.feature_columns if c in frame.columns]
     return GateInputs(
         frame=frame,
         label_column=loaded.train.label_column,
