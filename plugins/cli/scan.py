@@ -77,6 +77,8 @@ def build_scan_config(
     device: str | None = None,
     shard_size: int | None = None,
     report_dir: str | None = None,
+    feature_columns: list[str] | None = None,
+    label_column: str | None = None,
 ) -> Any:
     """The one ScanConfig of a scan: the YAML (or defaults), the gate YAML's keys as the
     ``gate`` section, then every flag that was given (``None`` = not given)."""
@@ -96,6 +98,8 @@ def build_scan_config(
             "influence.device": device,
             "influence.shard_size": shard_size,
             "report.directory": report_dir,
+            "data.feature_columns": _split_params(feature_columns),
+            "data.label_column": label_column,
         }
     )
     return base.with_overrides(**overrides)
@@ -250,6 +254,16 @@ def scan(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per batch.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
+    feature_columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The model's input columns (repeatable or comma-separated; default: the "
+            "version's tags, then the model signature, then the numeric columns)."
+        ),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="The label column (default: tag, else 'label').")
+    ] = None,
     gate_config: Annotated[
         str | None,
         typer.Option(
@@ -294,6 +308,8 @@ def scan(
         device=device,
         shard_size=shard_size,
         report_dir=report_dir,
+        feature_columns=feature_columns,
+        label_column=label_column,
     )
     verbose = bool(ctx.find_root().params.get("verbose"))
     with results_only_on_stdout():

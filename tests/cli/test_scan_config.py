@@ -42,6 +42,19 @@ def test_flags_override_the_yaml_and_the_gate_yaml_fills_the_gate(tmp_path: Path
     assert cfg.report.top == 7 and cfg.report.directory == str(tmp_path / "out")
 
 
+def test_column_flags_fill_the_data_section(tmp_path: Path) -> None:
+    scan_yaml = tmp_path / "scan.yaml"
+    scan_yaml.write_text("data:\n  metadata_columns: [source]\n  image_scale: 255\n")
+    cfg = build_scan_config(
+        config=str(scan_yaml), feature_columns=["px0,px1", "px2"], label_column="y"
+    )
+    assert cfg.data.feature_columns == ("px0", "px1", "px2")
+    assert cfg.data.label_column == "y" and cfg.data.metadata_columns == ("source",)
+    assert cfg.data.image_scale == 255
+    # the columns are part of what a scan computes from: a different choice is another scan
+    assert cfg.identity_hash() != build_scan_config(config=str(scan_yaml)).identity_hash()
+
+
 def test_unknown_gate_keys_are_errors(tmp_path: Path) -> None:
     gate_yaml = tmp_path / "gate.yaml"
     gate_yaml.write_text("max_supect_rate: 0.1\n")
