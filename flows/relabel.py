@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from infgate.flows.runtime import RedactingFlow, mark_gate_blocked, resolve_db
 from infgate.flows.scan import IO_DELAYS, IO_RETRIES, open_store
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +24,7 @@ def apply_task(
     from infgate.registry.core import load_training_data, resolve_model_version
     from infgate.review.queue import apply_decisions
 
-    store = open_store(db_url)
+    store = open_store(resolve_db(db_url))
     info = store.get_scan(scan_id)
     mv = resolve_model_version(
         info.model_name, version=info.model_version, tracking_uri=tracking_uri
@@ -62,10 +63,10 @@ def recheck_task(
     from infgate.scan.promote import recheck
     from infgate.settings import Settings
 
-    settings = Settings.from_env(db_url=db_url, tracking_uri=tracking_uri)
+    settings = Settings.from_env(db_url=resolve_db(db_url), tracking_uri=tracking_uri)
     gate = load_gate_config(gate_config or settings.gate_config_path)
     scan_id, verdict = recheck(
-        open_store(db_url), model, config=ScanConfig(gate=gate), settings=settings
+        open_store(settings.db_url), model, config=ScanConfig(gate=gate), settings=settings
     )
     return {
         "scan_id": scan_id,
@@ -95,5 +96,11 @@ def relabel(
         gate["verdict"],
     )
     if gate["verdict"] != "passed":
+        from prefect.runtime import flow_run
+
+        mark_gate_blocked(flow_run.id)
         return Failed(message=f"gate still blocks {applied['model']}", data=summary)
     return Completed(message=f"gate passes {applied['model']}", data=summary)
+
+
+RedactingFlow.of(relabel)

@@ -37,6 +37,7 @@ from typing import Any
 
 from infgate.config import ScanConfig, config_hash
 from infgate.errors import InfgateError
+from infgate.flows.runtime import RedactingFlow, mark_gate_blocked, resolve_db, tag_process
 from infgate.gate import GateVerdict
 from infgate.scan import (
     Analysis,
@@ -170,10 +171,17 @@ def load_task(
     data_uri: str | None,
     eval_uri: str | None,
     settings: Settings,
+    config: ScanConfig | None = None,
 ) -> LoadedScan:
-    """Resolve the version in the registry; load its model, training and eval data."""
+    """Resolve the version in the registry; load its model, training and eval data (columns
+    and shape per ``config.data``)."""
     return load_stage(
-        model, version=version, data_uri=data_uri, eval_uri=eval_uri, settings=settings
+        model,
+        version=version,
+        data_uri=data_uri,
+        eval_uri=eval_uri,
+        config=config,
+        settings=settings,
     )
 
 
@@ -320,7 +328,12 @@ def influence_stage_flow(
     if settings.device and config.influence.device == "auto":
         config = config.with_overrides(**{"influence.device": settings.device})
     loaded = load_stage(
-        model, version=version, data_uri=data_uri, eval_uri=eval_uri, settings=settings
+        model,
+        version=version,
+        data_uri=data_uri,
+        eval_uri=eval_uri,
+        config=config,
+        settings=settings,
     )
     analysis = analyse(loaded, config)
     return stage_to_payload(analysis, dataset_hash=loaded.train.data.content_hash)
@@ -346,17 +359,23 @@ def scan_model_version(
         eval_uri: evaluation/production data for the mismatch test (optional).
         config: the whole scan configuration (:class:`~infgate.config.ScanConfig`; the
             deployment form shows its fields).
-        db_url: findings store URL (default ``$INFGATE_DB_URL`` or ``sqlite:///infgate.db``).
+        db_url: the findings store, as a reference resolved inside the run
+            (:func:`~infgate.flows.runtime.resolve_db`): ``None`` (the worker's
+            ``$INFGATE_DB_URL``, else ``sqlite:///infgate.db``), ``"env:NAME"``,
+            ``"secret:<Prefect Secret block>"`` or a URL. Prefect stores a URL's password
+            masked, so a deployment (or a re-run from the UI) needs a reference.
         tracking_uri: MLflow tracking/registry URI (default: MLflow's own resolution).
         influence_deployment: run the analysis as this deployment (GPU pool).
 
     Returns:
-        Completed with the scan summary, or Failed (one-line reason) when the gate blocks.
+        Completed with the scan summary, or Failed (one-line reason, the same summary as its
+        data) when the gate blocks: a final state, logged without a traceback.
     """
     logger = get_run_logger()
-    settings = Settings.from_env(db_url=db_url, tracking_uri=tracking_uri)
+    _tag_this_process()
+    settings = Settings.from_env(db_url=resolve_db(db_url), tracking_uri=tracking_uri)
     config = config or default_config(settings)
-    loaded = load_task(model, version, data_uri, eval_uri, settings)
+    loaded = load_task(model, version, data_uri, eval_uri, settings, config)
     assert loaded.mv is not None
     if influence_deployment:
         from infgate.flows.influence_payload import run_influence_deployment
@@ -393,8 +412,21 @@ def scan_model_version(
     }
     logger.info("scan %d of %s: gate %s", scan_id, loaded.mv.uri, verdict.verdict)
     if not verdict.passed:
+        reason = " ".join(verdict.summary().split())  # one line in the UI and the logs
+        mark_gate_blocked(_flow_run.id)
         return Failed(
-            message=f"gate blocked {loaded.mv.uri} (scan {scan_id}): {verdict.summary()}",
-            data=summary,
+            message=f"gate blocked {loaded.mv.uri} (scan {scan_id}): {reason}", data=summary
         )
     return Completed(message=f"gate passed {loaded.mv.uri} (scan {scan_id})", data=summary)
+
+
+RedactingFlow.of(scan_model_version)
+RedactingFlow.of(influence_stage_flow)
+
+
+def _tag_this_process() -> None:
+    """Best effort: an unreachable API must not fail the scan for a bookkeeping tag."""
+    try:
+        tag_process(_flow_run.id)
+    except Exception as e:  # the run itself reports real API failures
+        get_run_logger().warning("could not tag the flow run with its process: %s", e)

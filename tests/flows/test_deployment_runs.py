@@ -120,6 +120,16 @@ def wait_final(served: Served, flow_run_id: Any, timeout: float = RUN_TIMEOUT) -
             time.sleep(0.5)
 
 
+def flow_run_logs(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
 def child_runs(parent_flow_run_id: Any) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
@@ -291,6 +301,10 @@ def test_deployment_starter_runs_the_scan_deployment_then_enforces(
         assert run.parameters.get("tracking_uri") is None
         assert {"infgate", "webhook", "model_version.created"} <= set(run.tags)
         assert run.state.is_failed() and "gate blocked" in run.state.message, run.state
+        # a blocked gate is a verdict: one line, no ERROR record (no re-raised traceback)
+        assert "\n" not in run.state.message
+        errors = [r.message for r in flow_run_logs(run.id) if r.level >= 40]
+        assert errors == [], errors
         tags = mlflow.get_model_version(name, version).tags
         assert tags["infgate.gate"] == "blocked"
         latest = open_store(served.db_url).latest_scan(name, version)

@@ -42,13 +42,16 @@ def test_frames_round_trip_through_json_exactly() -> None:
 
 
 def test_stage_payload_checks_version_and_data() -> None:
+    from infgate.scan.results import Analysis, CurvatureSummary
+
     frame = ranking_like()
-    payload = json.loads(
-        json.dumps(stage_to_payload(frame, None, {"influence": 1.5}, dataset_hash="abc"))
-    )
-    ranking, explanations, timings = stage_from_payload(payload, dataset_hash="abc")
-    pd.testing.assert_frame_equal(ranking, frame)
-    assert explanations is None and timings == {"influence": 1.5}
+    curvature = CurvatureSummary("exact", 1e-3, "config", 650, {"why": "small"}, 0.25)
+    analysis = Analysis(frame, None, None, curvature, {"influence": 1.5})
+    payload = json.loads(json.dumps(stage_to_payload(analysis, dataset_hash="abc")))
+    back = stage_from_payload(payload, dataset_hash="abc")
+    pd.testing.assert_frame_equal(back.ranking, frame)
+    assert back.explanations is None and back.mismatch is None
+    assert back.timings == {"influence": 1.5} and back.curvature == curvature
     with pytest.raises(DatasetMismatchError, match="hash abc"):
         stage_from_payload(payload, dataset_hash="def")
     with pytest.raises(InfluenceRunError, match="list"):
