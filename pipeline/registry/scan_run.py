@@ -207,12 +207,32 @@ def _link_version(c: Any, mv: ModelVersionRef, run_name: str, url: str, run_id: 
     c.update_model_version(mv.name, mv.version, description=_with_block(current, None, line))
 
 
-def _model_input(c: Any, mv: ModelVersionRef) -> list[Any]:
-    """``[LoggedModelInput]`` for the version's MLflow 3 logged model, else ``[]``."""
-    from mlflow.entities import LoggedModelInput
+_LOGGED_MODEL_URI = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)/?$")
 
-    model_id = getattr(c.get_model_version(mv.name, mv.version), "model_id", None)
-    return [LoggedModelInput(model_id)] if model_id else []
+
+def _model_input(c: Any, mv: ModelVersionRef) -> list[Any]:
+    """``[LoggedModelInput]`` for the version's MLflow 3 logged model, else ``[]``.
+
+    The id is the version's ``model_id``, else the one its source names
+    (``models:/m-<hex>``: MLflow 3.17 leaves ``model_id`` empty on versions it registered
+    from a logged model); an id the tracking server does not know is left out.
+    """
+    from mlflow.entities import LoggedModelInput
+    from mlflow.exceptions import MlflowException
+
+    version = c.get_model_version(mv.name, mv.version)
+    model_id = getattr(version, "model_id", None)
+    if not model_id:
+        m = _LOGGED_MODEL_URI.match(str(version.source or ""))
+        model_id = m["id"] if m else None
+    if not model_id:
+        return []
+    try:
+        c.get_logged_model(model_id)
+    except MlflowException:
+        log.info("%s names logged model %s, which the server does not know", mv.uri, model_id)
+        return []
+    return [LoggedModelInput(model_id)]
 
 
 def _as_logged(c: Any, mv: ModelVersionRef, ds: ScanDataset) -> Any:
