@@ -50,7 +50,27 @@ def test_evaluate_with_infgate_logs_scan_metrics_and_artifacts(
         "infgate/findings.csv",
         "infgate/gate_verdict.json",
         "infgate/score_histogram.png",
+        "infgate/report.html",
+        "infgate/summary.md",
     } <= names
+    # EvaluationResult.artifacts: one per logged file, each pointing at the run's copy and
+    # loaded (the figure as an image, the verdict as JSON, the page and summary as text)
+    from mlflow.models.evaluation.artifacts import (
+        ImageEvaluationArtifact,
+        JsonEvaluationArtifact,
+        TextEvaluationArtifact,
+    )
+
+    arts = result.artifacts
+    assert {"infgate_report", "infgate_summary", "infgate_score_histogram"} <= set(arts)
+    rid = run.info.run_id
+    assert {a.uri for a in arts.values()} == {f"runs:/{rid}/{n}" for n in names}
+    assert isinstance(arts["infgate_score_histogram"], ImageEvaluationArtifact)
+    assert arts["infgate_score_histogram"].content.size[0] > 100
+    assert isinstance(arts["infgate_gate_verdict"], JsonEvaluationArtifact)
+    assert arts["infgate_gate_verdict"].content["verdict"] == "blocked"
+    assert isinstance(arts["infgate_report"], TextEvaluationArtifact)
+    assert "gate BLOCKED" in arts["infgate_report"].content
 
 
 def test_evaluator_refuses_non_classifiers() -> None:
