@@ -56,7 +56,45 @@ _EXPORTS: dict[str, str] = {
     "scan_dataset": "infgate.scan",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "ConfigError",
+    "CurvatureError",
+    "DataResolutionError",
+    "DatasetMismatchError",
+    "DetectConfig",
+    "EvalData",
+    "GateBlockedError",
+    "GateConfig",
+    "InfgateError",
+    "InfluenceConfig",
+    "InfluenceMatrix",
+    "InfluenceResult",
+    "InfluenceScorer",
+    "InvalidInputError",
+    "MismatchConfig",
+    "MismatchDetector",
+    "MismatchReport",
+    "ModelStateError",
+    "NonFiniteError",
+    "NotFittedError",
+    "ReportConfig",
+    "ScanConfig",
+    "ScanResult",
+    "Settings",
+    "TrainingData",
+    "__version__",
+    "detect_mismatch",
+    "explain",
+    "find_label_errors",
+    "flip_labels",
+    "influence",
+    "run_scan",
+    "scan_dataset",
+    "self_influence",
+]
+
+
+assert set(__all__) == {*_EXPORTS, "__version__"}  # one list of names, checked at import
 
 
 def __getattr__(name: str) -> Any:

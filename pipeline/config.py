@@ -128,7 +128,7 @@ class DataConfig:
 
     def column_options(self) -> dict[str, Any]:
         """The fields as keyword arguments of :class:`infgate.data.columns.ColumnOptions`."""
-        d = {
+        d: dict[str, Any] = {
             "feature_columns": self.feature_columns,
             "input_shape": self.input_shape,
             "metadata_columns": self.metadata_columns,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from infgate.errors import InvalidInputError
 from infgate.config import GateConfig
+from infgate.errors import InvalidInputError
 from infgate.gate import DEFAULTS_PATH, GateCheck, GateInputs, load_gate_config, run_gate
 
 N = 200

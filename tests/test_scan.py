@@ -80,9 +80,8 @@ def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: Noisy
 
 
 def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion) -> None:
-    from infgate.scan import run_scan
-
     from infgate.config import ScanConfig
+    from infgate.scan import run_scan
     from infgate.settings import Settings
 
     again = run_scan(
@@ -125,7 +124,6 @@ def test_promote_refuses_until_every_blocking_finding_is_decided(
     from infgate.review.annotators import ensure_annotator
     from infgate.review.queue import claim_next, decide
     from infgate.scan.promote import promote
-
     from infgate.settings import Settings
 
     store, client, uri = scanned["store"], scanned["client"], noisy_version.server.uri

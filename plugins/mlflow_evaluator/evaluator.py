@@ -127,7 +127,7 @@ def _artifacts(run_id: str, files: tuple[Path, ...]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for f in files:
-        cls = kinds.get(f.suffix, TextEvaluationArtifact)
+        cls: Any = kinds.get(f.suffix, TextEvaluationArtifact)
         artifact = cls(uri=f"runs:/{run_id}/infgate/{f.name}")
         try:
             artifact._load(str(f))
