@@ -36,6 +36,7 @@ from infgate.detect.loo import approximate_loo
 from infgate.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
+from infgate.influence.backends.base import CanWhiten
 from infgate.influence.batches import DatasetLike
 from torch import nn
 
@@ -199,8 +200,15 @@ class MismatchDetector:
         return (x.reshape(x.shape[0], -1).double().numpy() - self.mean) / self.std
 
     def probs_and_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax outputs and ``tr(L M)`` for unlabelled rows, in batches."""
+        """Softmax outputs and ``tr(L M)`` for unlabelled rows, in batches.
+
+        A back-end with output-space leverage (:class:`CanWhiten`: exact, EK-FAC, Arnoldi)
+        gives ``M`` from its factorisation; others take the Gauss-Newton factor rows, a
+        ``(B, C, P)`` tensor (gigabytes for a million-parameter network).
+        """
         sc = self.scorer
+        if isinstance(sc.backend, CanWhiten):
+            return self._whitened_scores(x, sc.backend)
         probs, scores = [], []
         for start in range(0, x.shape[0], sc.batch_size):
             xb = x[start : start + sc.batch_size].to(sc.device, sc.engine.dtype)
@@ -212,6 +220,29 @@ class MismatchDetector:
         return (
             torch.cat(probs).cpu().numpy(),
             torch.cat(scores).double().clamp_min(0).cpu().numpy(),
+        )
+
+    def _whitened_scores(
+        self, x: torch.Tensor, backend: CanWhiten
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``probs_and_scores`` from ``M = J (H + lambda I)^{-1} J^T`` (one batched pass)."""
+        sc = self.scorer
+        probs, scores = [], []
+
+        def residual(logits: torch.Tensor) -> torch.Tensor:  # unused by tr(L M)
+            return torch.softmax(logits, dim=1)
+
+        for start in range(0, x.shape[0], sc.batch_size):
+            xb = x[start : start + sc.batch_size].to(sc.device, sc.engine.dtype)
+            dummy = torch.zeros(xb.shape[0], dtype=torch.long, device=sc.device)
+            piece = backend.output_leverage(sc.engine, start, xb, dummy, residual)
+            p = torch.softmax(piece.logits.double(), dim=1)
+            cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L(x)
+            scores.append(torch.einsum("bcd,bdc->b", cov, piece.leverage.double()))
+            probs.append(p)
+        return (
+            torch.cat(probs).cpu().numpy(),
+            torch.cat(scores).clamp_min(0).cpu().numpy(),
         )
 
     def test(self, eval_data: Any, *, alpha: float = 0.05, max_drivers: int = 10) -> MismatchReport:
