@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -261,37 +262,60 @@ def _version_payload(name: str, version: str) -> bytes:
     ).encode()
 
 
-def test_registering_flipped_labels_blocks_the_version(
-    receiver: Receiver, mlflow_server: MlflowServer, tmp_path: Path
-) -> None:
+@dataclass
+class Hooked:
+    """The ``hooked`` version registered while the receiver listens, once it was handled."""
+
+    version: str
+    digits: object
+    runs: list
+
+
+@pytest.fixture(scope="module")
+def hooked(
+    receiver: Receiver, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Hooked:
+    """Register ``hooked`` (flipped labels) and wait until the receiver's scan finished:
+    every test that needs the registered, scanned version asks for this, in any order."""
     from infgate.examples.demo_registry import register_model_with_data
+
+    digits = small_digits(n=500, noise=0.1, seed=1)
+    reg = register_model_with_data(
+        digits.data,  # type: ignore[arg-type]
+        name="hooked",
+        workdir=tmp_path_factory.mktemp("hooked"),
+        tracking_uri=mlflow_server.uri,
+        true_labels=digits.clean,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(
+        s.request.model_name == "hooked" for s in receiver.starter.started
+    ):
+        time.sleep(0.2)
+    assert receiver.starter.wait_idle(240)
+    runs = [s for s in receiver.starter.started if s.request.model_name == "hooked"]
+    return Hooked(reg.version, digits, runs)
+
+
+def test_registering_flipped_labels_blocks_the_version(
+    hooked: Hooked, receiver: Receiver, mlflow_server: MlflowServer
+) -> None:
     from infgate.review.annotators import ensure_annotator
     from infgate.review.queue import claim_next
     from infgate.store import Store
     from mlflow import MlflowClient
 
-    digits = small_digits(n=500, noise=0.1, seed=1)
-    reg = register_model_with_data(
-        digits.data,
-        name="hooked",
-        workdir=tmp_path,
-        tracking_uri=mlflow_server.uri,  # type: ignore[arg-type]
-        true_labels=digits.clean,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and not receiver.starter.started:
-        time.sleep(0.2)
-    assert receiver.starter.started, "the webhook started no flow run"
-    assert receiver.starter.wait_idle(240)
-    runs = [s for s in receiver.starter.started if s.request.model_name == "hooked"]
+    digits: Any = hooked.digits
+    runs = hooked.runs
+    assert runs, "the webhook started no flow run"
     assert len(runs) == 1
     assert runs[0].request.event == "model_version.created"
     assert runs[0].outcome.get("verdict") == "blocked", runs[0].outcome
-    tags = MlflowClient(mlflow_server.uri).get_model_version("hooked", reg.version).tags
+    tags = MlflowClient(mlflow_server.uri).get_model_version("hooked", hooked.version).tags
     assert tags["infgate.gate"] == "blocked"
     assert "suspected label-error rate" in tags["infgate.reason"]
     store = Store.from_url(receiver.db_url)
-    info = store.latest_scan("hooked", reg.version)
+    info = store.latest_scan("hooked", hooked.version)
     assert info is not None and str(info.id) == tags["infgate.scan_id"]
     findings = store.findings_frame(info.id)
     suspects = set(findings.loc[findings["is_suspect"].astype(bool), "example_id"].astype(str))
@@ -357,16 +381,16 @@ def test_forged_stale_and_replayed_deliveries_start_nothing(receiver: Receiver) 
 
 
 def test_deployment_alias_on_a_blocked_version_is_withdrawn(
-    receiver: Receiver, mlflow_server: MlflowServer
+    hooked: Hooked, receiver: Receiver, mlflow_server: MlflowServer
 ) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(mlflow_server.uri)
-    hooked = client.search_model_versions("name='hooked'")
-    assert hooked and hooked[0].tags.get("infgate.gate") == "blocked"
+    mv = client.get_model_version("hooked", hooked.version)
+    assert mv.tags.get("infgate.gate") == "blocked"
     before = len(receiver.starter.started)
-    client.set_registered_model_alias("hooked", "champion", hooked[0].version)
+    client.set_registered_model_alias("hooked", "champion", hooked.version)
     deadline = time.time() + 60
     while time.time() < deadline and len(receiver.starter.started) == before:
         time.sleep(0.1)
