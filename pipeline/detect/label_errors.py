@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 from infgate.detect._inputs import example_ids
-from infgate.detect.calibrate import NoiseModel, NoiseModelOptions, fit_noise_model
+from infgate.detect.calibrate import (
+    NoiseModel,
+    NoiseModelOptions,
+    fit_noise_model,
+    rank_calibrated,
+)
 from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.filtered import filtered_probabilities
 from infgate.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
@@ -217,9 +222,12 @@ def find_label_errors(
         ``n_est`` = the expected number of wrong labels under the fitted noise model,
         ``round(sum_i error_probability_i)``, :mod:`infgate.detect.calibrate`),
         ``suggested_label`` and ``suggestion_confidence`` (for a suspect: the most probable
-        OTHER class and the posterior probability that it is the true label, calibrated; for
-        other rows the posterior argmax, usually the given label; see
-        :func:`infgate.detect.suggest.suggest_from_posterior`), ``loo_given_probability``,
+        OTHER class and the probability that it is the true label: the noise model's
+        error probability made monotone in the ranking score
+        (:func:`infgate.detect.calibrate.rank_calibrated`) times the posterior's share of
+        that class among the other classes; for other rows the most probable class, usually
+        the given label; see :func:`infgate.detect.suggest.suggest_from_posterior`),
+        ``loo_given_probability``,
         ``self_influence``, ``error_probability`` (posterior probability that the given
         label is wrong) and ``eval_influence`` (mean ``I_up,loss`` on ``eval_data``; NaN
         without it). ``df.attrs`` holds ``n_estimated_errors``, ``expected_errors`` (the
@@ -292,7 +300,8 @@ def _compute_frame(
     order = np.argsort(-scores, kind="stable")
     suspect = np.zeros(n, dtype=bool)
     suspect[order[:n_est]] = True
-    suggested, confidence = suggest_from_posterior(noise.posterior, out.labels, suspect)
+    wrong = rank_calibrated(scores, noise.error_probability)
+    suggested, confidence = suggest_from_posterior(noise.posterior, out.labels, suspect, wrong)
     idx = np.arange(n)
     df = (
         pd.DataFrame(

@@ -32,7 +32,10 @@ def suggest_labels(loo_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def suggest_from_posterior(
-    posterior: np.ndarray, labels: np.ndarray, suspect: np.ndarray
+    posterior: np.ndarray,
+    labels: np.ndarray,
+    suspect: np.ndarray,
+    wrong: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Suggested labels with calibrated confidence, from the noise model's posterior.
 
@@ -43,15 +46,28 @@ def suggest_from_posterior(
     0.9, about 9 in 10 suggestions are right. For other rows it is the posterior argmax
     (usually the given label, meaning "keep") and its probability.
 
+    With ``wrong`` (``P(label wrong)`` per row, e.g. rank-calibrated by
+    :func:`infgate.detect.calibrate.rank_calibrated`) the probability mass is split as
+    ``P(c) = wrong_i * posterior[i, c] / (1 - posterior[i, y_i])`` for ``c != y_i`` and
+    ``1 - wrong_i`` for the given label: the posterior says WHICH other class, ``wrong`` says
+    how likely any other class is.
+
     Args:
         posterior: ``(n, C)`` ``P(true label = c | x_i, given label)``.
         labels: ``(n,)`` given labels.
         suspect: ``(n,)`` boolean, rows flagged as suspects.
+        wrong: optional ``(n,)`` probability that the given label is wrong (default: from
+            the posterior, ``1 - posterior[i, y_i]``).
 
     Returns:
         ``(suggested_label, suggestion_confidence)``, both ``(n,)``.
     """
     idx = np.arange(len(labels))
+    if wrong is not None:
+        rest = np.maximum(1.0 - posterior[idx, labels], 1e-12)
+        share = posterior / rest[:, None]
+        posterior = np.clip(share * np.asarray(wrong, dtype=np.float64)[:, None], 0.0, 1.0)
+        posterior[idx, labels] = 1.0 - np.asarray(wrong, dtype=np.float64)
     others = posterior.copy()
     others[idx, labels] = -np.inf
     suggested = np.where(suspect, others.argmax(axis=1), posterior.argmax(axis=1))
