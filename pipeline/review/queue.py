@@ -87,6 +87,8 @@ class ClaimedItem:
     lease_token: str | None
     lease_expires_at: dt.datetime | None
     n_outputs: int | None = None
+    self_influence: float | None = None
+    error_probability: float | None = None
 
 
 def _annotator_id(s: Session, annotator: str | int) -> int:
@@ -279,7 +281,14 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
         lease_token=item.lease_token,
         lease_expires_at=aware(item.lease_expires_at),
         n_outputs=n_outputs,
+        self_influence=_extra_float(finding.extra, "self_influence"),
+        error_probability=_extra_float(finding.extra, "error_probability"),
     )
+
+
+def _extra_float(extra: dict[str, Any] | None, key: str) -> float | None:
+    value = (extra or {}).get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def reference_examples(

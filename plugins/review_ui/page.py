@@ -186,14 +186,25 @@ def review_page(
         )
         expl = item.explanation or {}
         why = (
-            f"<p>Self-influence score <b>{item.score:.4g}</b> (rank {item.rank} in its scan; "
-            f"higher = more likely mislabeled).</p>"
+            f"<p>Ranking score <b id=score>{item.score:.4g}</b> (rank {item.rank} in its scan; "
+            f"higher = more likely mislabeled)."
         )
+        if item.self_influence is not None:
+            why += f" Self-influence <b id=self-influence>{item.self_influence:.4g}</b>."
+        if item.error_probability is not None:
+            why += f" Estimated chance the label is wrong: {item.error_probability:.0%}."
+        why += "</p>"
+        if expl.get("supporting") or expl.get("opposing"):
+            why += (
+                "<p class=sign>Influence of a training example on this one's loss under its "
+                "given label: negative = it supports the given label (evidence against the "
+                "flag), positive = it opposes it (evidence for the flag).</p>"
+            )
         if expl.get("supporting"):
-            why += "<p>Training examples that support the flag:</p><div class=refs>"
+            why += "<p>Training examples that support the given label:</p><div class=refs>"
             why += _refs(expl["supporting"], thumbs, item) + "</div>"
         if expl.get("opposing"):
-            why += "<p>Training examples that oppose it:</p><div class=refs>"
+            why += "<p>Training examples that oppose the given label:</p><div class=refs>"
             why += _refs(expl["opposing"], thumbs, item) + "</div>"
         buttons: list[str] = []
         classes: list[str] = []

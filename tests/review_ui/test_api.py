@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -111,3 +112,20 @@ def test_json_api_with_bearer_token(client: TestClient, annotators: dict[str, st
     assert stats["done"] == 1 and stats["mine_today"] == 1 and stats["left"] == 4
     late = client.post("/api/decisions", headers=auth, json=body)
     assert late.status_code == 409 and "recorded" in late.json()["detail"]
+
+
+def test_the_page_names_the_score_and_shows_self_influence_apart(
+    store: Store, annotators: dict[str, str]
+) -> None:
+    record = make_record(5)
+    findings = record.findings.assign(self_influence=[1189.1, 20.0, 3.0, 2.0, 1.0])
+    scan_id = store.record_scan(dataclasses.replace(record, findings=findings))
+    enqueue_scan(store, scan_id)
+    client = TestClient(create_app(store))
+    client.post("/login", data={"token": annotators["alice"]})
+    page = client.get("/").text
+    assert "Ranking score" in page and "Self-influence score" not in page
+    assert "id=self-influence>1189" in page  # the example's own self-influence, apart
+    # the explanation says what the sign of an influence means, with the roles named right
+    assert "negative = it supports the given label" in page
+    assert "support the given label" in page and "support the flag" not in page
