@@ -292,12 +292,9 @@ def _publish_artifacts(loaded: LoadedScan, report: ReportOutcome, settings: Sett
         create_table_artifact(
             list(report.top_table), key=f"{key}-suspects", description="top suspected label errors"
         )
-    if report.scan_run_id and settings.tracking_uri and settings.tracking_uri.startswith("http"):
-        base = settings.tracking_uri.rstrip("/")
+    if report.scan_run_url and report.scan_run_url.startswith("http"):
         create_link_artifact(
-            f"{base}/#/experiments/0/runs/{report.scan_run_id}",
-            link_text="MLflow scan run",
-            key=f"{key}-mlflow-run",
+            report.scan_run_url, link_text="MLflow scan run", key=f"{key}-mlflow-run"
         )
 
 

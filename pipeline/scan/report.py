@@ -180,10 +180,11 @@ def scan_datasets(loaded: LoadedScan) -> list[ScanDataset]:
     ]
     if loaded.eval_data is not None:
         tags = loaded.mv.tags if loaded.mv is not None else {}
-        source = tags.get("infgate.eval_data") or "evaluation data (source not recorded)"
+        recorded = loaded.eval_uri or tags.get("infgate.eval_data")
+        source = recorded or "evaluation data (source not recorded)"
         out.append(
             ScanDataset(
-                name=Path(source).stem if "infgate.eval_data" in tags else "evaluation data",
+                name=Path(source).stem if recorded else "evaluation data",
                 source=source,
                 digest=loaded.eval_hash or "",
                 context="evaluation",

@@ -38,6 +38,8 @@ class LoadedScan:
         true_labels: known clean labels (benchmarks, the demo), for recall figures.
         weight_decay: the weight decay the training run logged, if it logged one.
         subject: a human name of what is scanned (``name vN`` or the dataset's name).
+        eval_uri: where the evaluation data came from (an explicit URI or the version's
+            ``infgate.eval_data`` tag), for the MLflow run's inputs.
     """
 
     mv: ModelVersionRef | None
@@ -48,6 +50,7 @@ class LoadedScan:
     true_labels: np.ndarray | None = None
     weight_decay: float | None = None
     subject: str = ""
+    eval_uri: str | None = None
 
     @property
     def eval_hash(self) -> str | None:
@@ -130,6 +133,7 @@ class ReportOutcome:
     markdown: str = ""
     top_table: tuple[dict[str, Any], ...] = ()
     scan_run_id: str | None = None
+    scan_run_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,5 +206,6 @@ class ScanResult:
             "top_suspects": top[cols].to_dict(orient="records"),
             "report_dir": str(self.report.directory) if self.report else None,
             "scan_run_id": self.report.scan_run_id if self.report else None,
+            "scan_run_url": self.report.scan_run_url if self.report else None,
             "timings": dict(self.timings),
         }

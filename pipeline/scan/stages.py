@@ -92,6 +92,7 @@ def load_stage(
         train.true_labels,
         weight_decay=logged_weight_decay(mv, tracking_uri=tracking_uri),
         subject=f"{mv.name} v{mv.version}",
+        eval_uri=(eval_uri or mv.tags.get("infgate.eval_data")) if eval_data is not None else None,
     )
 
 
@@ -369,7 +370,8 @@ def report_stage(
     """Write the report files; log metrics, the whole config and the files as an MLflow
     scan run (when ``config.report.log_to_mlflow`` and there is a registry version)."""
     from infgate.registry import log_scan_run
-    from infgate.scan.report import write_report
+    from infgate.registry.scan_run import run_url
+    from infgate.scan.report import scan_datasets, write_report
 
     settings = settings or Settings()
     directory = Path(config.report.directory) if config.report.directory else None
@@ -381,7 +383,7 @@ def report_stage(
         scan_id=scan_id,
         top=config.report.top,
     )
-    run_id = None
+    run_id = url = None
     if config.report.log_to_mlflow and loaded.mv is not None:
         params = {
             "scan_id": scan_id,
@@ -399,7 +401,12 @@ def report_stage(
             params=params,
             artifact_dir=report.directory,
             tracking_uri=settings.tracking_uri,
+            datasets=scan_datasets(loaded),
         )
+        from infgate.registry import client
+
+        experiment = client(settings.tracking_uri).get_run(run_id).info.experiment_id
+        url = run_url(settings.tracking_uri, str(experiment), run_id)
     return ReportOutcome(
         directory=report.directory,
         metrics=report.metrics,
@@ -407,4 +414,5 @@ def report_stage(
         markdown=report.markdown,
         top_table=tuple(report.top_table),
         scan_run_id=run_id,
+        scan_run_url=url,
     )
