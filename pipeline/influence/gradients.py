@@ -8,6 +8,7 @@ the caller's module is never mutated. This works for any ``nn.Module``, includin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -15,12 +16,19 @@ from infgate.errors import InvalidInputError, ModelStateError, NonFiniteError
 from infgate.influence.objective import Objective
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["GradientEngine", "ParamSelector", "resolve_device"]
 
 ParamSelector = Sequence[str] | Sequence[nn.Module] | nn.Module | None
 
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _vmappable_attention() -> contextlib.AbstractContextManager[None]:
+    """Scaled-dot-product attention through its math kernel: the fused CPU/flash kernels
+    have no vmap batching rule, so per-example passes would fall back to a Python loop."""
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -174,7 +182,8 @@ class GradientEngine:
     def per_example_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, P)`` gradients of each example's loss w.r.t. the selected parameters."""
         self.checked_outputs(start, x, y)
-        g = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.params, x, y)
+        with _vmappable_attention():
+            g = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.params, x, y)
         flat = self.flatten(g, batch_dims=1)
         self._check_finite(start, flat, "gradients")
         return flat
@@ -185,7 +194,8 @@ class GradientEngine:
         def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
             return self.forward(params, xi.unsqueeze(0)).reshape(-1)
 
-        jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
+        with _vmappable_attention():
+            jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
         return torch.cat(
             [
                 jac[n].reshape(x.shape[0], -1, sz)

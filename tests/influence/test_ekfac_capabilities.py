@@ -40,9 +40,23 @@ def _seq_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, tokens, y
 
 
+def _bn_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Conv -> BatchNorm2d (eval, non-trivial running statistics) -> ReLU -> Linear."""
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3)
+    ).double()
+    x = torch.randn(50, 1, 6, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        model.train()(x * 2 + 1)  # running statistics away from (0, 1)
+        model[1].weight.uniform_(0.5, 1.5, generator=g)
+    return model.eval(), x, torch.randint(0, 3, (50,), generator=g)
+
+
 def _cases() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
     cnn, x, y = default_cnn()
-    return [("cnn", cnn, x[:60], y[:60]), ("seq", *_seq_case())]
+    return [("cnn", cnn, x[:60], y[:60]), ("seq", *_seq_case()), ("bn", *_bn_case())]
 
 
 def _implied_inverse(sc: InfluenceScorer) -> torch.Tensor:
@@ -60,7 +74,7 @@ def _ce_residual(y: torch.Tensor):
 
 
 @pytest.mark.parametrize("method", ["ekfac", "kfac"])
-@pytest.mark.parametrize("case", [0, 1], ids=["cnn", "seq"])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["cnn", "seq", "bn"])
 def test_leverage_equals_the_implied_matrix(method, case):
     _, model, x, y = _cases()[case]
     sc = InfluenceScorer(model, (x, y), method=method, damping=DAMPING, progress=False)
@@ -80,7 +94,7 @@ def test_leverage_equals_the_implied_matrix(method, case):
     np.testing.assert_allclose(s, torch.einsum("bp,pq,bq->b", g, a_inv, g).numpy(), rtol=1e-8)
 
 
-@pytest.mark.parametrize("case", [0, 1], ids=["cnn", "seq"])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["cnn", "seq", "bn"])
 def test_filter_is_the_newton_step_with_the_implied_curvature(case):
     _, model, x, y = _cases()[case]
     sc = InfluenceScorer(model, (x, y), method="ekfac", damping=DAMPING, progress=False)

@@ -40,6 +40,7 @@ from infgate.influence.backends.diagonal import DiagonalBlock
 from infgate.influence.backends.exact import default_damping
 from infgate.influence.backends.kfac_layers import KronLayer, LayerCapture
 from infgate.influence.backends.layer_plan import plan_layers
+from infgate.influence.backends.norm_layers import NormLayer
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
 from torch import nn
@@ -53,6 +54,10 @@ Fisher = Literal["expected", "sampled", "empirical"]
 
 #: ``fisher=None`` takes the exact expectation up to this many outputs, else one probe.
 MAX_EXPECTED_OUTPUTS = 32
+#: ... and up to this many hooked parameters: the expectation costs one backward pass and one
+#: rotation of every layer's gradient per output, the probe one (1M-parameter CNN, 10
+#: classes: the expected eigenvalue refit alone is ~10x the per-example-gradient floor).
+MAX_EXPECTED_PARAMS = 200_000
 
 
 @register_backend("ekfac")
@@ -63,7 +68,8 @@ class EKFACBackend(Backend):
         fisher: ``"expected"`` (exact true Fisher, one backward pass per model output),
             ``"sampled"`` (one random probe per example with the true Fisher's covariance;
             one backward pass) or ``"empirical"`` (the given labels). ``None`` (default) =
-            expected up to 32 outputs, sampled above (e.g. 1,000-class models).
+            expected up to 32 outputs and 200k hooked parameters, sampled above (e.g.
+            1,000-class models, a 1M-parameter CNN).
         seed: random probes for ``fisher="sampled"``.
     """
 
@@ -77,7 +83,7 @@ class EKFACBackend(Backend):
         self.fisher: Fisher | None = fisher
         self.seed = seed
         self.damping = float("nan")
-        self.layers: list[KronLayer] = []
+        self.layers: list[Any] = []  # KronLayer or NormLayer (the same interface)
         self.block: DiagonalBlock | None = None
         self.own_reasons: dict[str, str] = {}
         self.model: nn.Module | None = None  # tapped copy of a pt2 GraphModule
@@ -104,7 +110,10 @@ class EKFACBackend(Backend):
     ) -> None:
         plan = plan_layers(engine)
         self.model = plan.model
-        layers = [KronLayer(spec) for spec in plan.layers]
+        layers: list[Any] = [
+            NormLayer(spec, engine) if spec.kind == "norm" else KronLayer(spec)
+            for spec in plan.layers
+        ]
         own = dict(plan.own_block)
         start, x, y = next(iter(data))
         with LayerCapture(engine, layers, start, x, y, model=self.model) as cap:
@@ -120,7 +129,8 @@ class EKFACBackend(Backend):
                         )
         self.layers = [layer for layer in layers if layer.path not in silent]
         self.own_reasons = own
-        names = [n for n in engine.names if n in own]
+        hooked = {n for layer in self.layers for n in (layer.weight, layer.bias) if n}
+        names = [n for n in engine.names if n in own and n not in hooked]
         self.block = DiagonalBlock(engine, names) if names else None
         if own:
             log.info(
@@ -130,19 +140,20 @@ class EKFACBackend(Backend):
                 list(own.values())[:6],
             )
         if self.fisher is None:
-            self.fisher = "expected" if n_out <= MAX_EXPECTED_OUTPUTS else "sampled"
-        self.n_covered = sum(layer.n_params for layer in self.layers)
+            big = sum(layer.n_params for layer in self.layers) > MAX_EXPECTED_PARAMS
+            self.fisher = "expected" if n_out <= MAX_EXPECTED_OUTPUTS and not big else "sampled"
+        self.n_covered = sum(
+            layer.n_params for layer in self.layers if isinstance(layer, KronLayer)
+        )
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         n = len(data)
         self._fisher_sweep(
-            engine, data, gen, "factors", progress, KronLayer.accumulate_factors, diagonal=True
+            engine, data, gen, "factors", progress, "accumulate_factors", diagonal=True
         )
         for layer in self.layers:
             layer.eigendecompose(n)
         if self.refit_eigenvalues and self.layers:
-            self._fisher_sweep(
-                engine, data, gen, "eigenvalues", progress, KronLayer.accumulate_eigenvalues
-            )
+            self._fisher_sweep(engine, data, gen, "eigenvalues", progress, "accumulate_eigenvalues")
         for layer in self.layers:
             layer.finish_eigenvalues(n, refit=self.refit_eigenvalues)
         trace = sum(float(layer.eigenvalues.sum()) for layer in self.layers)
@@ -168,11 +179,11 @@ class EKFACBackend(Backend):
         gen: torch.Generator,
         what: str,
         progress: bool,
-        update: Callable[[KronLayer, torch.Tensor, list[torch.Tensor]], None],
+        update: str,
         *,
         diagonal: bool = False,
     ) -> None:
-        """One pass over ``data`` feeding each layer's ``update`` method (activations, grads),
+        """One pass over ``data`` feeding each layer's method ``update`` (activations, grads),
         and the diagonal block when ``diagonal``."""
         bar = tqdm(
             data,
@@ -187,7 +198,7 @@ class EKFACBackend(Backend):
                 with LayerCapture(engine, self.layers, start, x, y, model=self.model) as cap:
                     grads = self._fisher_grads(cap, gen)
                     for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
-                        update(layer, acts, gs)
+                        getattr(layer, update)(acts, gs)
             if diagonal and self.block is not None:
                 assert self.fisher is not None
                 self.block.accumulate(start, x, y, self.fisher, gen)
@@ -285,7 +296,9 @@ class EKFACBackend(Backend):
             s2 = torch.zeros_like(g2)
             if self.layers:
                 eye = torch.eye(c, dtype=cap.output.dtype, device=logits.device)
-                per_out = [cap.output_grads(cap.output, eye[k].expand(b, c)) for k in range(c)]
+                per_out = [
+                    cap.output_grads(cap.output, eye[k].expand(b, c), check=False) for k in range(c)
+                ]
                 for i, layer in enumerate(self.layers):
                     g = torch.stack([per_out[k][i][0] for k in range(c)], dim=1)
                     lv, gg, ss = layer.leverage(cap.inputs[i], g, r)
@@ -297,6 +310,10 @@ class EKFACBackend(Backend):
             lev += lv
             g2 += gg
             s2 += ss
+        finite = torch.isfinite(lev.reshape(b, -1)).all(1) & torch.isfinite(s2)
+        if not bool(finite.all()):
+            rows = (torch.nonzero(~finite).flatten()[:5] + start).tolist()
+            raise NonFiniteError(f"{self.name} leverage is NaN or inf for example(s) {rows}")
         return OutputLeverage(logits, lev, g2.sqrt(), s2.sqrt())
 
     def bind(self, engine: GradientEngine) -> None:
@@ -308,7 +325,20 @@ class EKFACBackend(Backend):
             layer.bind_shapes(self._shapes)
 
     def describe(self) -> dict[str, Any]:
-        own = self.block.describe(self.own_reasons) if self.block is not None else []
+        own: list[dict[str, object]] = [
+            {
+                "param": n,
+                "size": int(self._sizes[self._names.index(n)]),
+                "reason": self.own_reasons[n],
+            }
+            for layer in self.layers
+            if isinstance(layer, NormLayer)
+            for n in (layer.weight, layer.bias)
+            if n
+        ]
+        if self.block is not None:
+            own += self.block.describe(self.own_reasons)
+        own.sort(key=lambda d: self._names.index(str(d["param"])))
         return {
             **super().describe(),
             "fisher": self.fisher,

@@ -8,11 +8,12 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
   ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` call whose weight is a selected
   parameter, tapped in a copy of the graph.
 * **Own diagonal block** (the Gauss-Newton diagonal of those parameters, exact per
-  coordinate, no cross terms): normalisation scales and shifts, embedding tables,
-  attention in-projections (``nn.MultiheadAttention.in_proj_weight``/``bias``), PReLU
-  slopes, a Linear/Conv the forward never calls as a module (``MultiheadAttention.out_proj``)
-  or one EK-FAC cannot factor (grouped or non-zero-padded convolutions); in a graph,
-  parameters consumed by normalisation, embedding or elementwise ops.
+  coordinate, no cross terms): normalisation scales and shifts (from hooks on BatchNorm /
+  LayerNorm / GroupNorm modules, see :mod:`~infgate.influence.backends.norm_layers`),
+  embedding tables, attention in-projections (``MultiheadAttention.in_proj_weight`` and
+  ``in_proj_bias``), PReLU slopes, a Linear/Conv the forward never calls as a module
+  (``MultiheadAttention.out_proj``) or one EK-FAC cannot factor (grouped or non-zero-padded
+  convolutions); in a graph, parameters consumed by normalisation, embedding or elementwise ops.
 * **Refused**: a parameter of any other kind (recurrent layers, custom modules holding raw
   parameters, unknown graph ops): :class:`~infgate.errors.InvalidInputError` naming the
   module and suggesting ``params=`` to leave it out on purpose. Nothing is dropped silently.
@@ -88,7 +89,7 @@ class LayerSpec:
 
     path: str
     module: nn.Module
-    kind: str  # "linear", "conv1d" or "conv2d"
+    kind: str  # "linear", "conv1d", "conv2d", or "norm" (a hooked diagonal block)
     weight: str | None
     bias: str | None
     out_dim: int
@@ -109,6 +110,12 @@ class LayerPlan:
 
     @property
     def factored_names(self) -> list[str]:
+        """Kronecker-factored parameters (norm layers' diagonal blocks excluded)."""
+        return [n for s in self.layers if s.kind != "norm" for n in (s.weight, s.bias) if n]
+
+    @property
+    def hooked_names(self) -> list[str]:
+        """Parameters of every hooked layer (factored, or a norm's diagonal block)."""
         return [n for s in self.layers for n in (s.weight, s.bias) if n]
 
 
@@ -174,6 +181,14 @@ def _factorable_conv(m: nn.Module) -> bool:
     )
 
 
+def _hookable_norm(m: nn.Module) -> bool:
+    """Norms whose per-example scale/shift gradients follow from hooks: BatchNorm with
+    running statistics (eval mode), LayerNorm, GroupNorm."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return bool(m.track_running_stats and m.running_mean is not None)
+    return isinstance(m, nn.LayerNorm | nn.GroupNorm)
+
+
 def _module_plan(engine: GradientEngine) -> LayerPlan:
     selected = set(engine.names)
     layers: list[LayerSpec] = []
@@ -207,6 +222,11 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
             own.update({n: f"{label}: a convolution EK-FAC cannot factor" for n in mine})
         elif isinstance(module, _NORMS):
             own.update({n: f"{label}: normalisation scale/shift" for n in mine})
+            if _hookable_norm(module) and set(mine) <= {w, b}:
+                width = int(module.weight.numel() if module.weight is not None else 0) or int(
+                    module.bias.numel()  # type: ignore[union-attr]
+                )
+                layers.append(LayerSpec(path or "<root>", module, "norm", w, b, width, 1))
         elif isinstance(module, nn.Embedding | nn.EmbeddingBag):
             own.update({n: f"{label}: embedding table" for n in mine})
         elif isinstance(module, nn.MultiheadAttention):
