@@ -148,3 +148,29 @@ def test_eval_influence_equals_brute_force_closed_form() -> None:
     # and equal to the influence matrix summed over the evaluation set
     mat = scorer.influence((xe, ye)).values
     np.testing.assert_allclose(got, mat.mean(axis=1), rtol=1e-4, atol=1e-6 * np.abs(brute).max())
+
+
+def test_suggestion_confidence_calibration_on_held_out_dataset() -> None:
+    """MASS biopsy (not in the development grid), softmax regression, 10% uniform flips.
+
+    Measured (seeds 0-2, all 683 rows): flagged-set ECE 0.26 / 0.07 / 0.08, mean 0.14; the
+    error is under-confidence (suggestions right 0.88-1.0 at mean confidence 0.74-0.93),
+    never the reverse. Tolerance: mean ECE <= 0.2 and, pooled over the seeds, suggestions
+    at confidence >= 0.9 right at least 90% of the time ("high confidence" is not an
+    overstatement). The issue's target (ECE <= 0.05) is not met yet; see RESULTS.md.
+    """
+    eces, high_right = [], []
+    for seed in (0, 1, 2):
+        x, noisy, flipped = _biopsy_with_flips(seed)
+        clean = np.where(flipped, 1 - noisy, noisy)
+        yt = torch.as_tensor(noisy)
+        model = make_classifier(9, 2, generator=torch.Generator().manual_seed(seed))
+        train_classifier(model, x, yt, weight_decay=WEIGHT_DECAY)
+        df = find_label_errors(model, (x, yt), damping=WEIGHT_DECAY, progress=False)
+        sus = df[df["is_suspect"]]
+        right = sus["suggested_label"].to_numpy() == clean[sus["example_id"].astype(int)]
+        conf = sus["suggestion_confidence"].to_numpy()
+        eces.append(expected_calibration_error(conf, right))
+        high_right.extend(right[conf >= 0.9].tolist())
+    assert np.mean(eces) <= 0.2, eces
+    assert len(high_right) >= 30 and np.mean(high_right) >= 0.9, high_right
