@@ -273,7 +273,7 @@ def _graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
                 else:
                     dims = 1 if kind == "conv1d" else 2
                     geo = [args[3 + i] if len(args) > 3 + i else d for i, d in enumerate(_GEO)]
-                    tap = ConvTap(dims, *geo, groups)
+                    tap = ConvTap(dims, geo[0], geo[1], geo[2], groups)
                 name = f"_infgate_tap_{idx}"
                 tapped.add_submodule(name, tap)
                 with graph.inserting_after(node):
