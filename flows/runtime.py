@@ -43,6 +43,7 @@ __all__ = [
     "redact",
     "resolve_db",
     "tag_process",
+    "tag_this_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,12 @@ class _BlockedIsNotAnEngineError(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg != _ENGINE_RERAISE:
             return True
+        run_id = str(getattr(record, "flow_run_id", ""))
         with _blocked_lock:
-            return str(getattr(record, "flow_run_id", "")) not in _blocked_runs
+            if run_id not in _blocked_runs:
+                return True
+            _blocked_runs.discard(run_id)  # the engine re-raises once per run
+            return False
 
 
 _FILTER = _BlockedIsNotAnEngineError()
@@ -196,6 +201,17 @@ def tag_process(flow_run_id: Any) -> None:
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
         client.update_flow_run(flow_run_id, tags=[*run.tags, _pid_tag()])
+
+
+def tag_this_run() -> None:
+    """:func:`tag_process` for the flow run in progress; best effort (an unreachable API
+    must not fail a scan for a bookkeeping tag: the run itself reports real API failures)."""
+    from prefect.runtime import flow_run
+
+    try:
+        tag_process(flow_run.id)
+    except Exception as e:
+        log.warning("could not tag flow run %s with its process: %s", flow_run.id, e)
 
 
 def _alive(pid: int) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 
 from infgate.config import ScanConfig, config_hash
 from infgate.errors import InfgateError
-from infgate.flows.runtime import RedactingFlow, mark_gate_blocked, resolve_db, tag_process
+from infgate.flows.runtime import RedactingFlow, mark_gate_blocked, resolve_db, tag_this_run
 from infgate.gate import GateVerdict
 from infgate.scan import (
     Analysis,
@@ -369,7 +369,7 @@ def scan_model_version(
         data) when the gate blocks: a final state, logged without a traceback.
     """
     logger = get_run_logger()
-    _tag_this_process()
+    tag_this_run()
     settings = Settings.from_env(db_url=resolve_db(db_url), tracking_uri=tracking_uri)
     config = config or default_config(settings)
     loaded = load_task(model, version, data_uri, eval_uri, settings, config)
@@ -419,11 +419,3 @@ def scan_model_version(
 
 RedactingFlow.of(scan_model_version)
 RedactingFlow.of(influence_stage_flow)
-
-
-def _tag_this_process() -> None:
-    """Best effort: an unreachable API must not fail the scan for a bookkeeping tag."""
-    try:
-        tag_process(_flow_run.id)
-    except Exception as e:  # the run itself reports real API failures
-        get_run_logger().warning("could not tag the flow run with its process: %s", e)
