@@ -23,6 +23,7 @@ from infgate.detect.calibrate import (
 from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.filtered import filtered_probabilities
 from infgate.detect.loo import LooOutputs, approximate_loo, sharded_approximate_loo
+from infgate.detect.neighbours import neighbour_disagreement, penultimate_features
 from infgate.detect.stats import rank_average
 from infgate.detect.suggest import suggest_from_posterior
 from infgate.errors import InvalidInputError
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RankingMethod = Literal[
     "filtered_margin",
+    "filtered_neighbours",
     "filtered_loss",
     "consensus",
     "loo_margin",
@@ -85,6 +87,7 @@ def ranking_scores(
     *,
     noise: NoiseModel | None = None,
     eval_influence: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
 ) -> np.ndarray:
     """The score of ``method`` for every example; higher = more likely mislabeled.
 
@@ -100,6 +103,9 @@ def ranking_scores(
     * ``filtered_margin`` / ``filtered_loss``: the same on the probabilities of the
       curvature-filtered model (``filtered``, from
       :func:`infgate.detect.filtered.filtered_probabilities`).
+    * ``filtered_neighbours``: mean normalized rank of ``filtered_margin`` and the share of
+      the example's 10 nearest neighbours in the model's penultimate representation that
+      carry another label (``neighbours``, :mod:`infgate.detect.neighbours`).
     * ``consensus``: mean normalized rank of ``margin``, ``loo_margin`` and ``grad_norm``.
     * ``error_probability``: the noise model's posterior probability that the given label
       is wrong (``noise``, :mod:`infgate.detect.calibrate`).
@@ -122,6 +128,12 @@ def ranking_scores(
         return out.self_influence / np.maximum(out.solved_norm, _EPS)
     if method == "grad_norm":
         return out.grad_norm
+    if method == "filtered_neighbours":
+        if filtered is None or neighbours is None:
+            raise InvalidInputError(
+                f"method={method!r} needs the filtered probabilities and neighbour disagreement"
+            )
+        return rank_average(_margin(filtered, labels), neighbours)
     if method in ("filtered_margin", "filtered_loss"):
         if filtered is None:
             raise InvalidInputError(f"method={method!r} needs the filtered model's probabilities")
@@ -280,9 +292,12 @@ def find_label_errors(
         out = sharded_approximate_loo(scorer, shard_size=shard_size or n, client=client)
     filtered = filtered_probabilities(scorer) if method.startswith("filtered") else None
     ev = None if eval_data is None else eval_loss_influence(scorer, eval_data)
+    nb = None
+    if method == "filtered_neighbours":
+        nb = neighbour_disagreement(penultimate_features(model, scorer.train), out.labels)
     noise = fit_noise_model(out.loo_probs, out.labels, options=noise_options)
     ids = example_ids(train, len(out.labels))
-    return _compute_frame(out, method, filtered, ids, scorer, noise, ev)
+    return _compute_frame(out, method, filtered, ids, scorer, noise, ev, nb)
 
 
 def _compute_frame(
@@ -293,8 +308,9 @@ def _compute_frame(
     scorer: InfluenceScorer,
     noise: NoiseModel,
     ev: np.ndarray | None,
+    nb: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    scores = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev)
+    scores = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev, neighbours=nb)
     n = len(scores)
     n_est = int(np.clip(round(noise.expected_errors), 0, n))
     order = np.argsort(-scores, kind="stable")

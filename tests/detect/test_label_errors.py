@@ -18,6 +18,7 @@ from infgate.detect import (
 from infgate.detect.calibrate import fit_noise_model
 from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.filtered import filtered_probabilities
+from infgate.detect.neighbours import neighbour_disagreement, penultimate_features
 from infgate.errors import InvalidInputError
 from infgate.examples.models import make_classifier, train_classifier
 from infgate.influence import InfluenceScorer
@@ -90,9 +91,12 @@ def test_every_method_ranks_and_default_beats_random(digits_flipped: Flipped) ->
     flipped = digits_flipped.flipped
     x, _ = digits_flipped.data.as_tensors()
     ev = eval_loss_influence(digits_flipped.scorer, (x, torch.as_tensor(digits_flipped.clean)))
+    nb = neighbour_disagreement(
+        penultimate_features(digits_flipped.model, digits_flipped.scorer.train), out.labels
+    )
     k = round(0.1 * len(flipped))
     for method in get_args(RankingMethod):
-        s = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev)
+        s = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev, neighbours=nb)
         assert s.shape == flipped.shape and np.isfinite(s).all()
         found = flipped[np.argsort(-s, kind="stable")[:k]].sum() / flipped.sum()
         assert found > 0.3, method  # random finds 10%
@@ -115,3 +119,23 @@ def test_bad_input_raises_clear_errors(digits_flipped: Flipped) -> None:
         find_label_errors(f.model, f.data, scorer=f.scorer, method="eval_influence")
     with pytest.raises(InvalidInputError, match="eval_data has no labels"):
         find_label_errors(f.model, f.data, scorer=f.scorer, eval_data=x[:10], progress=False)
+
+
+def test_neighbour_disagreement_by_hand() -> None:
+    # two tight clusters on the unit circle; row 2 carries the other cluster's label
+    f = np.array([[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0], [0.1, 0.99], [-0.1, 0.98]])
+    y = np.array([0, 0, 1, 1, 1, 1])
+    got = neighbour_disagreement(f, y, k=2)
+    # row 2's neighbours are rows 0 and 1 (label 0): both disagree; rows 0/1 see row 2 and
+    # one of each other: 1 of 2 disagree; the second cluster agrees fully
+    np.testing.assert_allclose(got, [0.5, 0.5, 1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(InvalidInputError, match="k must be >= 1, got 0"):
+        neighbour_disagreement(f, y, k=0)
+
+
+def test_filtered_neighbours_recovers_planted_flips(digits_flipped: Flipped) -> None:
+    f = digits_flipped
+    df = find_label_errors(f.model, f.data, scorer=f.scorer, method="filtered_neighbours")
+    rows = df["example_id"].astype(int).to_numpy()
+    k = round(0.1 * len(df))
+    assert f.flipped[rows[:k]].sum() / f.flipped.sum() >= 0.9  # 10% checked, 10% flipped
