@@ -65,7 +65,8 @@ def parse_eval(
         raise InvalidInputError("the evaluation set is empty (0 rows)")
     if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.uint8)):
         raise InvalidInputError(f"eval features must be numeric, got {x.dtype}")
-    x = x.to(torch.float32)
+    # token ids stay int64 (an embedding takes them), everything else is float32
+    x = x.long() if x.dtype in (torch.int64, torch.int32) else x.to(torch.float32)
     if tuple(x.shape[1:]) != tuple(width):
         raise DatasetMismatchError(
             f"eval features have rows of shape {tuple(x.shape[1:])} but the model was trained "

@@ -127,6 +127,13 @@ class MismatchReport:
         }
 
 
+def _on_device(x: torch.Tensor, scorer: InfluenceScorer) -> torch.Tensor:
+    """A batch on the scorer's device; floats in its dtype, token ids left int64."""
+    if x.is_floating_point():
+        return x.to(scorer.device, scorer.engine.dtype)
+    return x.to(scorer.device)
+
+
 class MismatchDetector:
     """Fits the training side once; :meth:`test` then checks any number of batches.
 
@@ -211,7 +218,7 @@ class MismatchDetector:
             return self._whitened_scores(x, sc.backend)
         probs, scores = [], []
         for start in range(0, x.shape[0], sc.batch_size):
-            xb = x[start : start + sc.batch_size].to(sc.device, sc.engine.dtype)
+            xb = _on_device(x[start : start + sc.batch_size], sc)
             dummy = torch.zeros(xb.shape[0], dtype=torch.long, device=sc.device)
             u = sc.engine.factor_grads(start, xb, dummy)  # (B, C, P); label-free for CE
             b, c, p = u.shape
@@ -233,7 +240,7 @@ class MismatchDetector:
             return torch.softmax(logits, dim=1)
 
         for start in range(0, x.shape[0], sc.batch_size):
-            xb = x[start : start + sc.batch_size].to(sc.device, sc.engine.dtype)
+            xb = _on_device(x[start : start + sc.batch_size], sc)
             dummy = torch.zeros(xb.shape[0], dtype=torch.long, device=sc.device)
             piece = backend.output_leverage(sc.engine, start, xb, dummy, residual)
             p = torch.softmax(piece.logits.double(), dim=1)

@@ -245,6 +245,27 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
     return LayerPlan(layers, own)
 
 
+def _graph_batch_size(graph: torch.fx.Graph) -> Any:
+    """The first input's (symbolic) batch size in an exported graph, or ``None``."""
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.users:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.ndim:
+                return val.shape[0]
+    return None
+
+
+def _leads_with(arg: Any, batch: Any) -> bool:
+    """Whether a graph value's first dimension is the batch (unknown = assume so). A linear
+    on ``(L, B, E)`` or on ``(L * B, E)`` rows (``nn.MultiheadAttention`` inside a pt2
+    graph) must not be read as ``(B, T, E)``: its rows would be attributed to the wrong
+    examples."""
+    val = getattr(arg, "meta", {}).get("val")
+    if batch is None or not isinstance(val, torch.Tensor) or not val.ndim:
+        return True
+    return str(val.shape[0]) == str(batch)
+
+
 def _graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
     selected = set(engine.names)
     tapped = copy.deepcopy(gm)
@@ -255,12 +276,18 @@ def _graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
     attr_of = {n: n.target for n in graph.nodes if n.op == "get_attr"}
     named = dict(tapped.named_parameters())
     done: set[str] = set()
+    batch = _graph_batch_size(graph)
+    unbatched: set[str] = set()  # linear calls whose input does not lead with the batch
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         kind = _GRAPH_FACTORED.get(node.target)
         args = list(node.args)
         w = attr_of.get(args[1]) if kind and len(args) > 1 else None
+        if kind == "linear" and isinstance(w, str) and not _leads_with(args[0], batch):
+            b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
+            unbatched.update(n for n in (w, attr_of.get(b_node)) if isinstance(n, str))
+            continue
         if kind and isinstance(w, str) and w in selected and w not in done:
             b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
             b = attr_of.get(b_node) if b_node is not None else None
@@ -292,6 +319,12 @@ def _graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
     factored = {n for s in layers for n in (s.weight, s.bias) if n}
     for name in engine.names:
         if name in factored:
+            continue
+        if name in unbatched:
+            own[name] = (
+                f"{name}: a linear call on a tensor that does not lead with the batch "
+                f"(attention projections) in the pt2 graph"
+            )
             continue
         users = [u for g, t in attr_of.items() if t == name for u in g.users]
         ops = sorted({str(getattr(u.target, "__name__", u.target)) for u in users})
