@@ -43,6 +43,7 @@ def hook_serve(
 ) -> None:
     """Run the webhook receiver (secret from INFGATE_WEBHOOK_SECRET)."""
     import uvicorn
+    from infgate.flows.runtime import handle_termination
     from infgate.plugins.cli.scan import build_scan_config
     from infgate.plugins.review_hook import (
         DeploymentStarter,
@@ -53,8 +54,9 @@ def hook_serve(
     from infgate.settings import quiet_third_party_env
 
     quiet_third_party_env()
+    handle_termination()  # SIGTERM/SIGHUP: runs marked Crashed, the ephemeral API stopped
     settings = settings_from(db, tracking_uri)
-    hook_settings = HookSettings.from_env()
+    hook_settings = HookSettings.from_env(settings)  # --db reaches the replay-id table
     starter: object
     if mode == "embedded":
         starter = EmbeddedStarter(

@@ -314,6 +314,9 @@ def scan(
     verbose = bool(ctx.find_root().params.get("verbose"))
     with results_only_on_stdout():
         if use_flow:
+            from infgate.flows.runtime import handle_termination
+
+            handle_termination()  # SIGTERM: the run ends Crashed, no orphaned Prefect server
             summary = _run_flow(
                 model, version, data, eval_data, cfg, settings, dask_workers, dask_address, verbose
             )
