@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 from infgate.config import ScanConfig, config_hash
 from infgate.errors import InfgateError
+from infgate.flows.artifacts import publish_artifacts, scan_run_name
 from infgate.flows.runtime import RedactingFlow, mark_gate_blocked, resolve_db, tag_this_run
 from infgate.gate import GateVerdict
 from infgate.scan import (
@@ -52,7 +52,6 @@ from infgate.scan import (
 )
 from infgate.settings import Settings
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as _flow_run
@@ -65,7 +64,6 @@ __all__ = [
     "influence_stage_flow",
     "open_store",
     "scan_model_version",
-    "scan_run_name",
 ]
 
 _STORES: dict[str, Any] = {}
@@ -145,17 +143,6 @@ def _analysis_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
         code_version(),
     ]
     return "infgate-" + "-".join(parts)
-
-
-def scan_run_name() -> str:
-    """``scan-<model>-v<version>`` (or ``scan-<model>-<alias>``) for the flow run."""
-    params = _flow_run.parameters
-    model = str(params.get("model", "model"))
-    m = re.match(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$", model)
-    name, alias, version = (m["name"], m["alias"], m["version"]) if m else (model, None, None)
-    version = version or params.get("version")
-    tail = f"v{version}" if version else (alias or "latest")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"scan-{name}-{tail}")
 
 
 @task(
@@ -280,24 +267,6 @@ def report_task(
     return report_stage(loaded, analysis, verdict, scan_id, config, settings)
 
 
-def _publish_artifacts(loaded: LoadedScan, report: ReportOutcome, settings: Settings) -> None:
-    """Prefect artifacts at the flow-run level: the markdown summary, the suspects table and
-    a link to the MLflow scan run."""
-    from prefect.artifacts import create_link_artifact
-
-    assert loaded.mv is not None
-    key = re.sub(r"[^a-z0-9-]+", "-", f"infgate-{loaded.mv.name}-v{loaded.mv.version}".lower())
-    create_markdown_artifact(report.markdown, key=f"{key}-summary", description="infgate scan")
-    if report.top_table:
-        create_table_artifact(
-            list(report.top_table), key=f"{key}-suspects", description="top suspected label errors"
-        )
-    if report.scan_run_url and report.scan_run_url.startswith("http"):
-        create_link_artifact(
-            report.scan_run_url, link_text="MLflow scan run", key=f"{key}-mlflow-run"
-        )
-
-
 @flow(name="influence-stage", persist_result=True, result_serializer="json")
 def influence_stage_flow(
     model: str,
@@ -392,7 +361,7 @@ def scan_model_version(
     scan_id, queued = store_task(settings.db_url, loaded, config, analysis)
     verdict = gate_task(settings.db_url, loaded, scan_id, config, settings)
     report = report_task(loaded, analysis, verdict, scan_id, config, settings)
-    _publish_artifacts(loaded, report, settings)
+    publish_artifacts(loaded, report)
     summary = {
         "model": loaded.mv.name,
         "version": loaded.mv.version,

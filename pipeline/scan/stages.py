@@ -271,22 +271,10 @@ def store_stage(
         image_shape=data.image_shape,
         feature_names=list(data.feature_names) if data.feature_names else None,
         explanations=analysis.explanations,
-        **_optional_record_fields(loaded, analysis),
+        n_outputs=int(loaded.n_classes),
+        curvature=json_safe(analysis.curvature.to_dict()),
     )
     return int(store.record_scan(record))
-
-
-def _optional_record_fields(loaded: LoadedScan, analysis: Analysis) -> dict[str, Any]:
-    """Columns newer store schemas have (the model's output count, the curvature choice)."""
-    from infgate.store import ScanRecord
-
-    fields = getattr(ScanRecord, "__dataclass_fields__", {})
-    out: dict[str, Any] = {}
-    if "n_outputs" in fields:
-        out["n_outputs"] = int(loaded.n_classes)
-    if "curvature" in fields:
-        out["curvature"] = json_safe(analysis.curvature.to_dict())
-    return out
 
 
 def gate_inputs(
