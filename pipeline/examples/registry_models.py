@@ -114,7 +114,7 @@ def _raw(kind: Family, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, d
         return pixels, labels[order], {"classes": 10, "side": 8, "width": 64}
     if kind == "conv1d":
         x, y = wave_sequences(n, length=64, classes=4, seed=seed)
-        return x, y, {"classes": 4, "channels": 1}
+        return x, y, {"classes": 4, "channels": 1, "width": 16}
     if kind == "transformer":
         x, y = token_sequences(n, vocab=50, length=24, classes=4, seed=seed)
         return x, y, {"vocab": 50, "classes": 4, "max_len": 24}

@@ -42,7 +42,7 @@ SETUPS: dict[str, dict] = {
     "conv1d": {
         "rows": (300, 100),
         "options": TrainOptions(
-            optimizer="sgd", lr=0.05, epochs=6, weight_decay=1e-3, batch_size=32
+            optimizer="adam", lr=3e-3, epochs=15, weight_decay=1e-3, batch_size=32
         ),
     },
     "transformer": {
