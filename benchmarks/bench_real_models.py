@@ -312,8 +312,8 @@ def main() -> None:
             "5k -> 50k sweep and the 1M-parameter peak at scale were not run here. "
             "The floor is one vmap(grad) sweep; find_label_errors fits EK-FAC (two sweeps), "
             "runs the leave-one-out sweep (one batched backward per class) and the filtered "
-            "model (one forward), so its fixed eigendecompositions dominate at small n (the ratio falls as n grows: "
-            "10.0x at 256, 5.6x at 512 on the CNN). The 1-D CNN (10,820 parameters) runs the "
+            "model (one forward), so its fixed eigendecompositions dominate at small n and "
+            "the ratio falls as n grows. The 1-D CNN (10,820 parameters) runs the "
             "exact back-end under auto; there the default ranking loses to the in-sample loss "
             "(reported to the ranking owner, issue 12)."
         ),
