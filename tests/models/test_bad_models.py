@@ -1,0 +1,192 @@
+"""Bad input on a registered model: one clear line, exit 1, and nothing stored or tagged.
+
+A layer kind ``auto`` cannot map (a custom module holding a raw ``nn.Parameter``), images of
+mixed sizes, token ids outside the embedding, and a model logged in training mode (a pt2
+graph keeps its training-mode batch norm: refused; a pickled module is switched to eval).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from infgate.examples.networks import TrainOptions, make_network, train_network
+from infgate.examples.registry_models import family_data, png_bytes, register_network
+from torch import nn
+
+from tests.models.conftest import Registry
+from tests.services import MlflowServer
+
+
+class RawMix(nn.Module):
+    """A custom layer holding a raw parameter that its forward multiplies by."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.eye(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.mix
+
+
+class CustomNet(nn.Module):
+    """28k parameters (above auto's exact budget), one of them in :class:`RawMix`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(30, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
+        self.custom = RawMix(64)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.custom(self.body(x)))
+
+
+def _scan(cli, uri: str, server: MlflowServer, tmp_path: Path, *extra: str | Path):  # type: ignore[no-untyped-def]
+    return cli(
+        "scan",
+        uri,
+        "--no-flow",
+        "--db",
+        f"sqlite:///{tmp_path / 'infgate.db'}",
+        "--tracking-uri",
+        server.uri,
+        "--report-dir",
+        tmp_path / "report",
+        *extra,
+    )
+
+
+def _untouched(tmp_path: Path, server: MlflowServer, name: str, version: str) -> None:
+    """No scan stored, no report written, no gate tag on the version."""
+    from infgate.store import Store
+    from mlflow import MlflowClient
+
+    db = tmp_path / "infgate.db"
+    if db.exists():
+        assert Store.from_url(f"sqlite:///{db}").list_scans() == []
+    assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
+    tags = MlflowClient(server.uri, server.uri).get_model_version(name, version).tags
+    assert not {"infgate.gate", "infgate.scan_id"} & set(tags)
+
+
+def _one_line_error(res) -> str:  # type: ignore[no-untyped-def]
+    assert res.code == 1, res
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, res.err  # one error line (progress lines aside)
+    assert "Traceback" not in res.err, res
+    return errors[0]
+
+
+def _custom_version(flavour: str, server: MlflowServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    data = family_data("mlp", n_train=120, n_eval=30, seed=1)
+    model = CustomNet()
+    train_network(model, data.x, data.y, TrainOptions(epochs=3, weight_decay=1e-3))
+    return register_network(
+        data,
+        name=f"bad-custom-{flavour}",
+        workdir=tmp_path / "data",
+        tracking_uri=server.uri,
+        options=TrainOptions(weight_decay=1e-3),
+        serialization_format=None if flavour == "pt2" else "pickle",
+        model=model,
+    )
+
+
+def test_custom_raw_parameter_module_is_refused_naming_it(
+    cli, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    reg = _custom_version("pickle", mlflow_server, tmp_path)
+    line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path))
+    assert "cannot handle the parameters of custom (RawMix)" in line, line  # names the module
+    assert "custom.mix" in line and "params=" in line, line
+    _untouched(tmp_path, mlflow_server, reg.name, reg.version)
+
+
+def test_custom_raw_parameter_in_a_pt2_graph_gets_a_named_diagonal_block(
+    cli, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """In a pt2 graph the module is gone; its parameter feeds a matmul, which the plan maps
+    to EK-FAC's own diagonal block and says so (nothing dropped silently)."""
+    from infgate.store import Store
+
+    reg = _custom_version("pt2", mlflow_server, tmp_path)
+    res = _scan(cli, reg.uri, mlflow_server, tmp_path)
+    assert res.code in (0, 2), res
+    (info,) = Store.from_url(f"sqlite:///{tmp_path / 'infgate.db'}").list_scans()
+    choice = (info.curvature or {})["choice"]
+    assert info.method == "ekfac" and choice["method"] == "ekfac"
+    assert choice["own_block"] == {
+        "custom.mix": "custom.mix: used by matmul.default in the pt2 graph"
+    }
+    assert "own diagonal block for custom.mix" in choice["reason"]
+
+
+def test_images_of_mixed_sizes_are_refused(cli, registered: Registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = registered("resnet", "pt2")
+    frame = r.data.train.head(20).copy()
+    frame.loc[7, "image"] = png_bytes(np.zeros((9, 9), dtype=np.uint8))
+    path = tmp_path / "mixed.parquet"
+    frame.to_parquet(path, index=False)
+    line = _one_line_error(_scan(cli, r.reg.uri, r.server, tmp_path, "--data", path))
+    assert "resnet-00007" in line and "9x9" in line and "8x8" in line, line
+    assert "resize" in line, line
+    _untouched(tmp_path, r.server, r.reg.name, r.reg.version)
+
+
+def test_token_ids_outside_the_embedding_are_refused(
+    cli, registered: Registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    r = registered("transformer", "pt2")
+    frame = r.data.train.head(20).copy()
+    tokens = [np.array(t, dtype=np.int64) for t in frame["tokens"]]
+    tokens[5][3] = 50  # the vocabulary is 0..49
+    frame["tokens"] = tokens
+    path = tmp_path / "oov.parquet"
+    frame.to_parquet(path, index=False)
+    line = _one_line_error(_scan(cli, r.reg.uri, r.server, tmp_path, "--data", path))
+    assert "token id 50" in line and "50 rows" in line, line
+    _untouched(tmp_path, r.server, r.reg.name, r.reg.version)
+
+
+def _training_mode_version(flavour: str, server: MlflowServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    data = family_data("conv1d", n_train=60, n_eval=20, seed=2)
+    model = make_network("conv1d", classes=4, width=8)
+    train_network(model, data.x, data.y, TrainOptions(epochs=1))
+    model.train()  # logged without model.eval(): batch norm in training mode
+    return data, register_network(
+        data,
+        name=f"bad-training-mode-{flavour}",
+        workdir=tmp_path / "data",
+        tracking_uri=server.uri,
+        options=TrainOptions(weight_decay=1e-3),
+        serialization_format=None if flavour == "pt2" else "pickle",
+        model=model,
+    )
+
+
+def test_pt2_model_logged_in_training_mode_is_refused(
+    cli, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _, reg = _training_mode_version("pt2", mlflow_server, tmp_path)
+    line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path))
+    assert "logged in training mode" in line and "batch_norm" in line, line
+    assert "model.eval()" in line, line
+    _untouched(tmp_path, mlflow_server, reg.name, reg.version)
+
+
+def test_pickled_model_logged_in_training_mode_loads_in_eval_mode(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    from infgate.registry import load_model, resolve_model_version
+
+    data, reg = _training_mode_version("pickle", mlflow_server, tmp_path)
+    model = load_model(resolve_model_version(reg.uri, tracking_uri=mlflow_server.uri))
+    assert model.training is False
+    assert all(not m.training for m in model.modules())
+    x = data.x[:16]
+    with torch.no_grad():
+        first, second = model(x), model(x[:3])
+    # running statistics, not the batch's: other rows in the batch change nothing
+    torch.testing.assert_close(first[:3], second, rtol=1e-5, atol=1e-6)
