@@ -24,6 +24,7 @@ from infgate.registry.datasets import _download as _download
 from infgate.registry.datasets import _read_frame as _read_frame
 from infgate.registry.datasets import check_data_fits as check_data_fits
 from infgate.registry.datasets import load_training_data as load_training_data
+from infgate.registry.model_state import check_eval_mode
 from infgate.registry.scan_run import TAG_GATE as TAG_GATE
 from infgate.registry.scan_run import TAG_REASON as TAG_REASON
 from infgate.registry.scan_run import TAG_SCAN_ID as TAG_SCAN_ID
@@ -138,7 +139,13 @@ def resolve_model_version(
 
 
 def load_model(mv: ModelVersionRef, *, tracking_uri: str | None = None) -> nn.Module:
-    """Load the version's torch model (``pt2`` GraphModule or pickled module), in eval mode."""
+    """Load the version's torch model (``pt2`` GraphModule or pickled module), in eval mode.
+
+    Raises:
+        InvalidInputError: the version is not a torch module.
+        ModelStateError: a ``pt2`` model exported in training mode (see
+            :mod:`infgate.registry.model_state`).
+    """
     import mlflow
     import mlflow.pytorch
 
@@ -150,10 +157,14 @@ def load_model(mv: ModelVersionRef, *, tracking_uri: str | None = None) -> nn.Mo
         raise InvalidInputError(
             f"{mv.uri} did not load as a torch nn.Module, got {type(model).__name__}"
         )
+    was_training = model.training
     try:
         model.eval()
+        if was_training:
+            log.info("%s was saved in training mode; scanning it in eval mode", mv.uri)
     except (NotImplementedError, RuntimeError):  # exported programs refuse mode switches
         log.debug("model %s has no train/eval switch", mv.uri)
+    check_eval_mode(model, mv.uri)  # a pt2 graph exported in training mode is refused
     _reload_when_unpickled(model, mv.uri, tracking_uri)
     return model
 
