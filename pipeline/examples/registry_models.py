@@ -108,10 +108,10 @@ def _raw(kind: Family, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, d
         return feats, torch.as_tensor(d.target[order]), {"in_features": 30, "classes": 2}
     if kind == "resnet":
         images, labels = digits_images()
-        order = torch.as_tensor(np.random.default_rng(seed).permutation(len(images))[:n])
+        rows = torch.as_tensor(np.random.default_rng(seed).permutation(len(images))[:n])
         # store what a PNG can hold: 0..255 integers, read back with image_scale=255
-        pixels = torch.round(images[order] * 255) / 255
-        return pixels, labels[order], {"classes": 10, "side": 8, "width": 64}
+        pixels = torch.round(images[rows] * 255) / 255
+        return pixels, labels[rows], {"classes": 10, "side": 8, "width": 64}
     if kind == "conv1d":
         x, y = wave_sequences(n, length=64, classes=4, seed=seed)
         return x, y, {"classes": 4, "channels": 1, "width": 16}
