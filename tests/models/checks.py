@@ -62,22 +62,38 @@ def average_precision(flipped: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(flipped.astype(int), scores))
 
 
-def ranking_ap(db_url: str, scan_id: int, r: Registered) -> float:
-    """The stored ranking's AP; rows the store left out (below its top rows) rank last."""
+def stored_scores(db_url: str, scan_id: int) -> dict[str, float]:
+    """The stored ranking: every suspect plus the top rows (``detect.store_top``)."""
     from infgate.store import Store
 
     findings = Store.from_url(db_url).findings_frame(scan_id)
     findings = findings[findings["kind"] == "label_error"]
-    score = dict(
-        zip(findings["example_id"].astype(str), findings["score"].astype(float), strict=True)
-    )
-    floor = min(score.values()) - 1.0
+    ids, scores = findings["example_id"].astype(str), findings["score"].astype(float)
+    return dict(zip(ids, scores, strict=True))
+
+
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """``values`` with all but the ``k`` largest set below the smallest (ranked last)."""
+    out = np.full(len(values), float(values.min()) - 1.0)
+    top = np.argsort(-values, kind="stable")[:k]
+    out[top] = values[top]
+    return out
+
+
+def average_precisions(db_url: str, scan_id: int, r: Registered) -> tuple[float, float]:
+    """AP at finding the planted flips of the stored ranking and of the in-sample loss,
+    both over the same number of top rows (the store keeps only its top rows, so the rest
+    rank last for both)."""
+    score = stored_scores(db_url, scan_id)
     ids = r.data.train["example_id"].astype(str)
-    return average_precision(r.data.flipped, np.array([score.get(i, floor) for i in ids]))
+    floor = min(score.values()) - 1.0
+    ranking = np.array([score.get(i, floor) for i in ids])
+    loss = _top_k(in_sample_loss(r), len(score))
+    return average_precision(r.data.flipped, ranking), average_precision(r.data.flipped, loss)
 
 
-def loss_ap(r: Registered) -> float:
-    """AP of the registered model's in-sample loss on its (noisy) training labels."""
+def in_sample_loss(r: Registered) -> np.ndarray:
+    """The registered model's cross-entropy on its (noisy) training labels, in frame order."""
     from infgate.registry import load_model, load_training_data, resolve_model_version
 
     mv = resolve_model_version(r.reg.uri, tracking_uri=r.server.uri)
@@ -89,4 +105,4 @@ def loss_ap(r: Registered) -> float:
         loss = F.cross_entropy(model(x), torch.as_tensor(data.labels), reduction="none")
     order = {str(e): i for i, e in enumerate(data.example_ids)}
     ids = r.data.train["example_id"].astype(str)
-    return average_precision(r.data.flipped, loss.numpy()[[order[i] for i in ids]])
+    return loss.numpy()[[order[i] for i in ids]].astype(np.float64)
