@@ -21,7 +21,7 @@ def test_small_model_picks_exact(caplog):
         res = self_influence(model, (x, y), method="auto", damping=0.01, progress=False)
     assert res.method == "exact"
     assert res.details["auto"]["picked"] == "exact"
-    assert "212 selected parameters <= 20,000" in res.details["auto"]["reason"]
+    assert "212 selected parameters <= 11,180" in res.details["auto"]["reason"]
     assert "method='auto' picked 'exact'" in caplog.text
 
 
@@ -43,7 +43,7 @@ def test_large_model_picks_ekfac_and_takes_keyed_options(caplog):
     res = sc.self_influence()
     assert res.method == "ekfac" and res.details["fisher"] == "sampled"
     reason = res.details["auto"]["reason"]
-    assert "24,483 selected parameters > 20,000" in reason and "1.bias" in reason
+    assert "24,483 selected parameters > 11,180" in reason and "1.bias" in reason
     assert [d["param"] for d in res.details["own_block"]] == ["1.weight", "1.bias"]
     choice = sc.choice
     assert choice.method == "ekfac" and choice.requested == "auto"

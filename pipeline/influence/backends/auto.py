@@ -2,9 +2,11 @@
 
 The rule, stated once:
 
-1. **Exact** when the float64 ``P x P`` curvature of the ``P`` selected parameters fits
-   :data:`AUTO_EXACT_MAX_BYTES` (3.2 GB, so ``P <= 20,000``; its Cholesky then costs at most
-   ``P^3 / 3 = 2.7`` TFLOP, a minute or two on a laptop CPU).
+1. **Exact** when the exact back-end's peak memory, about
+   :data:`AUTO_EXACT_PEAK_MATRICES` float64 ``P x P`` matrices for ``P`` selected parameters
+   (the curvature, its damped copy, the Cholesky factor and its inverse), fits
+   :data:`AUTO_EXACT_MAX_BYTES` (4 GB, so ``P <= 11,180``; the Cholesky then costs at most
+   ``P^3 / 3 = 0.47`` TFLOP, seconds to a minute on a laptop CPU).
 2. Otherwise **EK-FAC**: Linear / Conv1d / Conv2d weights and biases are Kronecker-factored;
    every other selected parameter of a known kind (norms, embeddings, attention
    in-projections, layers whose weights the forward uses without calling the module) gets
@@ -29,16 +31,20 @@ from infgate.influence.gradients import GradientEngine
 __all__ = [
     "AUTO_EXACT_MAX_BYTES",
     "AUTO_EXACT_MAX_PARAMS",
+    "AUTO_EXACT_PEAK_MATRICES",
     "CurvatureChoice",
     "auto_options",
     "choose_method",
     "curvature_choice",
 ]
 
-#: Memory budget of the exact back-end under ``auto``: the float64 P x P curvature matrix.
-AUTO_EXACT_MAX_BYTES = 3.2e9
-#: The parameter count that budget allows, ``sqrt(3.2e9 / 8)``.
-AUTO_EXACT_MAX_PARAMS = math.isqrt(int(AUTO_EXACT_MAX_BYTES) // 8)
+#: Peak-memory budget of the exact back-end under ``auto``.
+AUTO_EXACT_MAX_BYTES = 4e9
+#: float64 P x P matrices alive at the exact back-end's peak (measured: a 20k-parameter fit
+#: peaked at 19 GB resident before the damped copy stopped using an identity matrix).
+AUTO_EXACT_PEAK_MATRICES = 4
+#: The parameter count that budget allows, ``sqrt(4e9 / (4 x 8))`` = 11,180.
+AUTO_EXACT_MAX_PARAMS = math.isqrt(int(AUTO_EXACT_MAX_BYTES) // (8 * AUTO_EXACT_PEAK_MATRICES))
 
 
 @dataclass(frozen=True)
@@ -86,20 +92,21 @@ def choose_method(engine: GradientEngine) -> tuple[str, str]:
             can neither factor nor give a diagonal block (names the module).
     """
     p = engine.n_params
-    gb = p * p * 8 / 1e9
+    gb = AUTO_EXACT_PEAK_MATRICES * p * p * 8 / 1e9
     budget = f"{AUTO_EXACT_MAX_BYTES / 1e9:.2g} GB"
     if p <= AUTO_EXACT_MAX_PARAMS:
         return "exact", (
-            f"{p:,} selected parameters <= {AUTO_EXACT_MAX_PARAMS:,}: the exact {p:,} x {p:,} "
-            f"curvature fits the {budget} budget ({gb:.2g} GB in float64)"
+            f"{p:,} selected parameters <= {AUTO_EXACT_MAX_PARAMS:,}: the exact back-end's "
+            f"peak ({AUTO_EXACT_PEAK_MATRICES} float64 {p:,} x {p:,} matrices, {gb:.2g} GB) "
+            f"fits the {budget} budget"
         )
     from infgate.influence.backends.layer_plan import plan_layers
 
     plan = plan_layers(engine)  # raises on parameters of unknown kinds
     covered = sum(engine.sizes[engine.names.index(n)] for n in plan.factored_names)
     why = (
-        f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact matrix would take "
-        f"{gb:.3g} GB, budget {budget}): EK-FAC factors {covered:,} of them in "
+        f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact back-end would peak "
+        f"at {gb:.3g} GB, budget {budget}): EK-FAC factors {covered:,} of them in "
         f"{len(plan.layers)} Linear/Conv layer(s)"
     )
     if plan.own_block:
