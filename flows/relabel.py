@@ -21,7 +21,7 @@ def apply_task(
     scan_id: int, db_url: str | None, tracking_uri: str | None, out_dir: str | None
 ) -> dict[str, Any]:
     """Corrected dataset version from the scan's resolved decisions (Parquet + MLflow)."""
-    from infgate.registry.core import load_training_data, resolve_model_version
+    from infgate.registry import load_training_data, resolve_model_version
     from infgate.review.queue import apply_decisions
 
     store = open_store(resolve_db(db_url))

@@ -35,7 +35,7 @@ __all__ = ["guard_deployment_alias", "list_model_versions", "registry_sweep"]
 )
 def list_model_versions(tracking_uri: str | None, name_filter: str | None) -> list[tuple[str, str]]:
     """Every (name, version) in the registry, newest versions first."""
-    from infgate.registry.core import client
+    from infgate.registry import client
 
     c = client(tracking_uri)
     query = f"name LIKE '{name_filter}'" if name_filter else None
@@ -58,7 +58,7 @@ def needs_scan(
     """``"scan"``, ``"current"`` (the latest scan covers this training data and has a gate
     verdict) or ``"no data: ..."``."""
     from infgate.errors import DataResolutionError
-    from infgate.registry.core import load_training_data, resolve_model_version
+    from infgate.registry import load_training_data, resolve_model_version
 
     mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
     try:
@@ -82,8 +82,9 @@ def guard_deployment_alias(name: str, alias: str, tracking_uri: str | None) -> s
     Returns:
         ``models:/name/version`` of the version the alias was taken from, else ``None``.
     """
-    from infgate.registry.core import TAG_GATE, alias_version, resolve_model_version
-    from infgate.registry.core import withdraw_alias as withdraw
+    from infgate.registry import alias_version, resolve_model_version
+    from infgate.registry import withdraw_alias as withdraw
+    from infgate.registry.scan_run import TAG_GATE
 
     version = alias_version(name, alias, tracking_uri=tracking_uri)
     if version is None:

@@ -37,11 +37,24 @@ def env_example_keys() -> set[str]:
     return keys
 
 
+def _example_env() -> dict[str, str]:
+    """The documented values of infra/infgate.env.example (``NAME=value`` lines)."""
+    out = {}
+    for line in (ROOT / "infra" / "infgate.env.example").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and value:
+            out[name.strip()] = value.strip()
+    return out
+
+
 def expand(text: str) -> str:
-    """Shell/compose variables replaced the way they would expand (``1`` for a value)."""
+    """Shell/compose variables replaced the way they would expand: the documented example
+    value when there is one (a choice such as ``INFGATE_HOOK_MODE`` must be valid), else
+    ``1``."""
     text = re.sub(r"\$\{\w+:\+([^}]*)\}", r"\1", text)  # ${X:+word}: assume X is set
     text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)  # ${X:-default}
-    return re.sub(r"\$\{\w+\}|\$\w+", "1", text)
+    env = _example_env()
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), "1"), text)
 
 
 def service_argvs(command: str | list[str]) -> list[list[str]]:

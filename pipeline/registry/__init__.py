@@ -2,14 +2,10 @@
 scan runs, tags and aliases."""
 
 from infgate.registry.core import (
-    ModelVersionRef,
     alias_version,
-    client,
     load_model,
-    log_scan_run,
     resolve_model_version,
     set_alias,
-    set_gate_tags,
     withdraw_alias,
 )
 from infgate.registry.datasets import (
@@ -21,7 +17,9 @@ from infgate.registry.datasets import (
     stream_training_data,
 )
 from infgate.registry.inputs import column_options, model_input_spec
+from infgate.registry.refs import ModelVersionRef, client
 from infgate.registry.runs import WEIGHT_DECAY_PARAMS, logged_weight_decay
+from infgate.registry.scan_run import log_scan_run, set_gate_tags
 
 __all__ = [
     "WEIGHT_DECAY_PARAMS",

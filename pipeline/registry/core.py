@@ -10,78 +10,23 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from infgate.errors import InvalidInputError, RegistryError
-from infgate.registry.datasets import TAG_CLASSES as TAG_CLASSES
-from infgate.registry.datasets import TAG_IMAGE_SHAPE as TAG_IMAGE_SHAPE
-from infgate.registry.datasets import TAG_LABEL_COLUMN as TAG_LABEL_COLUMN
-from infgate.registry.datasets import TAG_TRAIN_DATA as TAG_TRAIN_DATA
-from infgate.registry.datasets import TAG_TRUE_LABEL_COLUMN as TAG_TRUE_LABEL_COLUMN
-from infgate.registry.datasets import ResolvedData as ResolvedData
-from infgate.registry.datasets import _download as _download
-from infgate.registry.datasets import _read_frame as _read_frame
-from infgate.registry.datasets import check_data_fits as check_data_fits
-from infgate.registry.datasets import load_training_data as load_training_data
 from infgate.registry.model_state import check_eval_mode
-from infgate.registry.scan_run import TAG_GATE as TAG_GATE
-from infgate.registry.scan_run import TAG_REASON as TAG_REASON
-from infgate.registry.scan_run import TAG_SCAN_ID as TAG_SCAN_ID
-from infgate.registry.scan_run import TAG_SCAN_RUN as TAG_SCAN_RUN
-from infgate.registry.scan_run import log_scan_run as log_scan_run
-from infgate.registry.scan_run import set_gate_tags as set_gate_tags
+from infgate.registry.refs import ModelVersionRef, client
 from torch import nn
 
 __all__ = [
     "ModelVersionRef",
-    "ResolvedData",
     "alias_version",
-    "check_data_fits",
     "client",
     "load_model",
-    "load_training_data",
-    "log_scan_run",
     "resolve_model_version",
     "set_alias",
-    "set_gate_tags",
     "withdraw_alias",
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelVersionRef:
-    """One resolved registry model version.
-
-    Attributes:
-        name: registered model name.
-        version: version number as a string.
-        run_id: the run that logged the model (``None`` when registered from elsewhere).
-        source: the model's storage URI.
-        tags: model-version tags at resolution time.
-        alias: the alias it was resolved through, if any.
-    """
-
-    name: str
-    version: str
-    run_id: str | None = None
-    source: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    alias: str | None = None
-
-    @property
-    def uri(self) -> str:
-        """``models:/name/version``: pinned, unlike an alias."""
-        return f"models:/{self.name}/{self.version}"
-
-
-def client(tracking_uri: str | None = None) -> Any:
-    """An ``MlflowClient`` for ``tracking_uri`` (default: MLflow's own resolution)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")

@@ -45,7 +45,7 @@ from infgate.registry.inputs import column_options, display_tags, model_input_sp
 from torch import nn
 
 if TYPE_CHECKING:
-    from infgate.registry.core import ModelVersionRef
+    from infgate.registry.refs import ModelVersionRef
 
 __all__ = [
     "ResolvedData",
@@ -88,7 +88,7 @@ def _dataset_input_uri(
     mv: ModelVersionRef, tracking_uri: str | None
 ) -> tuple[str, int | None] | None:
     """(source URI, registered row count) of the training run's logged dataset, if any."""
-    from infgate.registry.core import client
+    from infgate.registry.refs import client
 
     if not mv.run_id:
         return None

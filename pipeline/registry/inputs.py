@@ -19,7 +19,7 @@ from infgate.data.columns import ColumnOptions, ModelInputSpec
 from infgate.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from infgate.registry.core import ModelVersionRef
+    from infgate.registry.refs import ModelVersionRef
 
 __all__ = ["column_options", "display_tags", "model_input_spec"]
 
@@ -102,7 +102,7 @@ def model_input_spec(
 ) -> ModelInputSpec | None:
     """What the version's MLflow signature says about its input, or ``None`` (no signature)."""
     import mlflow.artifacts
-    from infgate.registry.core import client
+    from infgate.registry.refs import client
     from mlflow.models import Model
 
     try:

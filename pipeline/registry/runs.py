@@ -21,7 +21,7 @@ def logged_weight_decay(mv: Any, *, tracking_uri: str | None = None) -> float | 
     Looks for :data:`WEIGHT_DECAY_PARAMS` (case-insensitive). A value that is not a
     positive finite number is ignored with a warning naming it.
     """
-    from infgate.registry.core import client
+    from infgate.registry.refs import client
     from mlflow.exceptions import MlflowException
 
     if not getattr(mv, "run_id", None):

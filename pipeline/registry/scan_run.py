@@ -27,7 +27,7 @@ import numpy as np
 from infgate.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from infgate.registry.core import ModelVersionRef
+    from infgate.registry.refs import ModelVersionRef
 
 __all__ = [
     "INPUTS_FILE",
@@ -185,7 +185,7 @@ def set_gate_tags(
 ) -> None:
     """Tag the version (``infgate.scan_id``, ``infgate.gate``, a short ``infgate.reason``) and
     write the verdict with the full reason into the infgate block of its description."""
-    from infgate.registry.core import client
+    from infgate.registry.refs import client
 
     c = client(tracking_uri)
     c.set_model_version_tag(mv.name, mv.version, TAG_SCAN_ID, str(scan_id))
@@ -281,7 +281,7 @@ def log_scan_run(
     The training run stays untouched. The run's inputs are the datasets and the version's
     logged model; the version gets ``infgate.scan_run_id`` and a link in its description.
     """
-    from infgate.registry.core import client
+    from infgate.registry.refs import client
     from mlflow.entities import Metric, Param
 
     c = client(tracking_uri)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from infgate.registry.scan_run import ScanDataset
     from infgate.scan.results import Analysis, LoadedScan
 
+from infgate.scan.report_plots import recall_curve
+
 __all__ = [
     "ScanReport",
     "markdown_table",
@@ -58,25 +60,6 @@ class ScanReport:
     files: list[Path] = field(default_factory=list)
     markdown: str = ""
     top_table: list[dict[str, Any]] = field(default_factory=list)
-
-
-def recall_curve(
-    ranking_ids: list[str], error_ids: set[str], n_rows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fraction of true label errors found after checking the top k examples, k = 0..n.
-
-    Args:
-        ranking_ids: example ids, most suspicious first (may cover fewer than ``n_rows``).
-        error_ids: ids whose given label is wrong.
-        n_rows: dataset size (x axis is k / n_rows).
-
-    Returns:
-        ``(fraction checked, fraction of errors found)``.
-    """
-    hits = np.array([i in error_ids for i in ranking_ids], dtype=float)
-    found = np.concatenate([[0.0], np.cumsum(hits)]) / max(len(error_ids), 1)
-    checked = np.arange(len(hits) + 1) / max(n_rows, 1)
-    return checked, found
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

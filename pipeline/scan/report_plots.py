@@ -20,7 +20,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from infgate.detect import MismatchReport
 
-__all__ = ["draw_plots", "example_png", "heavy_tailed", "histogram_bins"]
+__all__ = ["draw_plots", "example_png", "heavy_tailed", "histogram_bins", "recall_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ def draw_plots(
     suspects against the rest; ``recall_curve.png`` when the true label errors are known
     (``error_ids``); ``mismatch_scores.png`` with evaluation data.
     """
-    from infgate.scan.report import recall_curve
 
     plt = _pyplot()
     files: list[Path] = []
@@ -154,3 +153,22 @@ def example_png(features: np.ndarray, image_shape: tuple[int, ...], *, scale: in
     buf = io.BytesIO()
     plt.imsave(buf, img if img.ndim == 3 else 1.0 - img, cmap="gray", vmin=0, vmax=1, format="png")
     return buf.getvalue()
+
+
+def recall_curve(
+    ranking_ids: list[str], error_ids: set[str], n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of true label errors found after checking the top k examples, k = 0..n.
+
+    Args:
+        ranking_ids: example ids, most suspicious first (may cover fewer than ``n_rows``).
+        error_ids: ids whose given label is wrong.
+        n_rows: dataset size (x axis is k / n_rows).
+
+    Returns:
+        ``(fraction checked, fraction of errors found)``.
+    """
+    hits = np.array([i in error_ids for i in ranking_ids], dtype=float)
+    found = np.concatenate([[0.0], np.cumsum(hits)]) / max(len(error_ids), 1)
+    checked = np.arange(len(hits) + 1) / max(n_rows, 1)
+    return checked, found

@@ -49,7 +49,8 @@ def enforce_gate(name: str, version: str, alias: str, tracking_uri: str | None) 
     Returns:
         True when the alias was withdrawn.
     """
-    from infgate.registry.core import TAG_GATE, resolve_model_version, withdraw_alias
+    from infgate.registry import resolve_model_version, withdraw_alias
+    from infgate.registry.scan_run import TAG_GATE
 
     mv = resolve_model_version(name, version=version, tracking_uri=tracking_uri)
     if mv.tags.get(TAG_GATE) == "passed":
