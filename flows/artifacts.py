@@ -23,8 +23,8 @@ def scan_run_name() -> str:
 
 
 def publish_artifacts(loaded: LoadedScan, report: ReportOutcome) -> None:
-    """Prefect artifacts at the flow-run level: the markdown summary, the suspects table and
-    a link to the MLflow scan run."""
+    """Prefect artifacts at the flow-run level: the markdown summary, the suspects table, where
+    the HTML report is, and a link to the MLflow scan run."""
     from prefect.artifacts import create_link_artifact
 
     assert loaded.mv is not None
@@ -33,6 +33,15 @@ def publish_artifacts(loaded: LoadedScan, report: ReportOutcome) -> None:
     if report.top_table:
         create_table_artifact(
             list(report.top_table), key=f"{key}-suspects", description="top suspected label errors"
+        )
+    html = report.directory / "report.html"
+    if html.exists():
+        where = f"[the MLflow scan run]({report.scan_run_url}) (artifacts, `infgate/report.html`)"
+        create_markdown_artifact(
+            f"# infgate report\n\nThe self-contained HTML report of this scan: `{html}`"
+            + (f", also logged to {where}." if report.scan_run_url else "."),
+            key=f"{key}-report",
+            description="infgate HTML report",
         )
     if report.scan_run_url and report.scan_run_url.startswith("http"):
         create_link_artifact(

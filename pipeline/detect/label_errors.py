@@ -166,7 +166,7 @@ def find_label_errors(
     method: RankingMethod = "filtered_margin",
     damping: float | None = None,
     scorer: InfluenceScorer | None = None,
-    influence_method: str = "exact",
+    influence_method: str = "auto",
     batch_size: int = 256,
     device: str | torch.device = "auto",
     progress: bool = True,

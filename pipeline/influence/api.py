@@ -96,7 +96,7 @@ class InfluenceScorer:
         model: nn.Module,
         train: DatasetLike,
         *,
-        method: str = "exact",
+        method: str = "auto",
         damping: float | None = None,
         params: ParamSelector = None,
         loss: Objective | str = "cross_entropy",
@@ -231,7 +231,7 @@ def self_influence(
     model: nn.Module,
     dataset: DatasetLike,
     *,
-    method: str = "exact",
+    method: str = "auto",
     damping: float | None = None,
     params: ParamSelector = None,
     loss: Objective | str = "cross_entropy",
@@ -249,9 +249,10 @@ def self_influence(
     Args:
         model: trained ``nn.Module`` (or MLflow pt2 ``GraphModule``), in eval mode.
         dataset: torch Dataset of ``(x, y)``, ``(features, labels)`` tensors, or TrainingData.
-        method: curvature back-end; ``"exact"`` forms the full matrix (<= 50k params);
-            ``"cg"``, ``"lissa"``, ``"arnoldi"``, ``"ekfac"``, ``"kfac"``, ``"tracin"``
-            approximate it; ``"auto"`` picks exact or ekfac by size (see ``details["auto"]``).
+        method: curvature back-end; ``"auto"`` (the default) picks exact or EK-FAC from
+            the parameter count and the layer kinds (``details["auto"]`` says why);
+            ``"exact"`` forms the full matrix; ``"cg"``, ``"lissa"``, ``"arnoldi"``,
+            ``"ekfac"``, ``"kfac"``, ``"tracin"`` approximate it.
         damping: lambda; ``None`` = 1e-3 x mean curvature eigenvalue (scale-free). Pass the
             weight decay the model was trained with to get the exact training objective.
         params: parameter names/modules to differentiate (``None`` = all trainable).
@@ -290,7 +291,7 @@ def influence(
     train: DatasetLike,
     test: DatasetLike,
     *,
-    method: str = "exact",
+    method: str = "auto",
     damping: float | None = None,
     params: ParamSelector = None,
     loss: Objective | str = "cross_entropy",

@@ -43,7 +43,12 @@ def test_cg_streamed_products_and_hessian_match_exact(case):
     # On a subset the model is not at a minimum, so the Hessian needs more damping.
     for curvature, damping in (("gauss_newton", DAMPING), ("hessian", 0.5)):
         exact = self_influence(
-            model, sub, damping=damping, progress=False, backend_options={"curvature": curvature}
+            model,
+            sub,
+            method="exact",
+            damping=damping,
+            progress=False,
+            backend_options={"curvature": curvature},
         )
         res = self_influence(
             model,

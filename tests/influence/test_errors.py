@@ -124,6 +124,7 @@ def test_indefinite_hessian_names_smallest_eigenvalue():
         self_influence(
             model,
             (x.double(), y),
+            method="exact",
             damping=1e-6,
             progress=False,
             backend_options={"curvature": "hessian"},

@@ -46,7 +46,12 @@ def test_softmax_regression_matches_hand_built_hessian(blobs):
     np.testing.assert_allclose(res.scores, ref.numpy(), rtol=RTOL64)
     assert res.method == "exact" and res.damping == 0.05 and res.n_params == 28
     hess = self_influence(
-        model, (x, y), damping=0.05, progress=False, backend_options={"curvature": "hessian"}
+        model,
+        (x, y),
+        method="exact",
+        damping=0.05,
+        progress=False,
+        backend_options={"curvature": "hessian"},
     )
     np.testing.assert_allclose(hess.scores, ref.numpy(), rtol=RTOL64)
 
@@ -61,7 +66,12 @@ def test_mlp_matches_explicit_gauss_newton(blobs):
     # The true Hessian of a network differs from Gauss-Newton (and is indefinite here, so
     # it needs more damping); the back-end says which curvature it used.
     full = self_influence(
-        model, (x, y), damping=3.0, progress=False, backend_options={"curvature": "hessian"}
+        model,
+        (x, y),
+        method="exact",
+        damping=3.0,
+        progress=False,
+        backend_options={"curvature": "hessian"},
     )
     ref_h = quad_scores(loop_grads(model, x, y), hand_hessian(model, x, y), 3.0)
     np.testing.assert_allclose(full.scores, ref_h.numpy(), rtol=RTOL64)

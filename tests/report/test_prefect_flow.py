@@ -34,8 +34,10 @@ def test_artifacts_hang_on_the_flow_run(flow_scan: FlowScan) -> None:
     assert {k: a.type for k, a in by_key.items()} == {
         f"{key}-summary": "markdown",
         f"{key}-suspects": "table",
+        f"{key}-report": "markdown",  # where the HTML report is (local path and MLflow run)
         f"{key}-mlflow-run": "markdown",  # Prefect stores a link artifact as markdown
     }
+    assert str(flow_scan.report_dir / "report.html") in str(by_key[f"{key}-report"].data)
     md = str(by_key[f"{key}-summary"].data)
     assert "gate BLOCKED" in md and str(flow_scan.report_dir / "report.html") in md
     rid = flow_scan.summary["scan_run_id"]
