@@ -29,7 +29,7 @@ def test_resolve_by_alias_version_and_name(noisy_version: NoisyVersion) -> None:
     from mlflow import MlflowClient
 
     uri, v = noisy_version.server.uri, noisy_version.version
-    MlflowClient(uri).set_registered_model_alias("noisy", "candidate", v)
+    MlflowClient(uri, uri).set_registered_model_alias("noisy", "candidate", v)
     by_alias = resolve_model_version("models:/noisy@candidate", tracking_uri=uri)
     assert (by_alias.version, by_alias.alias) == (v, "candidate")
     assert resolve_model_version(f"models:/noisy/{v}", tracking_uri=uri).run_id == by_alias.run_id
@@ -111,7 +111,7 @@ def test_training_data_resolution_order(noisy_version: NoisyVersion, tmp_path: P
     tagged, explicit = tmp_path / "tagged.parquet", tmp_path / "explicit.csv"
     full.head(300).to_parquet(tagged)
     full.head(250).to_csv(explicit, index=False)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     client.set_model_version_tag("noisy", v, "infgate.train_data", str(tagged))
     try:
         mv = resolve_model_version("noisy", version=v, tracking_uri=uri)

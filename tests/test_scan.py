@@ -19,7 +19,7 @@ def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactor
     store = Store.from_url(f"sqlite:///{root}/infgate.db")
     store.upgrade()
     uri, v = noisy_version.server.uri, noisy_version.version
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     client.set_registered_model_alias("noisy", "champion", v)  # set before anyone checked
     from infgate.config import ScanConfig
     from infgate.settings import Settings
@@ -29,25 +29,6 @@ def scanned(noisy_version: NoisyVersion, tmp_path_factory: pytest.TempPathFactor
         f"models:/noisy/{v}", store=store, config=config, settings=Settings(tracking_uri=uri)
     )
     return {"out": out, "store": store, "client": client, "root": root}
-
-
-def test_noisy_version_is_blocked_tagged_and_loses_the_alias(
-    scanned: dict, noisy_version: NoisyVersion
-) -> None:
-    from mlflow.exceptions import MlflowException
-
-    out, client = scanned["out"], scanned["client"]
-    assert out.verdict.verdict == "blocked"
-    failed = {r.name: r for r in out.verdict.reasons}
-    n_suspects = int(out.ranking["is_suspect"].sum())
-    assert failed["suspect_rate"].observed == pytest.approx(n_suspects / 500)
-    tags = client.get_model_version("noisy", noisy_version.version).tags
-    assert tags["infgate.gate"] == "blocked"
-    assert tags["infgate.scan_id"] == str(out.scan_id)
-    assert "suspected label-error rate" in tags["infgate.reason"]
-    with pytest.raises(MlflowException):
-        client.get_model_version_by_alias("noisy", "champion")
-    assert out.queued == n_suspects
 
 
 def test_scan_run_logs_metrics_and_artifacts(scanned: dict, noisy_version: NoisyVersion) -> None:
@@ -95,9 +76,36 @@ def test_rerun_reuses_the_stored_scan(scanned: dict, noisy_version: NoisyVersion
     assert scanned["store"].get_scan(again.scan_id).n_runs == 1
 
 
-def test_promote_cli_refuses_with_the_failed_checks(
+def test_blocked_version_is_refused_until_every_blocking_finding_is_decided(
     scanned: dict, noisy_version: NoisyVersion
 ) -> None:
+    """One story in order (each step changes the shared version and store): the CLI refuses
+    the blocked version, then every blocking suspect is decided and promote passes."""
+    _noisy_version_is_blocked_tagged_and_loses_the_alias(scanned, noisy_version)
+    _promote_cli_refuses_with_the_failed_checks(scanned, noisy_version)
+    _promote_refuses_until_every_blocking_finding_is_decided(scanned, noisy_version)
+
+
+def _noisy_version_is_blocked_tagged_and_loses_the_alias(
+    scanned: dict, noisy_version: NoisyVersion
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    out, client = scanned["out"], scanned["client"]
+    assert out.verdict.verdict == "blocked"
+    failed = {r.name: r for r in out.verdict.reasons}
+    n_suspects = int(out.ranking["is_suspect"].sum())
+    assert failed["suspect_rate"].observed == pytest.approx(n_suspects / 500)
+    tags = client.get_model_version("noisy", noisy_version.version).tags
+    assert tags["infgate.gate"] == "blocked"
+    assert tags["infgate.scan_id"] == str(out.scan_id)
+    assert "suspected label-error rate" in tags["infgate.reason"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("noisy", "champion")
+    assert out.queued == n_suspects
+
+
+def _promote_cli_refuses_with_the_failed_checks(scanned: dict, noisy_version: NoisyVersion) -> None:
     from infgate.plugins.cli.app import app
     from typer.testing import CliRunner
 
@@ -117,7 +125,7 @@ def test_promote_cli_refuses_with_the_failed_checks(
     assert "suspect_rate" in result.output
 
 
-def test_promote_refuses_until_every_blocking_finding_is_decided(
+def _promote_refuses_until_every_blocking_finding_is_decided(
     scanned: dict, noisy_version: NoisyVersion
 ) -> None:
     from infgate.errors import GateBlockedError

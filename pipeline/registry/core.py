@@ -13,7 +13,7 @@ import re
 
 from infgate.errors import InvalidInputError, RegistryError
 from infgate.registry.model_state import check_eval_mode
-from infgate.registry.refs import ModelVersionRef, client
+from infgate.registry.refs import ModelVersionRef, client, mlflow_uris
 from torch import nn
 
 __all__ = [
@@ -94,10 +94,8 @@ def load_model(mv: ModelVersionRef, *, tracking_uri: str | None = None) -> nn.Mo
     import mlflow
     import mlflow.pytorch
 
-    if tracking_uri:
-        mlflow.set_registry_uri(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pytorch.load_model(mv.uri, map_location="cpu")
+    with mlflow_uris(tracking_uri):
+        model = mlflow.pytorch.load_model(mv.uri, map_location="cpu")
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
             f"{mv.uri} did not load as a torch nn.Module, got {type(model).__name__}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelVersionRef", "client"]
+__all__ = ["ModelVersionRef", "client", "mlflow_uris"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,23 @@ def client(tracking_uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str | None) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for the
+    calls that only read them (``mlflow.pytorch.load_model``, fluent logging), and restore
+    the caller's afterwards: a library call never leaves the global state changed."""
+    import mlflow
+
+    if not tracking_uri:
+        yield
+        return
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])

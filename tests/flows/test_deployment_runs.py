@@ -273,7 +273,7 @@ def test_deployment_starter_runs_the_scan_deployment_then_enforces(
     from mlflow.exceptions import MlflowException
 
     name, version = noisy_version.name, noisy_version.version
-    mlflow = MlflowClient(noisy_version.server.uri)
+    mlflow = MlflowClient(noisy_version.server.uri, noisy_version.server.uri)
     for key in ("infgate.gate", "infgate.scan_id"):  # earlier scans set them: start clean
         mlflow.delete_model_version_tag(name, version, key)
     starter = DeploymentStarter(tracking_uri=noisy_version.server.uri)

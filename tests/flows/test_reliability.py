@@ -162,7 +162,7 @@ def stopped_receiver(
     try:
         yield receiver, webhook_id
     finally:
-        MlflowClient(mlflow_server.uri).delete_webhook(webhook_id)
+        MlflowClient(mlflow_server.uri, mlflow_server.uri).delete_webhook(webhook_id)
 
 
 def test_a_missed_webhook_is_caught_by_the_sweep(
@@ -188,7 +188,7 @@ def test_a_missed_webhook_is_caught_by_the_sweep(
     )
     # a second version whose data cannot be resolved (its file was deleted) holds the
     # deployment alias
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
     second = register_model_with_data(
         digits.data,  # type: ignore[arg-type]
         name="missed",

@@ -34,7 +34,7 @@ def _prefect_database_bytes() -> bytes:
 def _mlflow_text(tracking_uri: str, name: str) -> str:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)
     parts: list[Any] = []
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], max_results=1000):

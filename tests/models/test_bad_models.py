@@ -43,7 +43,20 @@ class CustomNet(nn.Module):
         return self.head(self.custom(self.body(x)))
 
 
+_BEFORE: dict[str, dict[str, str]] = {}  # tmp_path -> the version's gate tags before the scan
+
+
+def _gate_tags(server: MlflowServer, name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(server.uri, server.uri).get_model_version(name, version).tags
+    return {k: v for k, v in tags.items() if k in {"infgate.gate", "infgate.scan_id"}}
+
+
 def _scan(cli, uri: str, server: MlflowServer, tmp_path: Path, *extra: str | Path):  # type: ignore[no-untyped-def]
+    # the session's shared versions may carry another test's verdict: compare with that
+    name, version = uri.removeprefix("models:/").split("/")
+    _BEFORE[str(tmp_path)] = _gate_tags(server, name, version)
     return cli(
         "scan",
         uri,
@@ -59,16 +72,14 @@ def _scan(cli, uri: str, server: MlflowServer, tmp_path: Path, *extra: str | Pat
 
 
 def _untouched(tmp_path: Path, server: MlflowServer, name: str, version: str) -> None:
-    """No scan stored, no report written, no gate tag on the version."""
+    """No scan stored, no report written, the version's gate tags as they were."""
     from infgate.store import Store
-    from mlflow import MlflowClient
 
     db = tmp_path / "infgate.db"
     if db.exists():
         assert Store.from_url(f"sqlite:///{db}").list_scans() == []
     assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
-    tags = MlflowClient(server.uri, server.uri).get_model_version(name, version).tags
-    assert not {"infgate.gate", "infgate.scan_id"} & set(tags)
+    assert _gate_tags(server, name, version) == _BEFORE[str(tmp_path)]
 
 
 def _one_line_error(res) -> str:  # type: ignore[no-untyped-def]

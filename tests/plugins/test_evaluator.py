@@ -39,12 +39,15 @@ def test_evaluate_with_infgate_logs_scan_metrics_and_artifacts(
     # the planted flips are found: the suspect count is in the flips' range, gate blocks
     assert 0.5 * n_flipped <= result.metrics["infgate_n_suspects"] <= 2 * n_flipped
     assert result.metrics["infgate_gate_passed"] == 0.0
-    logged = MlflowClient(mlflow_server.uri).get_run(run.info.run_id)
+    logged = MlflowClient(mlflow_server.uri, mlflow_server.uri).get_run(run.info.run_id)
     assert logged.data.metrics["infgate_suspect_rate"] == pytest.approx(
         result.metrics["infgate_suspect_rate"]
     )
     names = {
-        f.path for f in MlflowClient(mlflow_server.uri).list_artifacts(run.info.run_id, "infgate")
+        f.path
+        for f in MlflowClient(mlflow_server.uri, mlflow_server.uri).list_artifacts(
+            run.info.run_id, "infgate"
+        )
     }
     assert {
         "infgate/findings.csv",

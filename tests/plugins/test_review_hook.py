@@ -311,7 +311,11 @@ def test_registering_flipped_labels_blocks_the_version(
     assert len(runs) == 1
     assert runs[0].request.event == "model_version.created"
     assert runs[0].outcome.get("verdict") == "blocked", runs[0].outcome
-    tags = MlflowClient(mlflow_server.uri).get_model_version("hooked", hooked.version).tags
+    tags = (
+        MlflowClient(mlflow_server.uri, mlflow_server.uri)
+        .get_model_version("hooked", hooked.version)
+        .tags
+    )
     assert tags["infgate.gate"] == "blocked"
     assert "suspected label-error rate" in tags["infgate.reason"]
     store = Store.from_url(receiver.db_url)
@@ -386,7 +390,7 @@ def test_deployment_alias_on_a_blocked_version_is_withdrawn(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
     mv = client.get_model_version("hooked", hooked.version)
     assert mv.tags.get("infgate.gate") == "blocked"
     before = len(receiver.starter.started)

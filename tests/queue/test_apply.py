@@ -104,7 +104,7 @@ def test_apply_writes_parquet_store_row_and_mlflow_input(store: Store, tmp_path:
         assert dv.source_uri == str(out) and dv.mlflow_run_id == applied.mlflow_run_id
     reloaded = TrainingData.from_frame(frame, classes=data.classes, image_shape=(8, 8))
     assert reloaded.content_hash == applied.content_hash
-    run = mlflow.MlflowClient(tracking).get_run(str(applied.mlflow_run_id))
+    run = mlflow.MlflowClient(tracking, tracking).get_run(str(applied.mlflow_run_id))
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == f"corrected-scan-{scan_id}"
     assert inp.dataset.source_type == "local"

@@ -49,7 +49,7 @@ def flow_scan(
         tracking_uri=mlflow_server.uri,
         true_labels=digits.clean,
     )
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
     client.update_model_version("reported", reg.version, description=USER_DESCRIPTION)
     frame = digits.data.to_frame()  # type: ignore[attr-defined]
     shifted = frame.iloc[:150].copy()

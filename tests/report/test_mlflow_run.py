@@ -32,7 +32,7 @@ STABLE_METRICS = {
 def _client(scan: FlowScan):  # type: ignore[no-untyped-def]
     from mlflow import MlflowClient
 
-    return MlflowClient(scan.server.uri)
+    return MlflowClient(scan.server.uri, scan.server.uri)
 
 
 def test_scan_run_logs_training_and_evaluation_datasets_and_the_model(flow_scan: FlowScan) -> None:
