@@ -65,8 +65,9 @@ def test_pt2_and_pickled_models_load_and_agree(noisy_version: NoisyVersion, tmp_
     with torch.no_grad():
         for dst, src in zip(module.parameters(), pt2.parameters(), strict=True):
             dst.copy_(src)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run():
+    from infgate.registry.refs import mlflow_uris
+
+    with mlflow_uris(uri), mlflow.start_run():  # tracking AND registry: the session's server
         info = mlflow.pytorch.log_model(
             module,
             name="model",

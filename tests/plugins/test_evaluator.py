@@ -24,8 +24,9 @@ def test_evaluate_with_infgate_logs_scan_metrics_and_artifacts(
         tracking_uri=mlflow_server.uri,
     )
     frame = digits.data.to_frame().drop(columns=["example_id"])  # type: ignore[attr-defined]
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    with mlflow.start_run() as run:
+    from infgate.registry.refs import mlflow_uris
+
+    with mlflow_uris(mlflow_server.uri), mlflow.start_run() as run:
         result = mlflow.models.evaluate(
             f"models:/evaluated/{reg.version}",
             frame,
