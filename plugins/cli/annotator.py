@@ -1,4 +1,4 @@
-"""``infgate annotator``: create, list, revoke and deactivate annotators."""
+"""``infgate annotator``: create, list, re-issue tokens for, revoke and deactivate annotators."""
 
 from __future__ import annotations
 
@@ -74,6 +74,23 @@ def _core(name: str) -> Any:
 
 def _done(result: Any) -> str:
     return f" ({result} ended)" if isinstance(result, int) and not isinstance(result, bool) else ""
+
+
+@annotator_app.command("token")
+@guarded
+def annotator_token(name: NameArg, db: DbOpt = None) -> None:
+    """Issue a new login token (printed ONCE); the annotator's previous token stops working.
+
+    Use it after ``revoke``, when a token was lost, or after ``infgate db upgrade`` to
+    revision 0002 (tokens made before it carry no token id and no longer sign in).
+    """
+    from infgate.review.annotators import issue_token
+
+    token = issue_token(open_store(db), name)
+    console.print(
+        f"annotator [bold]{name}[/]: new login token (shown only now; the old one is void):"
+    )
+    typer.echo(token)
 
 
 @annotator_app.command("revoke")

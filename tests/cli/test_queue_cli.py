@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from infgate.review.annotators import authenticate_token
 from infgate.review.queue import claim_next
 from infgate.store import Store
 from infgate.store.engine import head_revision
@@ -166,10 +167,23 @@ def test_revoke_and_deactivate_an_annotator(run: Run, seeded: Seeded) -> None:
     url = seeded.url
     assert run("annotator", "add", "carol", "--db", url).code == 0
     assert run("queue", "enqueue", seeded.scan_id, "--db", url).code == 0
+    first = re.search(r"igt_\S+", run("annotator", "token", "carol", "--db", url).out)
+    assert first is not None
+    store = Store.from_url(url)
+    assert authenticate_token(store, first.group(0)) is not None
+    second = re.search(r"igt_\S+", run("annotator", "token", "carol", "--db", url).out)
+    assert second is not None and second.group(0) != first.group(0)
+    assert authenticate_token(store, first.group(0)) is None  # the old token is void
+    assert authenticate_token(store, second.group(0)) is not None
     res = run("annotator", "revoke", "carol", "--db", url)
     assert res.code == 0 and "revoked" in res.out
+    assert authenticate_token(store, second.group(0)) is None
+    res = run("annotator", "token", "nobody", "--db", url)
+    assert res.code == 1 and "nobody" in res.err
     res = run("annotator", "deactivate", "carol", "--db", url)
     assert res.code == 0 and "deactivated" in res.out
+    res = run("annotator", "token", "carol", "--db", url)
+    assert res.code == 1 and "deactivated" in res.err
     people = json.loads(run("annotator", "list", "--json", "--db", url).out)
     assert people == [{"id": people[0]["id"], "name": "carol", "active": False}]
     res = run("queue", "next", "-a", "carol", "--db", url)

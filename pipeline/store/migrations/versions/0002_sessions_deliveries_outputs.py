@@ -6,7 +6,7 @@ Create Date: 2026-12-02 10:00:00
 
 * ``annotators.token_id`` (unique): the public half of ``<token_id>.<secret>`` login tokens,
   looked up before any scrypt. Tokens issued before this revision (``igt_<n>_<secret>``)
-  have no token id and stop signing in: issue a new one (``issue_token``).
+  have no token id and stop signing in: issue a new one (``infgate annotator token NAME``).
 * ``annotators.deactivated_at``: when ``active`` was turned off.
 * ``ui_sessions``: review-page sessions that logout and revocation delete.
 * ``webhook_deliveries``: accepted delivery ids, so a replay is refused after a restart.
