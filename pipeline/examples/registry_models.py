@@ -238,33 +238,38 @@ def register_network(
     data.eval.to_parquet(eval_path, index=False)
     with torch.no_grad():
         accuracy = float((net(data.x).argmax(1) == data.y).float().mean())
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(f"infgate-{name}")
-    with mlflow.start_run(run_name=f"train-{name}") as run:
-        mlflow.log_params(
-            {
-                "family": data.kind,
-                "optimizer": opts.optimizer,
-                "epochs": opts.epochs,
-                "lr": opts.lr,
-                "weight_decay": opts.weight_decay,
-                "until_converged": opts.until_converged,
-            }
-        )
-        mlflow.log_metric("train_accuracy", accuracy)
-        if data_link == "input":
-            ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                data.train, source=str(train_path), targets="label", name=f"{name}-train"
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)  # fluent logging reads the global URIs;
+    mlflow.set_registry_uri(tracking_uri)  # restored below, whatever happens
+    try:
+        mlflow.set_experiment(f"infgate-{name}")
+        with mlflow.start_run(run_name=f"train-{name}") as run:
+            mlflow.log_params(
+                {
+                    "family": data.kind,
+                    "optimizer": opts.optimizer,
+                    "epochs": opts.epochs,
+                    "lr": opts.lr,
+                    "weight_decay": opts.weight_decay,
+                    "until_converged": opts.until_converged,
+                }
             )
-            mlflow.log_input(ds, context="training")
-        info = mlflow.pytorch.log_model(
-            net,
-            name="model",
-            input_example=data.x[:2].numpy(),
-            serialization_format=serialization_format,
-            pip_requirements=["torch"],  # skips MLflow's slow requirement inference
-        )
+            mlflow.log_metric("train_accuracy", accuracy)
+            if data_link == "input":
+                ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                    data.train, source=str(train_path), targets="label", name=f"{name}-train"
+                )
+                mlflow.log_input(ds, context="training")
+            info = mlflow.pytorch.log_model(
+                net,
+                name="model",
+                input_example=data.x[:2].numpy(),
+                serialization_format=serialization_format,
+                pip_requirements=["torch"],  # skips MLflow's slow requirement inference
+            )
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     tags = {
         **data.tags,
         "infgate.classes": json.dumps([str(c) for c in range(data.n_classes)]),
