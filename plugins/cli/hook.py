@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import typer
-from infgate.plugins.cli._common import DbOpt, TrackingOpt, console, guarded, settings_from
+from infgate.plugins.cli._common import (
+    DbOpt,
+    TrackingOpt,
+    console,
+    fail,
+    guarded,
+    settings_from,
+)
 from infgate.plugins.cli.ui import REVIEW_PAGE_PORT
 
 __all__ = ["HOOK_PORT", "hook_app"]
@@ -26,8 +33,11 @@ def hook_serve(
         int, typer.Option(help=f"Port (the review page uses {REVIEW_PAGE_PORT}).")
     ] = HOOK_PORT,
     mode: Annotated[
-        Literal["embedded", "deployment"],
-        typer.Option(help="embedded (flow runs in this process) or deployment."),
+        Literal["embedded", "deployment", "event"],
+        typer.Option(
+            help="embedded (flow runs in this process), deployment (run it on a Prefect "
+            "server) or event (emit the Prefect event the deployment's trigger waits for)."
+        ),
     ] = "embedded",
     deployment: Annotated[
         str, typer.Option(help="Deployment to run in deployment mode.")
@@ -48,6 +58,7 @@ def hook_serve(
     from infgate.plugins.review_hook import (
         DeploymentStarter,
         EmbeddedStarter,
+        EventStarter,
         HookSettings,
         create_app,
     )
@@ -68,11 +79,19 @@ def hook_serve(
                 gate_config=gate_config or settings.gate_config_path,
             ),
         )
-    else:
+    elif mode == "deployment":
         starter = DeploymentStarter(
             deployment,
             deployment_alias=hook_settings.deployment_alias,
             tracking_uri=settings.tracking_uri,
+        )
+    else:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            fail("--mode event needs a Prefect server: set PREFECT_API_URL")
+        starter = EventStarter(
+            deployment_alias=hook_settings.deployment_alias, tracking_uri=settings.tracking_uri
         )
     console.print(f"infgate hook listening on http://{host}:{port}/webhook ({mode} mode)")
     uvicorn.run(create_app(hook_settings, starter), host=host, port=port, log_level="info")

@@ -5,11 +5,17 @@ server. See :mod:`infgate.plugins.review_hook.app`.
 """
 
 from infgate.plugins.review_hook.app import HookSettings, ScanRequest, create_app, verify_signature
-from infgate.plugins.review_hook.starters import DeploymentStarter, EmbeddedStarter, Starter
+from infgate.plugins.review_hook.starters import (
+    DeploymentStarter,
+    EmbeddedStarter,
+    EventStarter,
+    Starter,
+)
 
 __all__ = [
     "DeploymentStarter",
     "EmbeddedStarter",
+    "EventStarter",
     "HookSettings",
     "ScanRequest",
     "Starter",

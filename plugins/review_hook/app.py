@@ -35,7 +35,6 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from infgate.errors import ConfigError, InvalidInputError
-from infgate.plugins.review_hook.events import emit_accepted
 from infgate.settings import Settings
 from infgate.store import Store
 from infgate.store.deliveries import MAX_DELIVERY_ID, record_delivery
@@ -271,8 +270,7 @@ def create_app(settings: HookSettings, starter: Any, *, store: Store | None = No
         req = route(settings, payload, delivery_id)
         if req is None:
             return JSONResponse({"accepted": True, "action": "ignored"}, status_code=202)
-        starter.submit(req)
-        emit_accepted(req)  # the Prefect event the shipped automation waits for
+        starter.submit(req)  # starts the scan (or emits the event that does) exactly once
         log.info("accepted %s for %s v%s: %s", req.event, req.model_name, req.version, req.action)
         return JSONResponse(
             {

@@ -5,8 +5,14 @@
   ephemeral API or whatever ``PREFECT_API_URL`` points to).
 * :class:`DeploymentStarter` asks a Prefect server to run the ``scan-model-version``
   deployment (``infgate flows serve`` or a worker picks it up).
+* :class:`EventStarter` starts nothing itself: it emits the ``mlflow.model_version.created``
+  Prefect event that the ``scan-model-version/on-demand`` deployment's trigger (or any
+  automation) turns into a flow run.
 
-Both answer :meth:`submit` at once; the HTTP handler never waits on a scan.
+Exactly one of them starts a scan per delivery: the first two emit no trigger event (with
+``infgate flows serve`` running, the deployment's trigger would start a second scan of the
+same version). Every starter handles ``enforce`` (alias withdrawal) itself. All answer
+:meth:`submit` at once; the HTTP handler never waits on a scan.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from typing import Any, Protocol, cast
 from infgate.config import ScanConfig
 from infgate.plugins.review_hook.app import ScanRequest
 
-__all__ = ["DeploymentStarter", "EmbeddedStarter", "Started", "Starter", "enforce_gate"]
+__all__ = [
+    "DeploymentStarter",
+    "EmbeddedStarter",
+    "EventStarter",
+    "Started",
+    "Starter",
+    "enforce_gate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +200,23 @@ class DeploymentStarter(_Worker):
             idempotency_key=f"infgate-hook-{request.delivery_id}",
         )
         return {"flow_run_id": str(cast(FlowRun, run).id)}  # sync call: a FlowRun
+
+
+class EventStarter(_Worker):
+    """Emits the Prefect event for each scan request; a deployment trigger starts the run.
+
+    Needs a Prefect API (``PREFECT_API_URL``): automations live on a running server.
+    """
+
+    def __init__(self, *, deployment_alias: str = "champion", tracking_uri: str | None = None):
+        self.deployment_alias = deployment_alias
+        self.tracking_uri = tracking_uri
+        super().__init__()
+
+    def start(self, request: ScanRequest) -> dict[str, Any]:
+        from infgate.plugins.review_hook.events import emit_accepted
+
+        event = emit_accepted(request)
+        if event is None:
+            return {"error": "no Prefect event emitted (PREFECT_API_URL unset or unreachable)"}
+        return {"event_id": str(event.id)}

@@ -70,6 +70,7 @@ def test_receiver_emits_the_event_the_automation_waits_for(prefect_harness: None
     from infgate.flows.serve import build_deployments
     from infgate.plugins.review_hook.app import ScanRequest
     from infgate.plugins.review_hook.events import emit_accepted
+    from infgate.plugins.review_hook.starters import EventStarter
     from prefect.client.orchestration import get_client
 
     scan_deployment = build_deployments()[0]
@@ -78,8 +79,14 @@ def test_receiver_emits_the_event_the_automation_waits_for(prefect_harness: None
     req = ScanRequest("scan", "model_version.created", "hooked", "7", "d-7", time.time())
     alias = ScanRequest("enforce", "model_version_alias.created", "h", "7", "d", 0.0)
     assert emit_accepted(alias) is None  # only model_version.created becomes an event
-    event = emit_accepted(req)
-    assert event is not None and event.resource.id == "models:/hooked/7"
+    starter = EventStarter()  # what `infgate hook serve --mode event` hands requests to
+    try:
+        starter.submit(req)
+        assert starter.wait_idle(60)
+    finally:
+        starter.close()
+    (started,) = starter.started
+    assert set(started.outcome) == {"event_id"}, started.outcome
     query = {
         "filter": {
             "event": {"name": ["mlflow.model_version.created"]},
@@ -92,7 +99,7 @@ def test_receiver_emits_the_event_the_automation_waits_for(prefect_harness: None
         with get_client(sync_client=True) as client:
             found = client.request("POST", "/events/filter", json=query).json()["events"]
         time.sleep(0.5)
-    assert [e["id"] for e in found] == [str(event.id)]
+    assert [e["id"] for e in found] == [started.outcome["event_id"]]
     # what the trigger turns into the flow's ``model`` parameter
     assert trigger.parameters == {"model": "{{ event.resource.id }}"}
     assert found[0]["resource"]["prefect.resource.id"] == "models:/hooked/7"
