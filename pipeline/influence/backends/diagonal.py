@@ -44,14 +44,15 @@ class DiagonalBlock:
         eng = self.engine
         if fisher == "expected":
             for sl in self._chunks(x, 32 * self.n_params):
-                u = eng.factor_grads(start, x[sl], y[sl]).double()  # (b, K, P_own)
-                self.diag_sum += u.pow(2).sum((0, 1))
+                u = eng.factor_grads(start, x[sl], y[sl])  # (b, K, P_own), model dtype
+                # squares in the model's dtype, summed in float64 (no float64 copy of u)
+                self.diag_sum += u.pow(2).sum((0, 1), dtype=torch.float64)
             return
         if fisher == "sampled":
             with torch.no_grad():
                 p = torch.softmax(eng.outputs(x).double(), dim=1).cpu()
             y = torch.multinomial(p, 1, generator=gen).squeeze(1).to(y.device)
-        self.diag_sum += eng.per_example_grads(start, x, y).double().pow(2).sum(0)
+        self.diag_sum += eng.per_example_grads(start, x, y).pow(2).sum(0, dtype=torch.float64)
 
     def finish(self, n: int) -> None:
         self.diag = self.diag_sum / n
@@ -80,10 +81,12 @@ class DiagonalBlock:
         s2 = torch.zeros_like(g2)
         root = self.inv.sqrt()
         for sl in self._chunks(x, c * self.n_params):
-            jac = self.engine.output_jacobians(x[sl]).double()  # (b, C, P_own)
-            z = jac * root
-            lev[sl] = torch.einsum("bcp,bdp->bcd", z, z)
-            g = torch.einsum("bc,bcp->bp", r[sl], jac)
+            # Products in the model's dtype, results in float64: the precision policy of the
+            # Kronecker layers' leverage (no float64 copy of the (b, C, P_own) Jacobian).
+            jac = self.engine.output_jacobians(x[sl])  # (b, C, P_own)
+            z = jac * root.to(jac.dtype)
+            lev[sl] = torch.bmm(z, z.transpose(1, 2)).double()
+            g = torch.bmm(r[sl].to(jac.dtype).unsqueeze(1), jac).squeeze(1).double()
             g2[sl] = g.pow(2).sum(1)
             s2[sl] = (g * self.inv).pow(2).sum(1)
         return lev, g2, s2
