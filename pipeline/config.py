@@ -83,6 +83,11 @@ class DataConfig:
         image_scale: divide decoded pixels by this (e.g. 255); ``None`` keeps them as stored.
         input_dtype: ``"auto"`` (int64 for tokens, else float32), ``"float32"`` or ``"int64"``.
         use_signature: read columns and shape from the model's MLflow signature.
+        stream: ``"auto"`` (default: stream a Parquet training file with more than
+            1,000,000 rows or whose columns exceed ``Settings.memory_budget_mb``, see
+            :func:`infgate.data.streamed.should_stream`), ``"always"`` (Parquet only) or
+            ``"never"`` (read whole). A streamed scan gives the same findings as an
+            in-memory one; it only changes what is held in memory.
     """
 
     feature_columns: tuple[str, ...] | None = None
@@ -93,8 +98,11 @@ class DataConfig:
     image_scale: float | None = None
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
     use_signature: bool = True
+    stream: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.stream not in ("auto", "always", "never"):
+            raise ConfigError(f"data `stream` must be auto, always or never, got {self.stream!r}")
         for name in ("feature_columns", "token_columns"):
             object.__setattr__(self, name, _names_or_none("data", name, getattr(self, name)))
         object.__setattr__(
@@ -410,6 +418,7 @@ class ScanConfig:
     def identity(self) -> dict[str, Any]:
         """The parts the scores depend on (data, influence, detect, mismatch)."""
         d = self.to_dict()
+        d["data"] = {k: v for k, v in d["data"].items() if k != "stream"}  # same scores
         return {k: d[k] for k in ("data", "influence", "detect", "mismatch")}
 
     def identity_hash(self) -> str:

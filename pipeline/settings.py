@@ -20,6 +20,8 @@ Variables (all optional unless a command needs the value):
 ``INFGATE_WEBHOOK_MAX_AGE``     seconds a delivery's timestamp may be off (default 300)
 ``INFGATE_UI_SECRET``           session-signing key of the review page (never logged)
 ``INFGATE_LEASE_SECONDS``       default queue lease (default 300; bounded by the limits below)
+``INFGATE_MEMORY_BUDGET_MB``    training data above this (MiB) streams under ``data.stream: auto``
+                                (default 4096)
 =============================== ==============================================================
 """
 
@@ -90,6 +92,8 @@ class Settings:
         webhook_max_age: seconds a delivery's timestamp may differ from now.
         ui_secret: the review page's session-signing key (hidden from ``repr``).
         lease_seconds: default queue lease.
+        memory_budget_mb: training data whose columns take more than this many MiB
+            streams from Parquet under ``data.stream: auto`` (:mod:`infgate.data.streamed`).
     """
 
     db_url: str = DEFAULT_DB_URL
@@ -103,6 +107,7 @@ class Settings:
     webhook_max_age: int = 300
     ui_secret: str | None = field(default=None, repr=False)
     lease_seconds: int = 300
+    memory_budget_mb: int = 4096
 
     def __post_init__(self) -> None:
         if not isinstance(self.db_url, str) or not self.db_url.strip():
@@ -118,6 +123,11 @@ class Settings:
         if self.webhook_max_age < 1:
             raise ConfigError(f"INFGATE_WEBHOOK_MAX_AGE must be >= 1, got {self.webhook_max_age}")
         check_lease_seconds(self.lease_seconds)
+        if not isinstance(self.memory_budget_mb, int) or self.memory_budget_mb < 1:
+            raise ConfigError(
+                "INFGATE_MEMORY_BUDGET_MB must be a positive integer, got "
+                f"{self.memory_budget_mb!r}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -138,6 +148,7 @@ class Settings:
             "webhook_max_age": _int(env, "INFGATE_WEBHOOK_MAX_AGE", 300),
             "ui_secret": env.get("INFGATE_UI_SECRET") or None,
             "lease_seconds": _int(env, "INFGATE_LEASE_SECONDS", 300),
+            "memory_budget_mb": _int(env, "INFGATE_MEMORY_BUDGET_MB", 4096),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -16,10 +16,15 @@ Limits (what still needs a whole column or a whole pass):
   tens of thousands of rows, not one group for the whole file);
 * only Parquet streams (CSV is read whole);
 * each pass of a back-end (curvature fit, gradients) re-reads and re-decodes the file;
-* parts of a scan that need every feature row at once (explanations over the whole
-  training set, the train-vs-eval mismatch test, the report's pictures) need the in-memory
-  :class:`~infgate.data.training.TrainingData`; :meth:`StreamedTrainingData.head` gives
-  the first rows (e.g. to check the model fits).
+* a few rows by position (the explained suspects, the report's pictures, the stored
+  findings' features) come from :meth:`StreamedTrainingData.take`, one more pass that keeps
+  only those rows; :meth:`StreamedTrainingData.head` gives the first rows (e.g. to check
+  the model fits).
+
+A scan streams when ``data.stream`` says so (:class:`~infgate.config.DataConfig`):
+``always``, ``never``, or ``auto`` = when :func:`should_stream` finds the Parquet file has
+more than :data:`STREAM_ROWS` rows or its columns decode to more than the memory budget
+(``Settings.memory_budget_mb``, ``INFGATE_MEMORY_BUDGET_MB``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ from infgate.data.training import _as_ids, _check_labels, display_shape
 from infgate.data.validation import token_extremes
 from infgate.errors import InvalidInputError, NonFiniteError
 
-__all__ = ["StreamedTrainingData"]
+__all__ = ["STREAM_ROWS", "StreamedTrainingData", "feature_rows", "should_stream"]
 
 _ID_CHUNK = 100_000
+
+#: ``data.stream: auto`` streams a Parquet file with more rows than this.
+STREAM_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,34 @@ class StreamedTrainingData:
             block = np.concatenate(pending) if len(pending) > 1 else pending[0]
             yield start, block, self.labels[start : start + held]
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Feature rows at positions ``rows`` (in the order given, repeats allowed), from
+        one pass over the file that keeps only those rows.
+
+        Raises:
+            InvalidInputError: a position outside ``0..n-1``.
+        """
+        pos = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if pos.size and (int(pos.min()) < 0 or int(pos.max()) >= n):
+            bad = int(pos.max()) if int(pos.max()) >= n else int(pos.min())
+            raise InvalidInputError(f"{self.name}: row {bad} is outside 0..{n - 1}")
+        dtype = np.int64 if self.dtype.startswith("int") else np.float32
+        out = np.empty((pos.size, *self.row_shape), dtype=dtype)
+        if not pos.size:
+            return out
+        order = np.argsort(pos, kind="stable")
+        wanted = pos[order]
+        for start, x in _decoded(
+            self.path, self.plan, self.batch_rows, self.example_ids, self.row_shape, self.name
+        ):
+            lo, hi = np.searchsorted(wanted, [start, start + len(x)])
+            if hi > lo:
+                out[order[lo:hi]] = x[wanted[lo:hi] - start]
+            if hi == wanted.size:
+                break
+        return out
+
     def head(self, k: int = 2) -> np.ndarray:
         """The first ``k`` feature rows (read from the file)."""
         for _, x, _ in self.iter_batches(k):
@@ -226,3 +262,40 @@ def _check_finite(x: np.ndarray, start: int, what: str) -> None:
     if bad.any():
         rows = (np.flatnonzero(bad)[:5] + start).tolist()
         raise NonFiniteError(f"{what} features have NaN or inf in row(s) {rows}")
+
+
+def feature_rows(data: object, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Feature rows at positions ``rows`` of in-memory or streamed training data."""
+    if isinstance(data, StreamedTrainingData):
+        return data.take(rows)
+    return np.asarray(data.features)[np.asarray(rows, dtype=np.int64)]  # type: ignore[attr-defined]
+
+
+def should_stream(path: str | Path, budget_mb: float) -> tuple[bool, str]:
+    """Whether ``data.stream: auto`` streams the training file at ``path``, and why.
+
+    Streams a Parquet file with more than :data:`STREAM_ROWS` rows, or whose columns take
+    more than ``budget_mb`` MiB uncompressed (the Parquet footer's sizes: read without
+    touching the rows; encoded images decode to more than that, so this is a lower bound of
+    the in-memory size). CSV is always read whole.
+    """
+    from infgate.data.readers import is_parquet
+
+    path = data_file(path)
+    if not is_parquet(path):
+        return False, f"{path.name} is CSV (only Parquet streams)"
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    rows = int(meta.num_rows)
+    size = sum(
+        meta.row_group(i).column(j).total_uncompressed_size
+        for i in range(meta.num_row_groups)
+        for j in range(meta.num_columns)
+    )
+    mb = size / 2**20
+    if rows > STREAM_ROWS:
+        return True, f"{rows:,} rows > {STREAM_ROWS:,}"
+    if mb > budget_mb:
+        return True, f"{mb:,.0f} MiB uncompressed > the {budget_mb:,.0f} MiB memory budget"
+    return False, f"{rows:,} rows, {mb:,.0f} MiB uncompressed: fits the {budget_mb:,.0f} MiB budget"

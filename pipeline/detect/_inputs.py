@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 from infgate.influence.batches import BatchSource, DatasetLike
@@ -26,8 +27,9 @@ def dataset_tensors(data: DatasetLike, *, what: str = "train") -> tuple[torch.Te
 
 
 def example_ids(data: Any, n: int, prefix: str = "") -> np.ndarray:
-    """Stable ids: ``TrainingData``/``EvalData`` ids, else ``prefix + row number``."""
-    if isinstance(data, TrainingData | EvalData):
+    """Stable ids: ``TrainingData``/``StreamedTrainingData``/``EvalData`` ids, else
+    ``prefix + row number``."""
+    if isinstance(data, TrainingData | StreamedTrainingData | EvalData):
         return np.asarray(data.example_ids).astype(str)
     return np.array([f"{prefix}{i}" for i in range(n)], dtype=object)
 

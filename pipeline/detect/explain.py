@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.detect._inputs import dataset_tensors, example_ids
 from infgate.errors import InvalidInputError
@@ -40,6 +41,9 @@ def _resolve_examples(
         if missing:
             raise InvalidInputError(f"examples not found among training example_ids: {missing[:5]}")
         rows = np.array([pos[str(e)] for e in examples])
+        if isinstance(train, StreamedTrainingData):  # only these rows leave the file
+            x = torch.as_tensor(train.take(rows))
+            return x, torch.as_tensor(train.labels[rows]), train_ids[rows], rows
         xs, ys = dataset_tensors(train)
         return xs[rows], ys[rows], train_ids[rows], rows
     if isinstance(examples, TrainingData | EvalData):
@@ -64,6 +68,15 @@ def _resolve_examples(
         x_dev = x.to(scorer.device, scorer.engine.dtype)
         y = scorer.engine.outputs(x_dev).argmax(dim=1).cpu()
     return x, y, ids, None
+
+
+def _row_shape(train: DatasetLike) -> tuple[int, ...]:
+    """One example's shape, without reading every feature row."""
+    if isinstance(train, StreamedTrainingData):
+        return tuple(train.row_shape)
+    if isinstance(train, TrainingData):
+        return tuple(train.features.shape[1:])
+    return tuple(dataset_tensors(train)[0].shape[1:])
 
 
 def explain(
@@ -110,7 +123,7 @@ def explain(
     )
     n_train = len(scorer.train)
     train_ids = example_ids(train, n_train)
-    width = tuple(dataset_tensors(train)[0].shape[1:])
+    width = _row_shape(train)
     x, y, ids, rows = _resolve_examples(scorer, train, train_ids, examples, width)
     values = scorer.influence((x, y)).values  # (n_train, n_examples)
     records: list[dict[str, Any]] = []

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
+from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.errors import InvalidInputError
 from infgate.influence.api import InfluenceResult, InfluenceScorer
@@ -157,6 +158,9 @@ def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def _slice(data: DatasetLike, start: int, stop: int) -> DatasetLike:
+    if isinstance(data, StreamedTrainingData):  # read the shard's rows (one partial pass)
+        rows = np.arange(start, stop)
+        return (torch.as_tensor(data.take(rows)), torch.as_tensor(data.labels[start:stop]))
     if isinstance(data, TrainingData):
         x, y = data.as_tensors()
         return (x[start:stop], y[start:stop])

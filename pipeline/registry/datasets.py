@@ -125,8 +125,10 @@ class ResolvedData:
     """Training data plus where it came from and the row count the registry recorded.
 
     Attributes:
-        data: the training examples (in memory).
-        frame: the file's rows as a DataFrame, without the true-label column.
+        data: the training examples (in memory; a ``StreamedTrainingData`` when the scan
+            streams the file, see ``infgate.scan.stages.streamed_resolved``).
+        frame: the file's rows as a DataFrame, without the true-label column (ids and
+            labels only when streamed).
         uri: where the data was read from.
         origin: how it was found (``explicit``, ``tag infgate.train_data``, ...).
         registered_rows: the row count MLflow recorded for the dataset input, if any.
@@ -252,6 +254,19 @@ def load_training_data(
     return ResolvedData(
         data, frame, uri, origin, registered_rows, plan.label_column, true_labels, plan, spec
     )
+
+
+def training_data_path(
+    mv: ModelVersionRef, data_uri: str | None = None, tracking_uri: str | None = None
+) -> Path:
+    """The local file of the version's training data (explicit URI > tag > run input), e.g.
+    to decide whether to stream it; a remote artifact is downloaded (again by the reader).
+
+    Raises:
+        DataResolutionError: as :func:`load_training_data`.
+    """
+    uri, _, _ = _locate(mv, data_uri, tracking_uri)
+    return data_file(_download(uri))
 
 
 def stream_training_data(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from infgate.data.streamed import feature_rows
 
 if TYPE_CHECKING:
     from infgate.scan.results import LoadedScan
@@ -36,9 +37,8 @@ def findings_to_store(
         np.arange(len(loaded.train.data)), index=loaded.train.data.example_ids.astype(str)
     )
     idx = pos.loc[rows["example_id"].astype(str)].to_numpy()
-    rows["features"] = [
-        r.tolist() for r in loaded.train.data.features.reshape(len(loaded.train.data), -1)[idx]
-    ]
+    kept = feature_rows(loaded.train.data, idx)  # streamed data: one pass, these rows only
+    rows["features"] = [r.tolist() for r in kept.reshape(len(idx), -1)]
     frames = [rows]
     examples = (mismatch or {}).get("examples") or []
     flagged = sorted((e for e in examples if e.get("flagged")), key=lambda e: -float(e["score"]))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from infgate.data.streamed import feature_rows
 
 if TYPE_CHECKING:
     from infgate.data.training import TrainingData
@@ -83,9 +84,18 @@ def _img(png: bytes, alt: str) -> str:
 class _Examples:
     """Pictures (image data) or feature values (tabular) and label names of examples."""
 
-    def __init__(self, data: TrainingData) -> None:
+    def __init__(self, data: TrainingData, shown: Any = ()) -> None:
         self.data = data
         self.row = {str(v): i for i, v in enumerate(data.example_ids)}
+        self._features: dict[int, np.ndarray] = {}
+        if not hasattr(data, "features"):  # streamed: read the shown rows in one pass
+            rows = sorted({self.row[str(e)] for e in shown if str(e) in self.row})
+            self._features = dict(zip(rows, feature_rows(data, rows), strict=True))
+
+    def _x(self, i: int) -> np.ndarray:
+        if i in self._features:
+            return self._features[i]
+        return np.asarray(feature_rows(self.data, [i])[0])
 
     def label(self, value: Any) -> str:
         if value is None or (isinstance(value, float) and not np.isfinite(value)):
@@ -104,7 +114,7 @@ class _Examples:
         i = self.row.get(str(example_id))
         if i is None:
             return '<span class="muted">not in the training data</span>'
-        x = np.asarray(self.data.features[i])
+        x = self._x(i)
         if self.data.image_shape:
             try:
                 return _img(example_png(x, self.data.image_shape, scale=4), str(example_id))
@@ -246,7 +256,10 @@ def render_html(
         figures: PNG files to inline.
         datasets: the datasets the scan read.
     """
-    ex = _Examples(data)
+    shown = list(top["example_id"]) if "example_id" in top else []
+    if explanations is not None and len(explanations):
+        shown += list(explanations["example_id"]) + list(explanations["train_example_id"])
+    ex = _Examples(data, shown)
     state = "passed" if verdict.passed else "blocked"
     sid = scan_id if scan_id is not None else "(not stored)"
     n_rows = int(metrics.get("n_rows", len(data)))

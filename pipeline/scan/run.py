@@ -25,6 +25,7 @@ from infgate.scan.stages import (
 from infgate.settings import Settings
 
 if TYPE_CHECKING:
+    from infgate.data.streamed import StreamedTrainingData
     from infgate.data.training import EvalData, TrainingData
     from infgate.store import Store
     from torch import nn
@@ -152,7 +153,7 @@ def scan_identity(config: ScanConfig, loaded: LoadedScan) -> dict[str, Any]:
 
 def scan_dataset(
     model: nn.Module,
-    train: TrainingData,
+    train: TrainingData | StreamedTrainingData,
     *,
     eval_data: EvalData | None = None,
     config: ScanConfig | None = None,
@@ -168,28 +169,39 @@ def scan_dataset(
 
     Args:
         model: the trained classifier (it is put in eval mode by the caller).
-        train: the data to scan.
+        train: the data to scan, in memory or streamed from Parquet
+            (:class:`~infgate.data.streamed.StreamedTrainingData`: the same findings).
         eval_data: evaluation data for the mismatch test.
         config: the scan configuration.
         weight_decay: the model's training weight decay (the damping when none is set).
         true_labels: clean labels when known (recall figures).
         name: what to call the subject in the report.
     """
-    from infgate.registry import ResolvedData, check_data_fits
+    from infgate.data import StreamedTrainingData
+    from infgate.registry import ResolvedData, StreamedData, check_data_fits
+    from infgate.scan.stages import streamed_resolved
 
     config = config or ScanConfig()
     note = progress or (lambda _stage: None)
     t_all = time.perf_counter()
-    frame = train.to_frame()
-    n_classes = check_data_fits(model, train.features, train.labels)
+    if isinstance(train, StreamedTrainingData):  # features stay in the Parquet file
+        n_classes = check_data_fits(model, train, train.labels)
+        resolved = streamed_resolved(
+            StreamedData(
+                train, train.source_uri or str(train.path), train.name, None, "label", train.plan
+            )
+        )
+    else:
+        n_classes = check_data_fits(model, train.features, train.labels)
+        resolved = ResolvedData(
+            train, train.to_frame(), train.source_uri or "in-memory", train.name, None, "label"
+        )
     if eval_data is not None:
         check_data_fits(model, eval_data.features, eval_data.labels, what="evaluation data")
     loaded = LoadedScan(
         mv=None,
         model=model,
-        train=ResolvedData(
-            train, frame, train.source_uri or "in-memory", train.name, None, "label"
-        ),
+        train=resolved,
         eval_data=eval_data,
         n_classes=n_classes,
         true_labels=true_labels,

@@ -24,6 +24,7 @@ from infgate.registry import (
     load_training_data,
     resolve_model_version,
     set_gate_tags,
+    stream_training_data,
     withdraw_alias,
 )
 from infgate.scan.records import findings_to_store, json_safe
@@ -62,22 +63,37 @@ def load_stage(
     """Resolve the version, load its model and training (and evaluation) data, check fit.
 
     Columns and input shape: ``config.data``, then the version's tags, then the model's
-    signature, then the data (:mod:`infgate.data.columns`)."""
+    signature, then the data (:mod:`infgate.data.columns`). The training features stream
+    from Parquet in batches when ``config.data.stream`` says so (``auto``: a file too large
+    to hold, :func:`infgate.data.streamed.should_stream`); every later stage works on either."""
     from infgate.data.columns import ColumnOptions
     from infgate.registry import load_eval_data, logged_weight_decay
 
     data_cfg = (config or ScanConfig()).data
-    tracking_uri = (settings or Settings()).tracking_uri
+    settings = settings or Settings()
+    tracking_uri = settings.tracking_uri
     mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
     model = load_model(mv, tracking_uri=tracking_uri)
-    train = load_training_data(
-        mv,
-        data_uri=data_uri,
-        columns=ColumnOptions(**data_cfg.column_options()),
-        use_signature=data_cfg.use_signature,
-        tracking_uri=tracking_uri,
-    )
-    n_classes = check_data_fits(model, train.data.features, train.data.labels, plan=train.plan)
+    columns = ColumnOptions(**data_cfg.column_options())
+    if _streams(mv, data_uri, data_cfg.stream, settings):
+        train = streamed_resolved(
+            stream_training_data(
+                mv,
+                data_uri=data_uri,
+                columns=columns,
+                use_signature=data_cfg.use_signature,
+                tracking_uri=tracking_uri,
+            )
+        )
+    else:
+        train = load_training_data(
+            mv,
+            data_uri=data_uri,
+            columns=columns,
+            use_signature=data_cfg.use_signature,
+            tracking_uri=tracking_uri,
+        )
+    n_classes = check_data_fits(model, _fit_rows(train.data), train.data.labels, plan=train.plan)
     eval_data = load_eval_data(mv, eval_uri, train)
     if eval_data is not None:
         check_data_fits(
@@ -93,6 +109,52 @@ def load_stage(
         weight_decay=logged_weight_decay(mv, tracking_uri=tracking_uri),
         subject=f"{mv.name} v{mv.version}",
         eval_uri=(eval_uri or mv.tags.get("infgate.eval_data")) if eval_data is not None else None,
+    )
+
+
+def _fit_rows(data: Any) -> Any:
+    """What :func:`check_data_fits` reads: the streamed data itself, else the features."""
+    from infgate.data import StreamedTrainingData
+
+    return data if isinstance(data, StreamedTrainingData) else data.features
+
+
+def _streams(mv: ModelVersionRef, data_uri: str | None, mode: str, settings: Settings) -> bool:
+    """``data.stream``: ``always``/``never`` as said; ``auto`` asks
+    :func:`~infgate.data.streamed.should_stream` about the resolved training file."""
+    if mode != "auto":
+        return mode == "always"
+    from infgate.data.streamed import should_stream
+    from infgate.registry.datasets import training_data_path
+
+    path = training_data_path(mv, data_uri, settings.tracking_uri)
+    stream, why = should_stream(path, settings.memory_budget_mb)
+    log.info("training data %s: %s (data.stream=auto)", "streams" if stream else "read whole", why)
+    return stream
+
+
+def streamed_resolved(streamed: Any) -> Any:
+    """A :class:`~infgate.registry.datasets.StreamedData` as the scan's training input: the
+    features stay in the file; the frame the gate and the report read holds ids and labels
+    only (the features passed the NaN/inf check when the file was opened, so the gate's
+    missing-value count is 0 for every row, as it is for in-memory data that got this far)."""
+    import pandas as pd
+    from infgate.registry import ResolvedData
+
+    data = streamed.data
+    frame = pd.DataFrame(
+        {"example_id": data.example_ids.astype(str), streamed.label_column: data.labels}
+    )
+    return ResolvedData(
+        data,
+        frame,
+        streamed.uri,
+        streamed.origin,
+        streamed.registered_rows,
+        streamed.label_column,
+        streamed.true_labels,
+        streamed.plan,
+        streamed.spec,
     )
 
 

@@ -79,6 +79,7 @@ def build_scan_config(
     report_dir: str | None = None,
     feature_columns: list[str] | None = None,
     label_column: str | None = None,
+    stream: str | None = None,
 ) -> Any:
     """The one ScanConfig of a scan: the YAML (or defaults), the gate YAML's keys as the
     ``gate`` section, then every flag that was given (``None`` = not given)."""
@@ -100,6 +101,7 @@ def build_scan_config(
             "report.directory": report_dir,
             "data.feature_columns": _split_params(feature_columns),
             "data.label_column": label_column,
+            "data.stream": stream,
         }
     )
     return base.with_overrides(**overrides)
@@ -264,6 +266,14 @@ def scan(
     label_column: Annotated[
         str | None, typer.Option(help="The label column (default: tag, else 'label').")
     ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(
+            help="Stream the training features from Parquet in batches: auto (default: when "
+            "the file has > 1,000,000 rows or exceeds $INFGATE_MEMORY_BUDGET_MB), always "
+            "or never. Same findings either way."
+        ),
+    ] = None,
     gate_config: Annotated[
         str | None,
         typer.Option(
@@ -310,6 +320,7 @@ def scan(
         report_dir=report_dir,
         feature_columns=feature_columns,
         label_column=label_column,
+        stream=stream,
     )
     verbose = bool(ctx.find_root().params.get("verbose"))
     with results_only_on_stdout():
