@@ -15,6 +15,7 @@ binomial test). Writes ``benchmarks/results/mismatch.json``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -26,6 +27,15 @@ import torch
 from infgate.detect import MismatchDetector
 from infgate.detect.stats import mmd_permutation_test
 from infgate.examples.models import make_classifier, train_classifier
+from infgate.examples.networks import (
+    TrainOptions,
+    digits_images,
+    make_network,
+    token_sequences,
+    train_network,
+    wave_sequences,
+)
+from infgate.influence import InfluenceScorer
 from scipy.stats import binomtest, ks_2samp
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -48,6 +58,7 @@ def peers(
         rng=rng,
     )
     probs, _ = det.probs_and_scores(torch.as_tensor(x_eval))
+    assert det.ref_probs is not None  # softmax regression: a GLM, the outputs test runs
     k = probs.shape[1]
     p_bbsd = min(1.0, k * min(ks_2samp(det.ref_probs[:, c], probs[:, c]).pvalue for c in range(k)))
     # Balanced C2ST: as many reference rows as evaluation rows, so chance accuracy is 1/2.
@@ -80,6 +91,9 @@ def record(
     s.setdefault("infgate", []).append(bool(ours.flagged))
     s.setdefault("infgate_mmd_features_only", []).append(
         ours.details["mmd_features"]["p_value"] <= ALPHA
+    )
+    s.setdefault("infgate_mmd_random_features_only", []).append(
+        ours.details["mmd_random_features"]["p_value"] <= ALPHA
     )
     s.setdefault("infgate_mmd_outputs_only", []).append(
         ours.details["mmd_outputs"]["p_value"] <= ALPHA
@@ -186,22 +200,174 @@ def penguins_part(store: dict[str, Any], extra: dict[str, Any]) -> None:
     extra["penguins_top_driver_group_counts"] = {g: top_groups.count(g) for g in set(top_groups)}
 
 
+# -- networks that memorise -------------------------------------------------------------------
+NET_SPLITS = int(os.environ.get("BENCH_NET_SPLITS", "25"))  # trained models per family
+NET_NULL_DRAWS = 2  # no-shift evaluation draws per model: 50 null tests per family
+NET_TRAIN, NET_EVAL = 400, 150
+
+
+def _family(kind: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], TrainOptions, int]:
+    """Data (held-out class = the last one), constructor kwargs, training options."""
+    if kind in ("resnet", "mlp"):
+        x, y = digits_images()
+        if kind == "mlp":
+            x = x.reshape(len(x), -1)
+            return x, y, {"in_features": 64, "classes": 10}, TrainOptions(epochs=60, lr=3e-3), 9
+        return x, y, {"classes": 10, "width": 8}, TrainOptions(epochs=15, lr=3e-3), 9
+    if kind == "conv1d":
+        x, y = wave_sequences(2000, seed=1)
+        return x, y, {"classes": 4, "width": 16}, TrainOptions(epochs=20, lr=3e-3), 3
+    x, y = token_sequences(2000, seed=1)
+    opts = TrainOptions(epochs=20, lr=3e-3)
+    return x, y, {"vocab": 50, "classes": 4, "d_model": 32, "layers": 1, "ff": 64}, opts, 3
+
+
+def _corrupt(kind: str, x: torch.Tensor, how: str, rng: np.random.Generator) -> torch.Tensor:
+    """Covariate shift on every row, or a corruption of 10% of the rows."""
+    x = x.clone()
+    if kind == "transformer":
+        if how == "covariate":  # 30% of tokens replaced uniformly
+            mask = torch.as_tensor(rng.random(x.shape) < 0.3)
+        else:  # 10% of the rows: every token random
+            mask = torch.zeros(x.shape, dtype=torch.bool)
+            mask[: len(x) // 10] = True
+        x[mask] = torch.as_tensor(rng.integers(0, 50, int(mask.sum())), dtype=x.dtype)
+        return x
+    scale = float(x.std())
+    if how == "covariate":  # Gaussian noise of 0.15 (images in [0, 1]) / 0.15 std (waves)
+        return x + torch.as_tensor(
+            rng.normal(0, 0.15 * (1 if kind != "conv1d" else scale), x.shape), dtype=x.dtype
+        )
+    k = len(x) // 10
+    if kind == "conv1d":  # 10% of the rows: amplitude x3
+        x[:k] = 3.0 * x[:k]
+    else:  # 10% inverted images
+        x[:k] = 1.0 - x[:k]
+    return x
+
+
+def _record_net(
+    store: dict[str, Any],
+    key: str,
+    fitted: tuple[MismatchDetector, MismatchDetector, torch.nn.Module],
+    rng: np.random.Generator,
+    xe: torch.Tensor,
+) -> None:
+    """One evaluation draw: the default test, its components, and the biased alternatives."""
+    det, forced, model = fitted
+    rep = det.test(xe, alpha=ALPHA)
+    s = store.setdefault(key, {})
+    s.setdefault("infgate", []).append(bool(rep.flagged))
+    for t in ("mmd_features", "mmd_random_features"):
+        s.setdefault(f"infgate_{t}_only", []).append(rep.details[t]["p_value"] <= ALPHA)
+    old = forced.test(xe, alpha=ALPHA)
+    s.setdefault("loo_outputs_mmd_only", []).append(old.details["mmd_outputs"]["p_value"] <= ALPHA)
+    s.setdefault("trained_penultimate_mmd", []).append(
+        _trained_penultimate_p(model, det, xe, rng) <= ALPHA
+    )
+    s.setdefault("example_flag_rate", []).append(float(np.mean(rep.example_flagged)))
+
+
+def networks_part(store: dict[str, Any], extra: dict[str, Any], kinds: list[str]) -> None:
+    """Null: train rows vs same-distribution eval rows. Shifts: covariate (noise / token
+    noise), new sub-population (30% of the evaluation rows from a class left out of
+    training), 10% corrupted rows. Each split trains a fresh network (Adam, few epochs,
+    100% or near-100% training accuracy)."""
+    for kind in kinds:
+        x_all, y_all, net, opts, new_class = _family(kind)
+        accs = []
+        for split in range(NET_SPLITS):
+            rng = np.random.default_rng(1000 + split)
+            known = np.flatnonzero(y_all.numpy() != new_class)
+            perm = rng.permutation(known)
+            tr, pool = perm[:NET_TRAIN], perm[NET_TRAIN:]
+            novel = np.flatnonzero(y_all.numpy() == new_class)
+            o = TrainOptions(**{**opts.__dict__, "seed": split})
+            model = train_network(make_network(kind, seed=split, **net), x_all[tr], y_all[tr], o)
+            with torch.no_grad():
+                accs.append(float((model(x_all[tr]).argmax(1) == y_all[tr]).float().mean()))
+            train = (x_all[tr], y_all[tr])
+            scorer = InfluenceScorer(model, train, damping=o.weight_decay, progress=False)
+            common: dict[str, Any] = dict(
+                scorer=scorer, n_permutations=N_PERM, max_reference=NET_TRAIN, seed=split
+            )
+            det = MismatchDetector(model, train, **common)
+            forced = MismatchDetector(model, train, loo_outputs=True, **common)
+
+            fitted = (det, forced, model)
+            for _ in range(NET_NULL_DRAWS):
+                _record_net(
+                    store,
+                    f"{kind}_null",
+                    fitted,
+                    rng,
+                    x_all[rng.choice(pool, NET_EVAL, replace=False)],
+                )
+            ev = x_all[rng.choice(pool, NET_EVAL, replace=False)]
+            _record_net(
+                store, f"{kind}_covariate", fitted, rng, _corrupt(kind, ev, "covariate", rng)
+            )
+            _record_net(
+                store, f"{kind}_corrupt_10pct", fitted, rng, _corrupt(kind, ev, "corrupt", rng)
+            )
+            k = int(0.3 * NET_EVAL)
+            mixed = torch.cat(
+                [
+                    x_all[rng.choice(novel, k, replace=False)],
+                    x_all[rng.choice(pool, NET_EVAL - k, replace=False)],
+                ]
+            )
+            _record_net(store, f"{kind}_new_subpopulation_30pct", fitted, rng, mixed)
+            print(f"{kind} split {split} done", flush=True)
+        extra[f"{kind}_train_accuracy_mean"] = float(np.mean(accs))
+        extra[f"{kind}_n_params"] = int(sum(p.numel() for p in model.parameters()))
+        extra[f"{kind}_method"] = det.test(x_all[pool[:50]]).method
+
+
+def _trained_penultimate_p(
+    model: torch.nn.Module, det: MismatchDetector, xe: torch.Tensor, rng: np.random.Generator
+) -> float:
+    """MMD on the TRAINED model's penultimate representation (biased by training: measured)."""
+    from infgate.detect.mismatch import _last_linear_inputs, _pooled_standardized
+
+    with torch.no_grad():
+        ref = _last_linear_inputs(model, det.ref_x).double().numpy()
+        ev = _last_linear_inputs(model, xe).double().numpy()
+    a, b = _pooled_standardized(ref, ev)
+    return mmd_permutation_test(a, b, n_permutations=N_PERM, rng=rng)[1]
+
+
 def main() -> None:
+    import argparse
+
+    import sklearn
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["linear", "networks"], default="linear")
+    ap.add_argument("--kinds", default="resnet,conv1d,transformer,mlp")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     store: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    digits_part(store, extra)
-    penguins_part(store, extra)
-    table = {
-        shift: {m: {"rate": float(np.mean(v)), "n": len(v)} for m, v in d.items()}
-        for shift, d in store.items()
-    }
-    import sklearn
-
+    if args.part == "linear":
+        digits_part(store, extra)
+        penguins_part(store, extra)
+    else:
+        networks_part(store, extra, args.kinds.split(","))
+    table: dict[str, dict[str, Any]] = {}
+    for shift, d in store.items():
+        table[shift] = {}
+        for m, v in d.items():
+            row: dict[str, Any] = {"rate": float(np.mean(v)), "n": len(v)}
+            if m != "example_flag_rate":
+                ci = binomtest(int(np.sum(v)), len(v)).proportion_ci(0.95)
+                row["ci95"] = [float(ci.low), float(ci.high)]
+            table[shift][m] = row
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_at_end": list(os.getloadavg()),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -213,13 +379,16 @@ def main() -> None:
         "numba<0.60; this environment has numpy 2.x (torch 2.13, pandas 3)",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mismatch.json").write_text(
+    name = (
+        "mismatch.json"
+        if args.part == "linear"
+        else f"mismatch_{args.part}_{args.kinds.replace(',', '_')}.json"
+    )
+    (RESULTS / name).write_text(
         json.dumps({"meta": meta, "rates": table, "extra": extra}, indent=1)
     )
-    methods = list(next(iter(table.values())))
-    print(f"{'shift':26s} " + " ".join(f"{m[:18]:>18s}" for m in methods))
     for shift, d in table.items():
-        print(f"{shift:26s} " + " ".join(f"{d[m]['rate']:18.3f}" for m in methods))
+        print(shift, {m: round(r["rate"], 3) for m, r in d.items()})
     print(extra)
 
 

@@ -2,47 +2,89 @@
 
 Two questions, both answered without evaluation labels:
 
-* Dataset level: are the evaluation rows drawn like the training rows? Two MMD
-  permutation tests (Gretton et al. 2012), on the standardized input features and on the
-  model's softmax outputs, combined by Bonferroni (``p = min(1, 2 min(p_feat, p_out))``).
-* Example level: how unusual is each evaluation row *to the model*? The label-free
-  influence-space score ``E_{y ~ p(.|x)}[g_y^T (H + lambda I)^{-1} g_y] = tr(L(x) M(x))``
-  (the gradient taken in expectation under the model's own predictive distribution;
-  ``L = diag(p) - p p^T``, ``M = J (H + lambda I)^{-1} J^T``) — the Gauss-Newton factor rows
-  of :meth:`GradientEngine.factor_grads` give it in one quadratic form. Split-conformal
-  p-values against a calibration slice, then Benjamini-Hochberg.
+* Dataset level: are the evaluation rows drawn like the training rows? Gaussian-kernel MMD
+  permutation tests (Gretton et al. 2012) on up to three representations, combined by
+  Bonferroni (``p = min(1, k min_j p_j)`` over the ``k`` tests used):
 
-Validity. The model was fitted to its training rows, so their outputs and scores are NOT
-exchangeable with fresh rows. With ``reference=`` (rows the model never saw, e.g. a
-validation split) every p-value is exactly valid. Without it, training rows are used
-through their approximate leave-one-out outputs (:mod:`infgate.detect.loo`): what the
-model would output had it not seen the row. The input-feature MMD is exactly valid either
-way; the others are valid to the accuracy of the leave-one-out approximation (exact to
-about 1e-3 in probability for softmax regression; the false-alarm rate is measured in
-``benchmarks/bench_mismatch.py``).
+  - ``mmd_features``: the flattened input features; integer inputs (token ids) as their
+    bag of tokens (each id's share of the row, ids folded modulo 1024);
+  - ``mmd_random_features``: the penultimate representation (the input of the last
+    ``nn.Linear`` the forward pass calls; the logits if it calls none) of a copy of the
+    model's architecture with freshly initialised weights drawn from ``seed``: a
+    data-independent nonlinear embedding in the spirit of the untrained-autoencoder
+    reduction of Rabanser et al. 2019 ("Failing loudly"), which sees what the
+    architecture sees (token embeddings, convolutions) without having been fitted;
+  - ``mmd_outputs``: the trained model's softmax outputs, only where the reference side's
+    outputs can be trusted to be distributed like outputs on fresh rows (below).
+
+  Every representation is standardized with the pooled (reference + evaluation) mean and
+  standard deviation and the kernel width is the pooled median distance: functions of the
+  pooled multiset, so the permutation p-value keeps its exact validity.
+* Example level: how unusual is each evaluation row? Split-conformal p-values of a
+  strangeness score against calibration rows, then Benjamini-Hochberg (valid for conformal
+  p-values, Bates et al. 2023). The score is the label-free influence-space score
+  ``E_{y ~ p(.|x)}[g_y^T (H + lambda I)^{-1} g_y] = tr(L(x) M(x))`` (``L = diag(p) - p
+  p^T``, ``M = J (H + lambda I)^{-1} J^T``) where the reference is trusted, otherwise the
+  mean distance to the 5 nearest of half the reference rows in the joint (inputs, random
+  features) space, calibrated on the other half.
+
+Validity (what is exact and what is approximate). The model was fitted to its training
+rows, so its outputs on them are NOT exchangeable with its outputs on fresh rows: a network
+that memorises is more confident on its training rows, and the trained penultimate
+representation is biased the same way. Hence:
+
+* With ``reference=`` (rows the model never trained on, e.g. a validation split) every test
+  and every p-value is exactly valid (finite sample, any model).
+* Without it, ``mmd_features`` and ``mmd_random_features`` compare a random subsample of
+  training rows with the evaluation rows through functions that do not depend on the
+  training data: exactly valid for any model (training and evaluation rows are i.i.d.
+  under the null). The kNN conformal p-values are exactly valid for the same reason.
+* The output test and the influence-score p-values need what the model would output on a
+  training row had it not seen it; :mod:`infgate.detect.loo` approximates that by one
+  leverage-corrected Newton step. That approximate leave-one-out (ALO) is accurate for
+  regularized generalized linear models (Rad & Maleki 2020: softmax regression here, error
+  about 1e-3 in probability) but has no such guarantee for a network whose features move
+  when a row is removed: a few-epoch Adam CNN's ALO outputs stayed more confident than its
+  outputs on fresh rows and the output test rejected on same-distribution data (p = 0.004).
+  So without ``reference=`` the output test is used only when the model is a GLM in its
+  trainable parameters (they all belong to one ``nn.Linear``; what feeds it has no
+  trainable parameters) or when ``loo_outputs=True`` forces it (then it is approximate,
+  and says so); otherwise it is skipped and ``MismatchReport.method`` says why. A model
+  whose frozen backbone was trained on these same rows passes the GLM rule but is biased:
+  pass ``reference=`` or ``loo_outputs=False`` for it.
+
+Streaming. The detector reads the training data once through the scorer's batches, keeps a
+random subsample of at most ``max_reference`` rows (plus every row's label for the
+drivers) and never holds all features. Leave-one-out outputs already computed for every
+row (the label-error ranking's sweep) are accepted as ``loo=`` instead of a second sweep.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from infgate.detect._inputs import dataset_tensors, example_ids, parse_eval
-from infgate.detect.loo import approximate_loo
+from infgate.detect._inputs import example_ids, parse_eval
+from infgate.detect.loo import LooOutputs, _sweep, leverage_backend
 from infgate.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.backends.base import CanWhiten
-from infgate.influence.batches import DatasetLike
+from infgate.influence.batches import BatchSource, DatasetLike
 from torch import nn
 
-__all__ = ["MismatchDetector", "MismatchReport", "detect_mismatch"]
+__all__ = ["MismatchDetector", "MismatchReport", "detect_mismatch", "glm_reason", "random_twin"]
 
 log = logging.getLogger(__name__)
+
+#: Neighbours averaged by the kNN strangeness score.
+KNN = 5
 
 
 @dataclass(frozen=True)
@@ -50,14 +92,20 @@ class MismatchReport:
     """Result of :func:`detect_mismatch`.
 
     Attributes:
-        statistic: MMD^2 of the dataset-level test with the smaller p-value.
-        p_value: Bonferroni-combined permutation p-value (valid at every sample size).
+        statistic: MMD^2 of the dataset-level test with the smallest p-value.
+        p_value: Bonferroni combination of the permutation p-values of the tests used
+            (``details["tests"]``); exactly valid at every sample size unless
+            ``details["exactly_valid"]`` is false (the approximate leave-one-out output test
+            took part: see the module docstring).
         flagged: ``p_value <= alpha``.
         alpha: level used for the dataset test and the Benjamini-Hochberg FDR.
-        method: description of the tests.
+        method: the tests used, whether the combination is exactly valid, what happened to
+            the output test and why, and the per-example score.
         example_ids: evaluation example ids.
-        example_scores: label-free influence-space score per evaluation example (higher =
-            stranger to the model).
+        example_scores: per-example strangeness (higher = stranger), named in
+            ``details["example_score"]``: the label-free influence-space score ``tr(L M)``
+            where the reference outputs are trusted, else the kNN distance in the (inputs,
+            random features) space.
         example_p_values: conformal p-values of those scores.
         example_flagged: Benjamini-Hochberg rejections at FDR ``alpha``.
         drivers: training examples most influential on the flagged examples' losses (when
@@ -66,7 +114,9 @@ class MismatchReport:
             relative_magnitude, role``), Koh & Liang 2017 Sec. 5.3.
         driver_groups: per training group (default: given label) share of that influence
             versus share of the data (``lift`` > 1 = over-represented among drivers).
-        details: the two component tests' statistics and p-values, sizes.
+        details: each test's statistic and p-value (``mmd_features``,
+            ``mmd_random_features``, ``mmd_outputs`` when used), ``tests``,
+            ``exactly_valid``, ``outputs_test``, ``example_score``, sizes.
     """
 
     statistic: float
@@ -134,22 +184,165 @@ def _on_device(x: torch.Tensor, scorer: InfluenceScorer) -> torch.Tensor:
     return x.to(scorer.device)
 
 
+#: Bins of the bag-of-tokens representation of integer (token-id) inputs.
+TOKEN_BINS = 1024
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    """The input representation the feature tests use: float rows flattened; integer rows
+    (token ids) as their bag of tokens, the share of each id (``id mod TOKEN_BINS``) in the
+    row, a fixed function of the row alone."""
+    if x.is_floating_point():
+        return x.reshape(x.shape[0], -1).double().cpu().numpy()
+    ids = x.reshape(x.shape[0], -1).cpu().long() % TOKEN_BINS
+    bag = torch.zeros(x.shape[0], TOKEN_BINS, dtype=torch.float64)
+    bag.scatter_add_(1, ids, torch.ones(ids.shape, dtype=torch.float64))
+    return (bag / max(ids.shape[1], 1)).numpy()
+
+
+def _pooled_standardized(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` standardized with the pooled mean and std (a function of the pooled
+    multiset, so a permutation test on the result stays exact)."""
+    z = np.concatenate([a, b])
+    mean, std = z.mean(0), z.std(0) + 1e-8
+    return (a - mean) / std, (b - mean) / std
+
+
+def glm_reason(model: nn.Module) -> str | None:
+    """``None`` when ``model`` is a GLM in its trainable parameters (all in one
+    ``nn.Linear``, nothing trainable upstream of it), else why not."""
+    owners = {
+        name.rsplit(".", 1)[0] if "." in name else ""
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    if not owners:
+        return "the model has no trainable parameters"
+    modules = dict(model.named_modules())
+    if len(owners) == 1:
+        owner = modules.get(next(iter(owners)))
+        if isinstance(owner, nn.Linear):
+            return None
+    kinds = sorted({type(modules[o]).__name__ for o in owners if o in modules})
+    return (
+        f"the model is not linear in its parameters ({len(owners)} trainable modules: "
+        f"{', '.join(kinds[:4])}); approximate leave-one-out outputs of its training rows are "
+        f"not guaranteed to be distributed like outputs on fresh rows"
+    )
+
+
+def random_twin(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model``'s architecture with weights drawn afresh from ``seed`` (eval mode).
+
+    Modules with ``reset_parameters`` (Linear, Conv, Embedding, norms) re-initialise the
+    PyTorch way, ``MultiheadAttention`` by ``_reset_parameters``; a parameter no reset
+    reached is drawn from N(0, 0.02^2). Batch-norm running statistics are reset. Nothing
+    depends on the trained weights' values, so the twin is independent of the training data.
+    """
+    twin = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        before = {n: p.detach().clone() for n, p in twin.named_parameters()}
+        for mod in twin.modules():
+            reset = getattr(mod, "reset_parameters", None) or getattr(
+                mod, "_reset_parameters", None
+            )
+            if mod is not twin and callable(reset):
+                reset()
+            stats = getattr(mod, "reset_running_stats", None)
+            if callable(stats):
+                stats()
+        for name, p in twin.named_parameters():
+            if torch.equal(p, before[name]):
+                p.normal_(0.0, 0.02)
+    return twin.eval()
+
+
+def _last_linear_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of the last ``nn.Linear`` the forward pass calls (its logits if none)."""
+    seen: list[torch.Tensor] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    rep = seen[-1] if seen and seen[-1].shape[0] == x.shape[0] else out
+    return rep.reshape(x.shape[0], -1)
+
+
+def _batched(
+    model: nn.Module,
+    x: torch.Tensor,
+    fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """``fn(model, batch)`` over ``x`` in batches on the model's device (no gradients)."""
+    p = next(model.parameters())
+    out = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size]
+            xb = xb.to(p.device, p.dtype) if xb.is_floating_point() else xb.to(p.device)
+            out.append(fn(model, xb).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def _scale(std: np.ndarray) -> np.ndarray:
+    """Per-column scales from standard deviations: a column (nearly) constant on the base
+    rows, e.g. a ReLU unit dead on all of them, gets the median scale instead of ~0 (which
+    would make any row that activates it infinitely far)."""
+    positive = std[std > 0]
+    typical = float(np.median(positive)) if len(positive) else 1.0
+    return np.where(std > 1e-6 * typical, std, typical)
+
+
+def _knn_score(base: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Mean Euclidean distance of each row of ``z`` to its ``KNN`` nearest rows of ``base``."""
+    k = min(KNN, len(base))
+    out = np.empty(len(z))
+    bb = (base * base).sum(1)
+    for s in range(0, len(z), 512):
+        zb = z[s : s + 512]
+        d = np.maximum((zb * zb).sum(1)[:, None] + bb[None, :] - 2.0 * zb @ base.T, 0.0)
+        out[s : s + 512] = np.sqrt(np.partition(d, k - 1, axis=1)[:, :k]).mean(1)
+    return out
+
+
 class MismatchDetector:
     """Fits the training side once; :meth:`test` then checks any number of batches.
 
     Args:
         model: trained classifier returning logits (eval mode).
-        train: its training data.
+        train: its training data (read once, in the scorer's batches; only a random
+            subsample of ``max_reference`` rows' features is kept).
         reference: features of rows the model never trained on (optional; makes every
-            p-value exactly valid). ``None`` = training rows via leave-one-out outputs.
+            p-value exactly valid). ``None`` = a random subsample of training rows.
         damping: lambda for the curvature (pass the model's weight decay when known).
         scorer: a fitted :class:`InfluenceScorer` on ``train`` to reuse.
         max_reference: at most this many reference rows enter the MMD tests and the
             conformal calibration (random subset).
         n_permutations: permutations per MMD test.
         groups: one group label per training row for ``driver_groups`` (default: labels).
-        seed: seeds the subsampling and permutations.
+        seed: seeds the subsampling, the permutations and the random-feature twin.
         progress: show progress bars.
+        loo: leave-one-out outputs already computed for EVERY training row, in dataset
+            order (e.g. by the label-error ranking's sweep); the detector takes its
+            subsample's rows from it instead of sweeping again. Used only where the output
+            test runs (below).
+        loo_outputs: without ``reference``, whether the output-space test and the influence
+            score's conformal p-values use approximate leave-one-out outputs of training
+            rows: ``None`` (default) = only when the model is a GLM in its parameters
+            (:func:`glm_reason`); ``True`` = always (approximate for networks; the report
+            says so); ``False`` = never (only exactly valid tests).
+
+    Raises:
+        InvalidInputError: ``max_reference < 10``, ``n_permutations < 19``, ``groups`` or
+            ``loo`` of another length than the training data.
     """
 
     def __init__(
@@ -165,46 +358,134 @@ class MismatchDetector:
         groups: np.ndarray | None = None,
         seed: int = 0,
         progress: bool = False,
+        loo: LooOutputs | None = None,
+        loo_outputs: bool | None = None,
     ) -> None:
         if max_reference < 10 or n_permutations < 19:
             raise InvalidInputError(
                 f"need max_reference >= 10 and n_permutations >= 19, got {max_reference} and "
                 f"{n_permutations}"
             )
-        self.scorer = scorer or InfluenceScorer(model, train, damping=damping, progress=progress)
+        self._scorer = scorer
+        self._scorer_args = (train, damping, progress)
+        self.model = model
         self.rng = np.random.default_rng(seed)
         self.n_permutations = n_permutations
-        x_tr, y_tr = dataset_tensors(train)
-        n = x_tr.shape[0]
-        self.width = tuple(x_tr.shape[1:])
-        self.train_labels = y_tr.numpy()
-        self.train_ids = example_ids(train, n)
+        self._source = BatchSource(
+            train, batch_size=256, device=torch.device("cpu"), dtype=torch.float32, what="train"
+        )
+        n = len(self._source)
+        if loo is not None and len(loo.loo_probs) != n:
+            raise InvalidInputError(
+                f"loo has {len(loo.loo_probs):,} rows but the training data has {n:,}: pass "
+                f"the leave-one-out outputs of every training row, in dataset order"
+            )
+        rows = np.sort(self.rng.choice(n, size=min(n, max_reference), replace=False))
+        x_sub, y_sub, self.train_labels = self._read_rows(rows)
+        self.width = tuple(x_sub.shape[1:])
+        ids = getattr(train, "example_ids", None)
+        self.train_ids = np.asarray(ids).astype(str) if ids is not None else example_ids(train, n)
         self.groups = self.train_labels.astype(str) if groups is None else np.asarray(groups)
         if len(self.groups) != n:
             raise InvalidInputError(f"groups has {len(self.groups):,} entries but train has {n:,}")
-        flat = x_tr.reshape(n, -1).double().numpy()
+        flat = _flat(x_sub)
         self.mean, self.std = flat.mean(0), flat.std(0) + 1e-8
-        self.n_classes = int(self.scorer.engine.outputs(x_tr[:1].to(self.scorer.device)).shape[1])
+        self.twin = random_twin(model, seed)
+        self.n_classes = int(self.probs(x_sub[:1]).shape[1])
+        self.ref_probs: np.ndarray | None = None
+        cal_scores: np.ndarray | None = None
         if reference is None:
-            rows = np.sort(self.rng.choice(n, size=min(n, max_reference), replace=False))
-            loo = approximate_loo(self.scorer, rows=rows)
-            self.ref_features = self.standardize(x_tr[rows])
-            self.ref_probs = loo.loo_probs
-            self.cal_scores = loo.expected_influence
-            self.reference_kind = "training rows (approximate leave-one-out)"
+            x_ref = x_sub
+            self.reference_kind = "training rows (random subsample)"
+            glm = glm_reason(model)
+            use = loo_outputs is True or (loo_outputs is None and glm is None)
+            if use:
+                if loo is not None:
+                    self.ref_probs = loo.loo_probs[rows]
+                    cal_scores = loo.expected_influence[rows]
+                else:
+                    sc = self.scorer
+                    leverage_backend(sc.backend)
+                    src = sc.batches((x_sub, y_sub), what="train")
+                    out = _sweep(sc.engine, sc.backend, n, src, sc.progress)
+                    self.ref_probs, cal_scores = out.loo_probs, out.expected_influence
+                why = "the model is a GLM" if glm is None else "forced by loo_outputs=True"
+                self.outputs_validity = (
+                    f"approximate: reference outputs are approximate leave-one-out outputs "
+                    f"of training rows ({why})"
+                )
+            else:
+                reason = "loo_outputs=False" if loo_outputs is False else str(glm)
+                self.outputs_validity = f"skipped: {reason}; pass reference= to use it"
         else:
             x_ref, _, _ = parse_eval(reference, width=self.width, n_classes=self.n_classes)
             if x_ref.shape[0] > max_reference:
                 x_ref = x_ref[
                     np.sort(self.rng.choice(x_ref.shape[0], max_reference, replace=False))
                 ]
-            self.ref_features = self.standardize(x_ref)
-            self.ref_probs, self.cal_scores = self.probs_and_scores(x_ref)
+            self.ref_probs, cal_scores = self.probs_and_scores(x_ref)
             self.reference_kind = "held-out reference rows"
+            self.outputs_validity = "exact: held-out reference rows"
+        self.ref_x = x_ref  # the reference rows' features (a subsample: at most max_reference)
+        self.ref_features = self.standardize(x_ref)
+        self.ref_flat = _flat(x_ref)
+        self.ref_random = self.random_features(x_ref)
+        self.knn_base: np.ndarray | None = None
+        if cal_scores is None:  # kNN strangeness, split conformal
+            half = self.rng.permutation(len(x_ref))
+            base, cal = half[: len(half) // 2], half[len(half) // 2 :]
+            self._knn_stats = [
+                (m[base].mean(0), _scale(m[base].std(0)), np.sqrt(m.shape[1]))
+                for m in (self.ref_flat, self.ref_random)
+            ]
+            self.knn_base = self._knn_embed(self.ref_flat[base], self.ref_random[base])
+            cal_scores = _knn_score(
+                self.knn_base, self._knn_embed(self.ref_flat[cal], self.ref_random[cal])
+            )
+        #: Conformal calibration scores of the reference rows (the kNN half, else all).
+        self.cal_scores: np.ndarray = cal_scores
+
+    @property
+    def scorer(self) -> InfluenceScorer:
+        """The fitted curvature; built on first use (the exactly valid tests need none: only
+        the leave-one-out reference, the influence scores and the drivers do)."""
+        if self._scorer is None:
+            train, damping, progress = self._scorer_args
+            self._scorer = InfluenceScorer(self.model, train, damping=damping, progress=progress)
+        return self._scorer
+
+    def _read_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """One pass over the training batches: the features and labels of ``rows`` (sorted
+        positions) on the CPU, and every row's label."""
+        xs, ys, labels = [], [], []
+        for start, x, y in self._source:
+            labels.append(y.cpu().numpy())
+            lo, hi = np.searchsorted(rows, [start, start + x.shape[0]])
+            if hi > lo:
+                take = torch.as_tensor(rows[lo:hi] - start, device=x.device)
+                xb = x[take].cpu()
+                xs.append(xb.float() if xb.is_floating_point() else xb)
+                ys.append(y[take].cpu())
+        return torch.cat(xs), torch.cat(ys), np.concatenate(labels).astype(np.int64)
+
+    def _knn_embed(self, flat: np.ndarray, rand: np.ndarray) -> np.ndarray:
+        """Inputs and random features, each standardized by the kNN base half and scaled by
+        ``1/sqrt(dim)`` so both blocks weigh alike."""
+        return np.concatenate(
+            [
+                (m - mu) / sd / w
+                for m, (mu, sd, w) in zip((flat, rand), self._knn_stats, strict=True)
+            ],
+            axis=1,
+        )
 
     def standardize(self, x: torch.Tensor) -> np.ndarray:
-        """Rows flattened and standardized with the training mean and std."""
-        return (x.reshape(x.shape[0], -1).double().numpy() - self.mean) / self.std
+        """Rows flattened and standardized with the training subsample's mean and std."""
+        return (_flat(x) - self.mean) / self.std
+
+    def random_features(self, x: torch.Tensor) -> np.ndarray:
+        """The random-weight twin's penultimate representation of ``x`` (float64, batched)."""
+        return _batched(self.twin, x, _last_linear_inputs)
 
     def probs_and_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Softmax outputs and ``tr(L M)`` for unlabelled rows, in batches.
@@ -229,6 +510,10 @@ class MismatchDetector:
             torch.cat(scores).double().clamp_min(0).cpu().numpy(),
         )
 
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        """The trained model's softmax outputs for ``x`` (batched)."""
+        return _batched(self.model, x, lambda m, xb: torch.softmax(m(xb).double(), dim=1))
+
     def _whitened_scores(
         self, x: torch.Tensor, backend: CanWhiten
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +537,11 @@ class MismatchDetector:
             torch.cat(scores).clamp_min(0).cpu().numpy(),
         )
 
+    def _mmd(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        a, b = _pooled_standardized(a, b)
+        s, p = mmd_permutation_test(a, b, n_permutations=self.n_permutations, rng=self.rng)
+        return {"statistic": float(s), "p_value": float(p)}
+
     def test(self, eval_data: Any, *, alpha: float = 0.05, max_drivers: int = 10) -> MismatchReport:
         """Test one evaluation batch; see :func:`detect_mismatch`."""
         if not 0.0 < alpha < 1.0:
@@ -259,15 +549,24 @@ class MismatchDetector:
         x, labels, ids = parse_eval(eval_data, width=self.width, n_classes=self.n_classes)
         if x.shape[0] < 2:
             raise InvalidInputError(f"the evaluation set needs at least 2 rows, got {x.shape[0]}")
-        probs, scores = self.probs_and_scores(x)
-        feats = self.standardize(x)
-        s_feat, p_feat = mmd_permutation_test(
-            self.ref_features, feats, n_permutations=self.n_permutations, rng=self.rng
-        )
-        s_out, p_out = mmd_permutation_test(
-            self.ref_probs, probs, n_permutations=self.n_permutations, rng=self.rng
-        )
-        p_value = min(1.0, 2.0 * min(p_feat, p_out))
+        flat, rand = _flat(x), self.random_features(x)
+        tests = {
+            "mmd_features": self._mmd(self.ref_flat, flat),
+            "mmd_random_features": self._mmd(self.ref_random, rand),
+        }
+        if self.knn_base is None:
+            probs, scores = self.probs_and_scores(x)
+            score_kind = "label-free expected influence tr(L M)"
+        else:
+            probs = self.probs(x)
+            scores = _knn_score(self.knn_base, self._knn_embed(flat, rand))
+            score_kind = (
+                f"mean distance to the {KNN} nearest reference rows (inputs + random features)"
+            )
+        if self.ref_probs is not None:
+            tests["mmd_outputs"] = self._mmd(self.ref_probs, probs)
+        best = min(tests, key=lambda k: tests[k]["p_value"])
+        p_value = min(1.0, len(tests) * tests[best]["p_value"])
         ex_p = conformal_p_values(self.cal_scores, scores)
         ex_flag = benjamini_hochberg(ex_p, alpha)
         focus = ex_flag
@@ -275,12 +574,17 @@ class MismatchDetector:
             focus = np.zeros_like(ex_flag)
             focus[np.argsort(ex_p, kind="stable")[: min(10, len(ex_p))]] = True
         drivers, groups = self._drivers(x, labels, probs, focus, ex_p, max_drivers)
+        exact = self.reference_kind == "held-out reference rows" or "mmd_outputs" not in tests
+        method = (
+            f"{'+'.join(tests)} (bonferroni, {'exactly valid' if exact else 'approximate'}); "
+            f"outputs test {self.outputs_validity}; conformal {score_kind} + BH"
+        )
         return MismatchReport(
-            statistic=s_feat if p_feat <= p_out else s_out,
+            statistic=tests[best]["statistic"],
             p_value=p_value,
             flagged=bool(p_value <= alpha),
             alpha=alpha,
-            method="mmd_features+mmd_outputs (bonferroni); conformal expected-influence + BH",
+            method=method,
             example_ids=ids,
             example_scores=scores,
             example_p_values=ex_p,
@@ -288,9 +592,12 @@ class MismatchDetector:
             drivers=drivers,
             driver_groups=groups,
             details={
-                "mmd_features": {"statistic": s_feat, "p_value": p_feat},
-                "mmd_outputs": {"statistic": s_out, "p_value": p_out},
-                "n_reference": len(self.ref_features),
+                **tests,
+                "tests": list(tests),
+                "exactly_valid": exact,
+                "outputs_test": self.outputs_validity,
+                "example_score": score_kind,
+                "n_reference": len(self.ref_flat),
                 "reference": self.reference_kind,
                 "n_permutations": self.n_permutations,
             },
@@ -357,6 +664,7 @@ def detect_mismatch(
     groups: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = False,
+    loo_outputs: bool | None = None,
 ) -> MismatchReport:
     """Test whether ``eval_data`` comes from the training distribution, with valid p-values.
 
@@ -373,6 +681,7 @@ def detect_mismatch(
         groups: a group per training row for the driver subgroups (default: labels).
         seed: seeds subsampling and permutations.
         progress: show progress bars.
+        loo_outputs: see :class:`MismatchDetector`.
 
     Returns:
         :class:`MismatchReport`.
@@ -383,11 +692,15 @@ def detect_mismatch(
     """
     if not 0.0 < alpha < 1.0:
         raise InvalidInputError(f"alpha must be in (0, 1), got {alpha!r}")
-    x_tr, _ = dataset_tensors(train)
+    first = next(
+        iter(BatchSource(train, batch_size=1, device=torch.device("cpu"), dtype=torch.float32))
+    )
+    x0 = first[1]
     with torch.no_grad():
-        first = next(model.parameters())
-        n_classes = int(model(x_tr[:1].to(first.device, first.dtype)).shape[1])
-    parse_eval(eval_data, width=tuple(x_tr.shape[1:]), n_classes=n_classes)  # fail fast
+        p0 = next(model.parameters())
+        x0 = x0.to(p0.device, p0.dtype) if x0.is_floating_point() else x0.to(p0.device)
+        n_classes = int(model(x0).shape[1])
+    parse_eval(eval_data, width=tuple(first[1].shape[1:]), n_classes=n_classes)  # fail fast
     detector = MismatchDetector(
         model,
         train,
@@ -397,5 +710,6 @@ def detect_mismatch(
         groups=groups,
         seed=seed,
         progress=progress,
+        loo_outputs=loo_outputs,
     )
     return detector.test(eval_data, alpha=alpha)
