@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from infgate.data.training import flip_labels
 from infgate.detect import find_label_errors
-from infgate.detect.calibrate import NoiseModelOptions, fit_noise_model
+from infgate.detect.calibrate import NoiseModelOptions, fit_noise_model, rank_calibrated
 from infgate.detect.eval_influence import eval_loss_influence
 from infgate.detect.stats import expected_calibration_error
+from infgate.detect.suggest import suggest_from_posterior
 from infgate.errors import InvalidInputError
 from infgate.examples.models import make_classifier, train_classifier
 from infgate.influence import InfluenceScorer
@@ -174,3 +175,98 @@ def test_suggestion_confidence_calibration_on_held_out_dataset() -> None:
         high_right.extend(right[conf >= 0.9].tolist())
     assert np.mean(eces) <= 0.2, eces
     assert len(high_right) >= 30 and np.mean(high_right) >= 0.9, high_right
+
+
+# -- synthetic data drawn from a known noise channel (no model: the clean posteriors are known)
+def _draw_synthetic(
+    n: int, k: int, seed: int, channel: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean posteriors ``p`` (softmax of N(0, 9) logits), true labels drawn from them and
+    given labels drawn through ``channel`` (``channel[c, j] = P(given j | true c)``)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, k)) * 3.0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    true = np.minimum((rng.random(n)[:, None] > p.cumsum(1)).sum(1), k - 1)
+    if channel is None:
+        return p, true, true.copy()
+    given = np.minimum((rng.random(n)[:, None] > channel[true].cumsum(1)).sum(1), k - 1)
+    return p, true, given
+
+
+def _uniform_channel(k: int, rate: float) -> np.ndarray:
+    t = np.full((k, k), rate / (k - 1))
+    np.fill_diagonal(t, 1.0 - rate)
+    return t
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clean_synthetic_data_gets_almost_no_errors(k: int, seed: int) -> None:
+    """Labels drawn from the posteriors themselves (no noise channel): the identity channel
+    explains them, so the expected count stays under 1% of the rows (measured 0.01-0.6%)."""
+    p, _, given = _draw_synthetic(4000, k, seed)
+    model = fit_noise_model(p, given)
+    assert model.expected_errors <= 0.01 * len(given), model.expected_errors
+    assert np.diag(model.transition).min() >= 0.98
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.10, 0.20])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_and_channel_recover_uniform_noise(rate: float, seed: int) -> None:
+    """4 classes, uniform flips at 5/10/20%: the expected count is within 20% of the flips
+    drawn (measured within 1-18%), the channel within 0.05 in every cell (measured <= 0.045)."""
+    k = 4
+    channel = _uniform_channel(k, rate)
+    p, true, given = _draw_synthetic(4000, k, seed, channel)
+    model = fit_noise_model(p, given)
+    n_wrong = int((given != true).sum())
+    assert abs(model.expected_errors - n_wrong) <= 0.20 * n_wrong, (model.expected_errors, n_wrong)
+    np.testing.assert_allclose(model.transition, channel, atol=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_sided_binary_noise_is_not_pushed_to_zero(seed: int) -> None:
+    """Binary, class 0 relabelled 1 with probability 0.3, class 1 never relabelled: with the
+    clean posteriors known the channel is identifiable and the prior on T's diagonal does not
+    explain the flips away (measured T[0, 1] 0.29-0.31, count within 1.6% of the flips)."""
+    channel = np.array([[0.7, 0.3], [0.0, 1.0]])
+    p, true, given = _draw_synthetic(4000, 2, seed, channel)
+    model = fit_noise_model(p, given)
+    n_wrong = int((given != true).sum())
+    assert model.transition[0, 1] == pytest.approx(0.3, abs=0.04)
+    assert model.transition[1, 0] <= 0.02
+    assert abs(model.expected_errors - n_wrong) <= 0.08 * n_wrong
+
+
+def test_flagged_confidence_is_calibrated_with_known_posteriors() -> None:
+    """The top round(sum P(wrong)) rows and their suggestion confidence on synthetic data
+    with known posteriors (10 classes, 10% uniform flips, 20,000 rows, ~2,000 flagged):
+    flagged-set ECE <= 0.04 (measured 0.022 / 0.034 on seeds 1 / 0). The 10-bin ECE of a
+    perfectly calibrated predictor is not 0 on finite samples: on 300 of these rows with
+    outcomes drawn from the confidences themselves it averages 0.057."""
+    p, true, given = _draw_synthetic(20000, 10, 0, _uniform_channel(10, 0.10))
+    model = fit_noise_model(p, given)
+    n_est = round(model.expected_errors)
+    suspect = np.zeros(len(given), dtype=bool)
+    suspect[np.argsort(-model.error_probability, kind="stable")[:n_est]] = True
+    suggested, conf = suggest_from_posterior(model.posterior, given, suspect)
+    right = suggested[suspect] == true[suspect]
+    assert expected_calibration_error(conf[suspect], right) <= 0.04
+    # the rank-calibrated variant keeps the count and stays calibrated when the ranking
+    # score IS the error probability (isotonic regression of a monotone fit is itself)
+    wrong = rank_calibrated(model.error_probability, model.error_probability)
+    np.testing.assert_allclose(wrong, model.error_probability, atol=1e-9)
+
+
+def test_rank_calibrated_is_monotone_and_keeps_the_sum() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=500)
+    e = np.clip(1 / (1 + np.exp(-2 * scores)) + rng.normal(scale=0.2, size=500), 0, 1)
+    got = rank_calibrated(scores, e)
+    order = np.argsort(scores)
+    assert np.all(np.diff(got[order]) >= -1e-12)
+    assert got.sum() == pytest.approx(e.sum(), rel=1e-9)
+    with pytest.raises(InvalidInputError, match="equal-length vectors"):
+        rank_calibrated(scores, e[:-1])
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
+        rank_calibrated(np.array([0.0, np.nan]), np.array([0.1, 0.2]))
