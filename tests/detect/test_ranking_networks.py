@@ -130,3 +130,18 @@ def test_filter_options_are_checked(cnn) -> None:  # type: ignore[no-untyped-def
         evaluate_filter(scorer, step, mode="sideways")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="tolerance must be"):
         evaluate_filter(scorer, step, tolerance=-0.1)
+
+
+def test_exported_graph_ranks_like_the_module(cnn) -> None:  # type: ignore[no-untyped-def]
+    """What MLflow's pt2 flavour returns (a ``torch.export`` GraphModule) ranks exactly as
+    the nn.Module it was exported from: same parameters, buffers (BatchNorm running
+    statistics) and eval-mode graph, so the same filtered model and the same scores."""
+    model, x, noisy, _, scorer = cnn
+    batch = torch.export.Dim("batch", min=1)
+    graph = torch.export.export(model, (x[:4],), dynamic_shapes=({0: batch},)).module()
+    assert type(graph).__name__ != type(model).__name__
+    a = find_label_errors(model, (x, noisy), scorer=scorer, progress=False)
+    b = find_label_errors(graph, (x, noisy), damping=1e-4, batch_size=128, progress=False)
+    assert b.attrs["filter_step_fraction"] == a.attrs["filter_step_fraction"]
+    np.testing.assert_array_equal(b["example_id"].to_numpy(), a["example_id"].to_numpy())
+    np.testing.assert_allclose(b["score"].to_numpy(), a["score"].to_numpy(), rtol=0, atol=1e-9)
