@@ -185,6 +185,7 @@ def find_label_errors(
     client: Client | None = None,
     eval_data: Any = None,
     noise_options: NoiseModelOptions | None = None,
+    loo: LooOutputs | None = None,
 ) -> pd.DataFrame:
     """Rank every training example by how likely its label is wrong.
 
@@ -245,6 +246,9 @@ def find_label_errors(
             curvature (:func:`infgate.detect.eval_influence.eval_loss_influence`).
         noise_options: how the label-noise model behind ``is_suspect`` and the suggestion
             confidence is fitted (:class:`infgate.detect.calibrate.NoiseModelOptions`).
+        loo: the scorer's leave-one-out outputs for EVERY training row, already computed
+            (:func:`~infgate.detect.loo.approximate_loo`): the sweep is skipped and the
+            same outputs can serve the mismatch test (the scan does this).
 
     Returns:
         One row per training example, most suspicious first, with columns
@@ -271,7 +275,7 @@ def find_label_errors(
         InvalidInputError: unknown ``method``, labels the model cannot output, empty data,
             non-finite features, a non-cross-entropy scorer, a ``damping`` that differs
             from the given scorer's, ``method="eval_influence"`` without ``eval_data``,
-            unlabelled ``eval_data``.
+            unlabelled ``eval_data``, ``loo`` of another length than the training data.
         DatasetMismatchError: ``eval_data`` rows of the wrong shape.
     """
     if method not in get_args(RankingMethod):
@@ -306,7 +310,14 @@ def find_label_errors(
                 f"fit the scorer with InfluenceScorer(..., damping={damping!r}) or pass "
                 "damping=None"
             )
-    if shard_size is None and client is None:
+    if loo is not None:
+        if len(loo.labels) != len(scorer.train):
+            raise InvalidInputError(
+                f"loo has {len(loo.labels):,} rows but the training data has "
+                f"{len(scorer.train):,}: pass the outputs of approximate_loo(scorer)"
+            )
+        out = loo
+    elif shard_size is None and client is None:
         out = approximate_loo(scorer)
     else:
         n = len(scorer.train)

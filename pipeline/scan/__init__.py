@@ -17,6 +17,7 @@ from infgate.scan.stages import (
     gate_stage,
     influence_stage,
     load_stage,
+    loo_stage,
     report_stage,
     store_stage,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "gate_stage",
     "influence_stage",
     "load_stage",
+    "loo_stage",
     "report_stage",
     "run_scan",
     "scan_dataset",

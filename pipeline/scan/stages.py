@@ -43,6 +43,7 @@ __all__ = [
     "gate_stage",
     "influence_stage",
     "load_stage",
+    "loo_stage",
     "report_stage",
     "store_stage",
 ]
@@ -214,16 +215,18 @@ def influence_stage(
     scorer: InfluenceScorer,
     *,
     client: Client | None = None,
+    loo: Any = None,
 ) -> tuple[Any, Any, dict[str, float]]:
     """The label-error ranking of every example and the explanations of the top suspects,
     from the fitted ``scorer``. With labelled evaluation data the ranking also carries each
     example's influence on the evaluation loss (``eval_influence``: one extra solve).
     With a Dask ``client`` and more than ``shard_size`` rows the
-    ranking's per-example sweep runs in shards on the cluster."""
+    ranking's per-example sweep runs in shards on the cluster. ``loo``: the leave-one-out
+    sweep already run (:func:`loo_stage`), reused instead of a second one."""
     from infgate.detect import explain, find_label_errors
 
     det, n = config.detect, len(loaded.train.data)
-    shard = client is not None and n > config.influence.shard_size
+    shard = loo is None and client is not None and n > config.influence.shard_size
     t0 = time.perf_counter()
     options = dict(det.options)
     if det.method != "default":
@@ -239,6 +242,7 @@ def influence_stage(
         progress=False,
         shard_size=config.influence.shard_size if shard else None,
         client=client if shard else None,
+        loo=loo,
         **options,
     )
     timings = {"rank": time.perf_counter() - t0}
@@ -254,9 +258,26 @@ def influence_stage(
     return ranking, explanations, timings
 
 
-def detect_stage(loaded: LoadedScan, config: ScanConfig, scorer: InfluenceScorer) -> Any:
+def loo_stage(
+    loaded: LoadedScan, config: ScanConfig, scorer: InfluenceScorer, *, client: Client | None = None
+) -> tuple[Any, dict[str, float]]:
+    """The leave-one-out sweep over every training row, ONCE per scan: the ranking and the
+    mismatch test both read it. With a Dask ``client`` and more than ``shard_size`` rows it
+    runs in shards on the cluster."""
+    from infgate.detect.loo import approximate_loo, sharded_approximate_loo
+
+    n, size = len(loaded.train.data), config.influence.shard_size
+    if client is not None and n > size:
+        out = sharded_approximate_loo(scorer, shard_size=size, client=client)
+        return out, {"influence_shards": float(-(-n // size))}
+    return approximate_loo(scorer), {}
+
+
+def detect_stage(
+    loaded: LoadedScan, config: ScanConfig, scorer: InfluenceScorer, *, loo: Any = None
+) -> Any:
     """The dataset-level mismatch test against the evaluation data (``None`` without any),
-    on the scan's fitted curvature."""
+    on the scan's fitted curvature (and its leave-one-out sweep, ``loo``, when given)."""
     from infgate.detect import MismatchDetector
 
     if loaded.eval_data is None:
@@ -269,6 +290,7 @@ def detect_stage(loaded: LoadedScan, config: ScanConfig, scorer: InfluenceScorer
         max_reference=mm.max_reference,
         n_permutations=mm.n_permutations,
         seed=mm.seed,
+        loo=loo,
     )
     return detector.test(loaded.eval_data, alpha=mm.alpha)
 
@@ -287,11 +309,14 @@ def analyse(
     scorer = fit_stage(loaded, config)
     timings = {"fit": time.perf_counter() - t0}
     note("influence")
-    ranking, explanations, t_rank = influence_stage(loaded, config, scorer, client=client)
+    t0 = time.perf_counter()
+    loo, t_loo = loo_stage(loaded, config, scorer, client=client)
+    timings.update(t_loo, loo=time.perf_counter() - t0)
+    ranking, explanations, t_rank = influence_stage(loaded, config, scorer, loo=loo)
     timings.update(t_rank)
     t0 = time.perf_counter()
     note("detect")
-    mismatch = detect_stage(loaded, config, scorer)
+    mismatch = detect_stage(loaded, config, scorer, loo=loo)
     if mismatch is not None:
         timings["mismatch"] = time.perf_counter() - t0
     timings["influence"] = sum(v for k, v in timings.items() if k != "influence_shards")

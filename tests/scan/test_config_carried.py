@@ -53,10 +53,12 @@ def test_params_and_loss_reach_the_curvature_fit(loaded: object) -> None:
         fit_stage(loaded, mse)  # type: ignore[arg-type]
 
 
-def test_one_fit_serves_ranking_explanations_and_mismatch(
+def test_one_fit_and_one_sweep_serve_ranking_explanations_and_mismatch(
     loaded: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from infgate.config import ScanConfig
+    from infgate.detect import loo as loo_module
+    from infgate.detect import mismatch as mismatch_module
     from infgate.influence import api
     from infgate.scan import analyse
 
@@ -71,10 +73,31 @@ def test_one_fit_serves_ranking_explanations_and_mismatch(
     config = ScanConfig().with_overrides(
         **{"detect.explain_top": 2, "mismatch.n_permutations": 50, "mismatch.max_reference": 50}
     )
+    sweeps: list[int] = []
+    original_sweep = loo_module._sweep
+
+    def counting_sweep(*args: object, **kwargs: object) -> object:
+        sweeps.append(1)
+        return original_sweep(*args, **kwargs)  # type: ignore[arg-type]
+
+    given: list[object] = []
+    original_detector = mismatch_module.MismatchDetector.__init__
+
+    def capturing(self: object, *args: object, **kwargs: object) -> None:
+        given.append(kwargs.get("loo"))
+        original_detector(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loo_module, "_sweep", counting_sweep)
+    monkeypatch.setattr(mismatch_module, "_sweep", counting_sweep)
+    monkeypatch.setattr(mismatch_module.MismatchDetector, "__init__", capturing)
     analysis = analyse(loaded, config)  # type: ignore[arg-type]
     assert len(fits) == 1
+    assert len(sweeps) == 1  # one leave-one-out sweep, shared by ranking and mismatch test
+    (loo,) = given
+    assert isinstance(loo, loo_module.LooOutputs) and len(loo.labels) == 300
     assert analysis.mismatch is not None and analysis.explanations is not None
     assert len(analysis.ranking) == 300
+    assert "loo" in analysis.timings
 
 
 def test_damping_used_and_its_source_are_reported_and_stored(
