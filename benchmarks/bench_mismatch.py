@@ -1,6 +1,13 @@
-"""Domain mismatch: calibration under no shift and power under four shifts, with peers.
+"""Domain mismatch: calibration under no shift and power under shifts, with peers.
 
-One command: ``.venv/bin/python benchmarks/bench_mismatch.py``. Digits as in
+Two parts. ``--part networks --kinds resnet,conv1d,transformer,mlp``: networks that
+memorise (``infgate.examples.networks``, Adam, a few epochs, one class held out of
+training), ``BENCH_NET_SPLITS`` trained models per family x ``BENCH_NET_NULL_DRAWS``
+no-shift draws, one draw per shift (covariate, new sub-population, 10% corrupted rows);
+the default test next to two biased alternatives (the trained penultimate representation,
+the leave-one-out output test); writes ``benchmarks/results/mismatch_networks_<kinds>.json``.
+
+``--part linear`` (default), one command: ``.venv/bin/python benchmarks/bench_mismatch.py``. Digits as in
 BENCHMARKS.md (900 training rows, 200 evaluation rows, alpha 0.05, softmax regression):
 10 random train/pool splits x 10 no-shift evaluation draws = 100 null tests; 20 trials
 per shift (Gaussian noise sigma 0.15, label shift to classes 0-4, 10% inverted images).
@@ -202,7 +209,7 @@ def penguins_part(store: dict[str, Any], extra: dict[str, Any]) -> None:
 
 # -- networks that memorise -------------------------------------------------------------------
 NET_SPLITS = int(os.environ.get("BENCH_NET_SPLITS", "25"))  # trained models per family
-NET_NULL_DRAWS = 2  # no-shift evaluation draws per model: 50 null tests per family
+NET_NULL_DRAWS = int(os.environ.get("BENCH_NET_NULL_DRAWS", "2"))  # no-shift draws per model
 NET_TRAIN, NET_EVAL = 400, 150
 
 
