@@ -7,7 +7,8 @@ no-shift draws, one draw per shift (covariate, new sub-population, 10% corrupted
 the default test next to two biased alternatives (the trained penultimate representation,
 the leave-one-out output test); writes ``benchmarks/results/mismatch_networks_<kinds>.json``.
 
-``--part linear`` (default), one command: ``.venv/bin/python benchmarks/bench_mismatch.py``. Digits as in
+``--part linear`` (default), one command: ``.venv/bin/python benchmarks/bench_mismatch.py``.
+Digits as in
 BENCHMARKS.md (900 training rows, 200 evaluation rows, alpha 0.05, softmax regression):
 10 random train/pool splits x 10 no-shift evaluation draws = 100 null tests; 20 trials
 per shift (Gaussian noise sigma 0.15, label shift to classes 0-4, 10% inverted images).
