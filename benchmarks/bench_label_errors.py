@@ -6,7 +6,12 @@ spam7), on which choices were made, and a HELD-OUT split reported apart (rdatase
 biopsy, palmerpenguins penguins, MASS Pima.tr + Pima.te, ISLR OJ); softmax regression and
 a 32-unit tanh MLP (L-BFGS, weight decay 1e-3 = damping); uniform 5/10/20% flips,
 class-conditional noise (cleanlab noise_generation, trace = 0.8 C) and a clean control;
-seeds 0-2. The evaluation data given to ``find_label_errors(eval_data=...)`` is the clean
+seeds 0-2. Network families (flagged-set figures only; ``--no-networks`` skips them): a
+width-8 ResNet-style CNN on 600 digits images, a width-16 1-D CNN on 600 wave sequences and
+a 1-layer transformer on 600 token sequences (``infgate.examples.networks``, Adam, 15
+epochs, weight decay 1e-3 = damping), uniform 10/20% flips and clean, against cleanlab's
+``find_label_issues`` on 5-fold cross-validated probabilities. The evaluation data given
+to ``find_label_errors(eval_data=...)`` is the clean
 25% test split. Writes ``benchmarks/results/label_errors.json`` and
 ``label_errors_recall.png`` (Koh & Liang Fig. 6 style) and prints the summary.
 """
@@ -24,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from infgate.detect.label_errors import DEFAULT_METHOD as DEFAULT  # find_label_errors' default
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WD = 1e-3
 FRACS = (0.05, 0.10, 0.20, 0.30)
 FIX_FRAC = 0.10
-DEFAULT = "filtered_margin"  # find_label_errors' default
 OURS = [
     "filtered_margin",
     "filtered_loss",
@@ -201,12 +206,14 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "precision": float(flipped[flagged_rows].mean()) if len(flagged_rows) else 0.0,
         "recall": float(flipped[flagged_rows].sum() / max(flipped.sum(), 1)),
         "ece": float(expected_calibration_error(conf, right)) if len(conf) else None,
+        "ece_floor": ece_floor(conf),
         "n_high_confidence": int((conf >= 0.95).sum()),
         "high_confidence_right": float(right[conf >= 0.95].mean())
         if (conf >= 0.95).any()
         else None,
         "median_confidence": float(np.median(conf)) if len(conf) else None,
         "temperature": float(df.attrs["noise_temperature"]),
+        "threshold_rule": _threshold_rule(df, out.loo_probs, ytr_clean, flipped),
     }
 
     t0 = time.perf_counter()
@@ -272,6 +279,158 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+NETWORKS = ("resnet", "conv1d", "transformer")
+NET_N = 600
+NET_EPOCHS = 15
+
+
+def _network_data(kind: str, seed: int) -> tuple[Any, Any, int]:
+    import torch
+    from infgate.examples.networks import digits_images, token_sequences, wave_sequences
+
+    if kind == "resnet":
+        x, y = digits_images()
+        rows = torch.as_tensor(np.random.default_rng(seed).permutation(len(y))[:NET_N])
+        return x[rows], y[rows], 10
+    if kind == "conv1d":
+        x, y = wave_sequences(NET_N, seed=seed)
+        return x, y, 4
+    x, y = token_sequences(NET_N, seed=seed)
+    return x, y, 4
+
+
+def _network(kind: str, classes: int, seed: int) -> Any:
+    from infgate.examples.networks import make_network
+
+    if kind == "resnet":
+        return make_network(kind, seed=seed, classes=classes, width=8)
+    if kind == "conv1d":
+        return make_network(kind, seed=seed, classes=classes, width=16)
+    return make_network(kind, seed=seed, vocab=50, classes=classes, d_model=32, layers=1, ff=64)
+
+
+def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Flagged-set figures on one network family (small n, few epochs, 1 thread): count
+    ratio, precision, recall, ECE, against cleanlab's find_label_issues on 5-fold CV."""
+    import torch
+    from cleanlab.filter import find_label_issues
+    from infgate.detect import find_label_errors
+    from infgate.examples.networks import TrainOptions, flip_labels, train_network
+    from sklearn.model_selection import StratifiedKFold
+
+    torch.set_num_threads(1)
+    kind, seed = cfg["network"], cfg["seed"]
+    x, y_clean, k = _network_data(kind, seed)
+    if cfg["noise"] == "clean":
+        y = y_clean.clone()
+    else:
+        y, _ = flip_labels(y_clean, float(cfg["noise"].split("_")[1]), classes=k, seed=seed)
+    clean, labels = y_clean.numpy(), y.numpy()
+    flipped = labels != clean
+    opts = TrainOptions(epochs=NET_EPOCHS, lr=3e-3, weight_decay=WD, seed=seed)
+    t0 = time.perf_counter()
+    model = train_network(_network(kind, k, seed), x, y, opts)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    df = find_label_errors(model, (x, y), damping=WD, progress=False)
+    ours_s = time.perf_counter() - t0
+    ids = df["example_id"].astype(int).to_numpy()
+    ours = _flagged_figures(
+        ids,
+        df["is_suspect"].to_numpy(),
+        df["suggested_label"].to_numpy(),
+        df["suggestion_confidence"].to_numpy(),
+        clean,
+        flipped,
+    )
+    t0 = time.perf_counter()
+    cv = np.zeros((len(labels), k))
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(labels, labels):
+        m = train_network(_network(kind, k, seed), x[tr], y[tr], opts)
+        with torch.no_grad():
+            cv[te] = torch.softmax(m(x[te]), 1).double().numpy()
+    ranked = find_label_issues(labels, cv, return_indices_ranked_by="self_confidence")
+    cl_s = time.perf_counter() - t0
+    res = {
+        **cfg,
+        "n_train": len(labels),
+        "n_flipped": int(flipped.sum()),
+        "flagged_set": ours,
+        "expected_errors": float(df.attrs["expected_errors"]),
+        "cl_find_label_issues_set": {
+            "n_flagged": len(ranked),
+            "precision": float(flipped[ranked].mean()) if len(ranked) else 0.0,
+            "recall": float(flipped[ranked].sum() / max(flipped.sum(), 1)),
+        },
+        "timings": {"train": train_s, "find_label_errors": ours_s, "cleanlab_cv": cl_s},
+    }
+    print(f"{cfg} done: flagged {ours['n_flagged']} for {int(flipped.sum())}", flush=True)
+    return res
+
+
+def ece_floor(confidence: np.ndarray, draws: int = 100) -> float | None:
+    """Mean 10-bin ECE of a PERFECTLY calibrated predictor with these confidences (outcomes
+    drawn as Bernoulli(confidence)): the finite-sample floor a flagged set's ECE is read
+    against (a few hundred rows give ~0.05 even when every confidence is exact)."""
+    from infgate.detect.stats import expected_calibration_error
+
+    conf = np.asarray(confidence, dtype=np.float64)
+    if len(conf) == 0:
+        return None
+    rng = np.random.default_rng(0)
+    return float(
+        np.mean(
+            [expected_calibration_error(conf, rng.random(len(conf)) < conf) for _ in range(draws)]
+        )
+    )
+
+
+def _flagged_figures(
+    rows: np.ndarray,
+    suspect: np.ndarray,
+    suggested: np.ndarray,
+    confidence: np.ndarray,
+    clean: np.ndarray,
+    flipped: np.ndarray,
+) -> dict[str, Any]:
+    """Size, precision, recall and ECE of one flagged set (``rows``: example ids in frame order)."""
+    from infgate.detect.stats import expected_calibration_error
+
+    flagged = rows[suspect]
+    right = suggested[suspect] == clean[flagged]
+    conf = confidence[suspect]
+    return {
+        "n_flagged": int(suspect.sum()),
+        "precision": float(flipped[flagged].mean()) if len(flagged) else 0.0,
+        "recall": float(flipped[flagged].sum() / max(flipped.sum(), 1)),
+        "ece": float(expected_calibration_error(conf, right)) if len(conf) else None,
+        "ece_floor": ece_floor(conf),
+        "n_high_confidence": int((conf >= 0.95).sum()),
+        "high_confidence_right": float(right[conf >= 0.95].mean())
+        if (conf >= 0.95).any()
+        else None,
+    }
+
+
+def _threshold_rule(df: Any, loo_probs: np.ndarray, clean: np.ndarray, flipped: np.ndarray) -> Any:
+    """The other flagged-set rule, measured side by side: every row whose rank-calibrated
+    P(label wrong) is at least 0.5 (instead of the top round(sum P(wrong)) rows)."""
+    from infgate.detect.calibrate import fit_noise_model, rank_calibrated
+    from infgate.detect.suggest import suggest_from_posterior
+
+    n = len(df)
+    ids = df["example_id"].astype(int).to_numpy()
+    score = np.empty(n)
+    score[ids] = df["score"].to_numpy()
+    labels = np.empty(n, dtype=np.int64)
+    labels[ids] = df["given_label"].to_numpy()
+    noise = fit_noise_model(loo_probs, labels)
+    wrong = rank_calibrated(score, noise.error_probability)
+    suspect = wrong >= 0.5
+    suggested, confidence = suggest_from_posterior(noise.posterior, labels, suspect, wrong)
+    return _flagged_figures(np.arange(n), suspect, suggested, confidence, clean, flipped)
+
+
 def _paired(rows: list[dict[str, Any]], a: str, b: str | None) -> dict[str, Any]:
     """AP of ``a`` minus ``b`` per run (``b=None``: cleanlab's best per run), Wilcoxon."""
     from scipy.stats import wilcoxon
@@ -320,6 +479,11 @@ def _flagged_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             )
         ),
         "ece_mean": float(np.mean(eces)) if eces else None,
+        "ece_floor_mean": float(
+            np.mean([r["flagged_set"]["ece_floor"] for r in noisy if r["flagged_set"]["ece"]])
+        )
+        if eces
+        else None,
         "clean_flagged_rate": (
             float(np.mean([r["flagged_set"]["n_flagged"] / r["n_train"] for r in clean]))
             if clean
@@ -337,6 +501,49 @@ def _flagged_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if clean
             else None
         ),
+    }
+    hc = [r["flagged_set"] for r in noisy if r["flagged_set"].get("n_high_confidence")]
+    n_hc = sum(f["n_high_confidence"] for f in hc)
+    out["n_high_confidence"] = n_hc
+    out["high_confidence_right_pooled"] = (
+        float(sum(f["high_confidence_right"] * f["n_high_confidence"] for f in hc) / n_hc)
+        if n_hc
+        else None
+    )
+    th = [r for r in rows if "threshold_rule" in r["flagged_set"]]
+    th_noisy = [r for r in th if r["n_flipped"] > 0]
+    th_clean = [r for r in th if r["n_flipped"] == 0]
+    if th_noisy:
+        sets = [r["flagged_set"]["threshold_rule"] for r in th_noisy]
+        ratio_t = np.array(
+            [f["n_flagged"] / r["n_flipped"] for f, r in zip(sets, th_noisy, strict=True)]
+        )
+        t_eces = [f["ece"] for f in sets if f["ece"] is not None]
+        out["threshold_rule"] = {
+            "flagged_over_true_median": float(np.median(ratio_t)),
+            "within_25pct": float(np.mean(np.abs(ratio_t - 1) <= 0.25)),
+            "precision": float(np.mean([f["precision"] for f in sets])),
+            "recall": float(np.mean([f["recall"] for f in sets])),
+            "ece_mean": float(np.mean(t_eces)) if t_eces else None,
+            "clean_flagged_rate": float(
+                np.mean(
+                    [
+                        r["flagged_set"]["threshold_rule"]["n_flagged"] / r["n_train"]
+                        for r in th_clean
+                    ]
+                )
+            )
+            if th_clean
+            else None,
+        }
+    kinds = sorted({r["noise"] for r in noisy})
+    out["count_ratio_median_by_noise"] = {
+        z: float(
+            np.median(
+                [r["flagged_set"]["n_flagged"] / r["n_flipped"] for r in noisy if r["noise"] == z]
+            )
+        )
+        for z in kinds
     }
     return out
 
@@ -378,6 +585,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summarize_networks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per network family: count ratio, flagged-set precision / recall / ECE (and its
+    floor), cleanlab's find_label_issues set, clean-data flag rate, seconds."""
+    out: dict[str, Any] = {}
+    for kind in sorted({r["network"] for r in rows}):
+        sub = [r for r in rows if r["network"] == kind]
+        block = _flagged_summary([{**r, "noise": r["noise"], "split": "networks"} for r in sub])
+        block["seconds"] = {
+            k: float(np.mean([r["timings"][k] for r in sub])) for k in sub[0]["timings"]
+        }
+        out[kind] = block
+    return out
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -407,6 +628,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 seed, 2+2 datasets, 10%% + clean")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--no-networks", action="store_true", help="skip the CNN / 1-D CNN / transformer part"
+    )
+    ap.add_argument(
+        "--partial",
+        type=Path,
+        default=None,
+        help="append each finished configuration to this JSON-lines file as it completes",
+    )
     args = ap.parse_args()
     datasets = ["breast_cancer", "wine", "biopsy", "penguins"] if args.quick else DEV + HELD_OUT
     noises = (
@@ -423,10 +653,25 @@ def main() -> None:
         for s in seeds
     ]
     t0 = time.perf_counter()
+    net_grid = [
+        {"network": kind, "noise": z, "seed": s}
+        for kind in NETWORKS
+        for z in ("uniform_0.1", "uniform_0.2", "clean")
+        for s in seeds
+        if not args.no_networks and not args.quick
+    ]
+    rows: list[dict[str, Any]] = []
+    net_rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(run_config, grid))
+        for target, fn, configs in ((net_rows, run_network, net_grid), (rows, run_config, grid)):
+            for r in pool.map(fn, configs):
+                target.append(r)
+                if args.partial is not None:
+                    with args.partial.open("a") as fh:
+                        fh.write(json.dumps(r, default=float) + "\n")
     wall = time.perf_counter() - t0
     summary = summarize(rows)
+    summary["networks"] = summarize_networks(net_rows)
     import cleanlab
     import sklearn
     import torch
@@ -454,8 +699,12 @@ def main() -> None:
         for m in r["methods"].values():
             m.pop("curve", None)
     (RESULTS / f"{name}.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1)
+        json.dumps(
+            {"meta": meta, "summary": summary, "rows": rows, "network_rows": net_rows}, indent=1
+        )
     )
+    if net_rows:
+        print(f"\n== networks ==  {json.dumps(summary['networks'], indent=1)}")
     print(f"\n{len(grid)} configs in {wall:.0f}s; mean seconds {meta['mean_seconds']}")
     for split in ("dev", "held_out"):
         if split not in summary:
