@@ -56,9 +56,11 @@ def big_digits(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def overhead(n: int, repeats: int, work: Path, hidden: tuple[int, ...] = ()) -> dict:
+    from infgate.config import ScanConfig
     from infgate.examples.demo_registry import register_model_with_data
     from infgate.flows.scan import scan_model_version
-    from infgate.scan.stages import ScanOptions, influence_stage, load_stage
+    from infgate.scan.stages import analyse, load_stage
+    from infgate.settings import Settings
 
     data, clean = big_digits(n)
     tag = "mlp" + "-".join(map(str, hidden)) if hidden else "softmax"
@@ -68,21 +70,23 @@ def overhead(n: int, repeats: int, work: Path, hidden: tuple[int, ...] = ()) -> 
     )
     ref = f"models:/bench/{reg.version}"
     db = f"sqlite:///{work}/infgate-{tag}.db"
+    settings = Settings(tracking_uri=uri)
+
+    def config(store_top: int) -> ScanConfig:
+        return ScanConfig().with_overrides(**{"detect.store_top": store_top})
+
     # warm-up: imports, the ephemeral Prefect API, GX context, MLflow client caches
-    scan_model_version(
-        ref, db_url=db, tracking_uri=uri, options={"store_top": 0}, return_state=True
-    )
+    scan_model_version(ref, db_url=db, tracking_uri=uri, config=config(0), return_state=True)
     rows = []
     for r in range(repeats):
-        loaded = load_stage(ref, tracking_uri=uri)
-        opts = ScanOptions(store_top=r + 1)
+        loaded = load_stage(ref, config=config(r + 1), settings=settings)
         t0 = time.perf_counter()
-        _, _, stage_t = influence_stage(loaded, opts)  # curvature fit + ranking + explanations
+        stage_t = analyse(loaded, config(r + 1)).timings  # fit + sweep + ranking + mismatch
         influence_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        # a new store_top -> new options hash -> no cache hit: the flow recomputes
+        # a new store_top -> a new config identity -> no cache hit: the flow recomputes
         state = scan_model_version(
-            ref, db_url=db, tracking_uri=uri, options={"store_top": r + 1}, return_state=True
+            ref, db_url=db, tracking_uri=uri, config=config(r + 1), return_state=True
         )
         flow_s = time.perf_counter() - t0
         summary = state.result(raise_on_failure=False)
@@ -99,7 +103,7 @@ def overhead(n: int, repeats: int, work: Path, hidden: tuple[int, ...] = ()) -> 
             f"  repeat {r}: influence {influence_s:.1f}s, flow {flow_s:.1f}s, "
             f"ratio {flow_s / influence_s:.2f}"
         )
-    n_params = sum(q.numel() for q in load_stage(ref, tracking_uri=uri).model.parameters())
+    n_params = sum(q.numel() for q in loaded.model.parameters())
     return {
         "n": n,
         "model": tag,

@@ -105,19 +105,19 @@ def register_model_with_data(
                 input_example=data.features[:2],
                 pip_requirements=["torch"],  # skips MLflow's slow requirement inference
             )
-    finally:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        mv = client.create_model_version(
+            name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+        )
+    finally:  # the registry resolves models:/<model id> through them too
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
-    mv = client.create_model_version(
-        name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
-    )
     n_flipped = (
         int((np.asarray(true_labels) != data.labels).sum()) if true_labels is not None else 0
     )

@@ -267,24 +267,24 @@ def register_network(
                 serialization_format=serialization_format,
                 pip_requirements=["torch"],  # skips MLflow's slow requirement inference
             )
-    finally:
+        tags = {
+            **data.tags,
+            "infgate.classes": json.dumps([str(c) for c in range(data.n_classes)]),
+            **(extra_tags or {}),
+        }
+        if data_link == "tag":
+            tags["infgate.train_data"] = str(train_path)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        mv = client.create_model_version(
+            name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+        )
+    finally:  # the registry resolves models:/<model id> through them too
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    tags = {
-        **data.tags,
-        "infgate.classes": json.dumps([str(c) for c in range(data.n_classes)]),
-        **(extra_tags or {}),
-    }
-    if data_link == "tag":
-        tags["infgate.train_data"] = str(train_path)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
-    mv = client.create_model_version(
-        name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
-    )
     n_params = sum(p.numel() for p in net.parameters())
     log.info("registered %s v%s (%s, %s params)", name, mv.version, data.kind, f"{n_params:,}")
     return RegisteredNetwork(
