@@ -262,7 +262,10 @@ class TrainOptions:
         until_converged: stop once the epoch's mean loss changes by less than ``tol``
             (relative) between epochs.
         tol: relative loss change that counts as converged.
-        seed: shuffling and initialisation seed (a ``torch.Generator``).
+        seed: shuffling seed (a ``torch.Generator``) and the seed of the dropout masks
+            drawn during training (torch's global generator, forked and restored around the
+            loop, so the caller's random state is untouched and equal options train equal
+            models).
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -306,6 +309,20 @@ def train_network(
     else:
         optim = torch.optim.SGD(params, lr=opt.lr, momentum=0.9, weight_decay=opt.weight_decay)
     gen = torch.Generator().manual_seed(opt.seed)
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
+        torch.manual_seed(opt.seed)
+        _epochs(model, x, y, opt, optim, gen)
+    return model.eval()
+
+
+def _epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: TrainOptions,
+    optim: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> None:
     model.train()
     previous = math.inf
     for epoch in range(opt.epochs):
@@ -324,4 +341,3 @@ def train_network(
         if opt.until_converged and converged:
             break
         previous = mean
-    return model.eval()

@@ -85,3 +85,21 @@ def test_auto_on_each_family_says_what_each_parameter_got():
     assert np.all(sc.self_influence().scores > 0)
     with pytest.raises(ModelStateError, match="training mode"):
         InfluenceScorer(tf.train(), (tokens, labels), method="auto", progress=False)
+
+
+def test_equal_options_train_equal_networks_with_dropout():
+    """Dropout masks come from the seed, not from whatever the global generator holds, and
+    the caller's global random state is left as it was."""
+    x, y = digits_images()
+    x, y = x[:128], y[:128]
+    opts = TrainOptions(epochs=2, seed=3)
+    weights = []
+    for noise in (0, 1):
+        torch.manual_seed(100 + noise)  # a different global state before each training
+        state = torch.random.get_rng_state()
+        net = make_network("resnet", seed=0, width=4)
+        assert any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+        train_network(net, x, y, opts)
+        assert torch.equal(torch.random.get_rng_state(), state)  # restored
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.equal(weights[0], weights[1])
