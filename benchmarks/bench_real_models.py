@@ -219,6 +219,46 @@ def _cost_rows(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _targets(r: dict[str, Any]) -> list[str]:
+    """The issue's targets, read off this run's rows (met / not met)."""
+    ok = [c for c in r["cost"] if "error" not in c and c["n"] >= 1000]
+    out = ["Targets, from the rows above:", ""]
+    for kind in sorted({c["model"] for c in ok}):
+        rows = [c for c in ok if c["model"] == kind]
+        worst = max(rows, key=lambda c: c["ratio"])
+        verdict = "met" if worst["ratio"] <= 10 else "NOT met"
+        each = ", ".join(f"{c['ratio']:.1f}x at {c['n']:,}" for c in rows)
+        out.append(
+            f"- <= 10x the floor, {kind}: worst {worst['ratio']:.1f}x at n={worst['n']:,} "
+            f"({each}): {verdict}."
+        )
+    big = [c for c in ok if c["params"] >= 1_000_000]
+    if big:
+        peak = max(c["peak_rss_mb"] for c in big)
+        out.append(
+            f"- peak RSS <= 4 GB at >= 1M parameters: {peak:,.0f} MB: "
+            f"{'met' if peak <= 4096 else 'NOT met'}."
+        )
+    sc = [c for c in r["scaling"] if "error" not in c]
+    if len(sc) >= 2:
+        a, b = sc[0], sc[-1]
+        out.append(
+            f"- linear time, flat memory {a['n']:,} -> {b['n']:,}: {a['per_example_ms']:.2f} -> "
+            f"{b['per_example_ms']:.2f} ms per example (floor {1000 * a['floor_s'] / a['n']:.2f} "
+            f"-> {1000 * b['floor_s'] / b['n']:.2f}), peak RSS {a['peak_rss_mb']:,.0f} -> "
+            f"{b['peak_rss_mb']:,.0f} MB."
+        )
+    k = r.get("kronfluence") or {}
+    if "error" not in k and k:
+        faster = k["infgate_find_label_errors_s"] < k["kronfluence_ekfac_s"]
+        out.append(
+            f"- faster than Kronfluence's EK-FAC self-scores on the same CNN and data "
+            f"(n={k['n']}): whole find_label_errors {k['infgate_find_label_errors_s']:.1f} s vs "
+            f"{k['kronfluence_ekfac_s']:.1f} s: {'met' if faster else 'NOT met'}."
+        )
+    return out
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [
         "## Real models (`benchmarks/bench_real_models.py`)",
@@ -249,6 +289,7 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     elif k:
         lines += ["", f"Kronfluence: {k.get('error', 'not installed')}"]
+    lines += ["", *_targets(r)]
     if r.get("stream"):  # pasted from benchmarks/bench_stream.py (its own command)
         lines += ["", "Streaming (`benchmarks/bench_stream.py`, peak RSS above the imports):", ""]
         lines += [f"    {line}" for line in r["stream"]]

@@ -3,7 +3,8 @@ with the file read whole (and of the bare read, for reference).
 
 Writes ``--rows`` x ``--width`` float32 features (plus ``example_id``, ``label`` and a string
 ``source`` column, row groups of 50,000) under a temporary folder and a small trained MLP
-(``width -> 32 -> 10``, the exact back-end under ``auto``), then, each in a fresh process:
+(``width -> 8 -> 10``, the exact back-end under ``auto``: its fixed memory is small next to
+the features), then, each in a fresh process:
 
 * ``read memory`` / ``read stream``: ``TrainingData.from_table`` vs
   ``StreamedTrainingData.from_parquet`` + one pass of ``iter_batches``;
@@ -13,7 +14,7 @@ Writes ``--rows`` x ``--width`` float32 features (plus ``example_id``, ``label``
 Each prints the content hash, the top-ranked ids (equal for both scans) and the peak RSS
 above the imports (Linux: /proc high-water mark, reset after the imports).
 
-Run: ``.venv/bin/python benchmarks/bench_stream.py [--rows 200000] [--width 128]``
+Run: ``.venv/bin/python benchmarks/bench_stream.py [--rows 100000] [--width 256]``
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ print(f"{what} {mode:6s} hash {data.content_hash[:12]}{top}  {time.perf_counter(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--no-scan", action="store_true", help="only the bare reads")
     args = ap.parse_args()
     import numpy as np
@@ -92,7 +93,7 @@ def main() -> None:
         df.to_parquet(path, index=False, row_group_size=50_000)
         k = min(args.rows, 20_000)
         model = make_classifier(
-            args.width, 10, hidden=(32,), generator=torch.Generator().manual_seed(0)
+            args.width, 10, hidden=(8,), generator=torch.Generator().manual_seed(0)
         )
         train_classifier(model, torch.as_tensor(feats[:k]), torch.as_tensor(labels[:k]))
         model_path = Path(tmp) / "model.pt"
