@@ -193,7 +193,8 @@ def test_pickled_model_logged_in_training_mode_loads_in_eval_mode(
     from infgate.registry import load_model, resolve_model_version
 
     data, reg = _training_mode_version("pickle", mlflow_server, tmp_path)
-    model = load_model(resolve_model_version(reg.uri, tracking_uri=mlflow_server.uri))
+    mv = resolve_model_version(reg.uri, tracking_uri=mlflow_server.uri)
+    model = load_model(mv, tracking_uri=mlflow_server.uri)
     assert model.training is False
     assert all(not m.training for m in model.modules())
     x = data.x[:16]
