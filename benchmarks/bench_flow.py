@@ -185,7 +185,7 @@ def webhook_latency(deliveries: int, work: Path) -> dict:
         reg = register_model_with_data(data, name="hooked", workdir=work, tracking_uri=uri)
         started_for(str(reg.version))  # warm-up delivery and scan
         starter.wait_idle(600)
-        client = MlflowClient(uri)
+        client = MlflowClient(uri, registry_uri=uri)
         source = client.get_model_version("hooked", reg.version)
         rows = []
         for _ in range(deliveries):

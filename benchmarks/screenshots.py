@@ -137,7 +137,7 @@ def _demo_scan(root: Path, mlflow_uri: str) -> dict[str, Any]:
     reg = register_model_with_data(
         data, name="digits-demo", workdir=root, tracking_uri=mlflow_uri, true_labels=y
     )
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     client.update_model_version(
         reg.name, reg.version, description="Softmax regression on 500 scanned digits."
     )

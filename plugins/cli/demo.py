@@ -148,7 +148,7 @@ def run_demo(
             seed=seed,
         )
         version = reg.version
-        MlflowClient(tracking_uri=tracking_uri).set_model_version_tag(
+        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
             name, version, DEMO_KEY_TAG, key
         )
         console.print(
