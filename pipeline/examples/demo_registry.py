@@ -75,49 +75,44 @@ def register_model_with_data(
         frame["true_label"] = np.asarray(true_labels, dtype=np.int64)
     path = (workdir / f"{name}-train.parquet").resolve()
     frame.to_parquet(path, index=False)
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(tracking_uri)  # fluent logging reads the global URIs;
-    mlflow.set_registry_uri(tracking_uri)  # restored below, whatever happens
-    try:
-        experiment = f"infgate-{name}"
-        if artifact_root is not None and mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(
-                experiment, artifact_location=Path(artifact_root).resolve().as_uri()
-            )
-        mlflow.set_experiment(experiment)
-        tags = {"infgate.classes": json.dumps(list(data.classes or []))} if data.classes else {}
-        if data.image_shape:
-            tags["infgate.image_shape"] = "x".join(map(str, data.image_shape))
-        if true_labels is not None:
-            tags["infgate.true_label_column"] = "true_label"
-        with mlflow.start_run(run_name=f"train-{name}") as run:
-            mlflow.log_params({"weight_decay": weight_decay, "hidden": str(hidden), "seed": seed})
-            ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                frame, source=str(path), targets="label", name=f"{name}-train"
-            )
-            mlflow.log_input(ds, context="training")
-            with torch.no_grad():
-                acc = float((model(x).argmax(1) == y).float().mean())
-            mlflow.log_metric("train_accuracy", acc)
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=data.features[:2],
-                pip_requirements=["torch"],  # skips MLflow's slow requirement inference
-            )
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            client.create_registered_model(name)
-        mv = client.create_model_version(
-            name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = f"infgate-{name}"
+    if artifact_root is not None and mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(
+            experiment, artifact_location=Path(artifact_root).resolve().as_uri()
         )
-    finally:  # the registry resolves models:/<model id> through them too
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    mlflow.set_experiment(experiment)
+    tags = {"infgate.classes": json.dumps(list(data.classes or []))} if data.classes else {}
+    if data.image_shape:
+        tags["infgate.image_shape"] = "x".join(map(str, data.image_shape))
+    if true_labels is not None:
+        tags["infgate.true_label_column"] = "true_label"
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        mlflow.log_params({"weight_decay": weight_decay, "hidden": str(hidden), "seed": seed})
+        ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            frame, source=str(path), targets="label", name=f"{name}-train"
+        )
+        mlflow.log_input(ds, context="training")
+        with torch.no_grad():
+            acc = float((model(x).argmax(1) == y).float().mean())
+        mlflow.log_metric("train_accuracy", acc)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=data.features[:2],
+            pip_requirements=["torch"],  # skips MLflow's slow requirement inference
+        )
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    mv = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+    )
     n_flipped = (
         int((np.asarray(true_labels) != data.labels).sum()) if true_labels is not None else 0
     )

@@ -238,53 +238,48 @@ def register_network(
     data.eval.to_parquet(eval_path, index=False)
     with torch.no_grad():
         accuracy = float((net(data.x).argmax(1) == data.y).float().mean())
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(tracking_uri)  # fluent logging reads the global URIs;
-    mlflow.set_registry_uri(tracking_uri)  # restored below, whatever happens
-    try:
-        mlflow.set_experiment(f"infgate-{name}")
-        with mlflow.start_run(run_name=f"train-{name}") as run:
-            mlflow.log_params(
-                {
-                    "family": data.kind,
-                    "optimizer": opts.optimizer,
-                    "epochs": opts.epochs,
-                    "lr": opts.lr,
-                    "weight_decay": opts.weight_decay,
-                    "until_converged": opts.until_converged,
-                }
-            )
-            mlflow.log_metric("train_accuracy", accuracy)
-            if data_link == "input":
-                ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                    data.train, source=str(train_path), targets="label", name=f"{name}-train"
-                )
-                mlflow.log_input(ds, context="training")
-            info = mlflow.pytorch.log_model(
-                net,
-                name="model",
-                input_example=data.x[:2].numpy(),
-                serialization_format=serialization_format,
-                pip_requirements=["torch"],  # skips MLflow's slow requirement inference
-            )
-        tags = {
-            **data.tags,
-            "infgate.classes": json.dumps([str(c) for c in range(data.n_classes)]),
-            **(extra_tags or {}),
-        }
-        if data_link == "tag":
-            tags["infgate.train_data"] = str(train_path)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            client.create_registered_model(name)
-        mv = client.create_model_version(
-            name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(f"infgate-{name}")
+    with mlflow.start_run(run_name=f"train-{name}") as run:
+        mlflow.log_params(
+            {
+                "family": data.kind,
+                "optimizer": opts.optimizer,
+                "epochs": opts.epochs,
+                "lr": opts.lr,
+                "weight_decay": opts.weight_decay,
+                "until_converged": opts.until_converged,
+            }
         )
-    finally:  # the registry resolves models:/<model id> through them too
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        mlflow.log_metric("train_accuracy", accuracy)
+        if data_link == "input":
+            ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                data.train, source=str(train_path), targets="label", name=f"{name}-train"
+            )
+            mlflow.log_input(ds, context="training")
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            input_example=data.x[:2].numpy(),
+            serialization_format=serialization_format,
+            pip_requirements=["torch"],  # skips MLflow's slow requirement inference
+        )
+    tags = {
+        **data.tags,
+        "infgate.classes": json.dumps([str(c) for c in range(data.n_classes)]),
+        **(extra_tags or {}),
+    }
+    if data_link == "tag":
+        tags["infgate.train_data"] = str(train_path)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    mv = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+    )
     n_params = sum(p.numel() for p in net.parameters())
     log.info("registered %s v%s (%s, %s params)", name, mv.version, data.kind, f"{n_params:,}")
     return RegisteredNetwork(
