@@ -336,12 +336,12 @@ def _trained_penultimate_p(
     model: torch.nn.Module, det: MismatchDetector, xe: torch.Tensor, rng: np.random.Generator
 ) -> float:
     """MMD on the TRAINED model's penultimate representation (biased by training: measured)."""
-    from infgate.detect.mismatch import _last_linear_inputs, _pooled_standardized
+    from infgate.detect.representations import last_linear_inputs, pooled_standardized
 
     with torch.no_grad():
-        ref = _last_linear_inputs(model, det.ref_x).double().numpy()
-        ev = _last_linear_inputs(model, xe).double().numpy()
-    a, b = _pooled_standardized(ref, ev)
+        ref = last_linear_inputs(model, det.ref_x).double().numpy()
+        ev = last_linear_inputs(model, xe).double().numpy()
+    a, b = pooled_standardized(ref, ev)
     return mmd_permutation_test(a, b, n_permutations=N_PERM, rng=rng)[1]
 
 

@@ -61,21 +61,29 @@ row (the label-error ranking's sweep) are accepted as ``loo=`` instead of a seco
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from infgate.detect._inputs import example_ids, parse_eval
+from infgate.detect.drivers import mismatch_drivers
+from infgate.detect.expected_influence import probs_and_expected_influence
+from infgate.detect.knn_conformal import KNN, KnnStrangeness
 from infgate.detect.loo import LooOutputs, _sweep, leverage_backend
+from infgate.detect.mismatch_report import MismatchReport
+from infgate.detect.output_validity import glm_reason
+from infgate.detect.representations import (
+    batched_apply,
+    input_features,
+    last_linear_inputs,
+    pooled_standardized,
+    random_twin,
+)
 from infgate.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
-from infgate.influence.backends.base import CanWhiten
 from infgate.influence.batches import BatchSource, DatasetLike
 from torch import nn
 
@@ -83,234 +91,9 @@ __all__ = ["MismatchDetector", "MismatchReport", "detect_mismatch", "glm_reason"
 
 log = logging.getLogger(__name__)
 
-#: Neighbours averaged by the kNN strangeness score.
-KNN = 5
-
-
-@dataclass(frozen=True)
-class MismatchReport:
-    """Result of :func:`detect_mismatch`.
-
-    Attributes:
-        statistic: MMD^2 of the dataset-level test with the smallest p-value.
-        p_value: Bonferroni combination of the permutation p-values of the tests used
-            (``details["tests"]``); exactly valid at every sample size unless
-            ``details["exactly_valid"]`` is false (the approximate leave-one-out output test
-            took part: see the module docstring).
-        flagged: ``p_value <= alpha``.
-        alpha: level used for the dataset test and the Benjamini-Hochberg FDR.
-        method: the tests used, whether the combination is exactly valid, what happened to
-            the output test and why, and the per-example score.
-        example_ids: evaluation example ids.
-        example_scores: per-example strangeness (higher = stranger), named in
-            ``details["example_score"]``: the label-free influence-space score ``tr(L M)``
-            where the reference outputs are trusted, else the kNN distance in the (inputs,
-            random features) space.
-        example_p_values: conformal p-values of those scores.
-        example_flagged: Benjamini-Hochberg rejections at FDR ``alpha``.
-        drivers: training examples most influential on the flagged examples' losses (when
-            only the dataset is flagged: on its 10 strangest examples)
-            (``train_example_id, given_label, group, mean_influence, mean_abs_influence,
-            relative_magnitude, role``), Koh & Liang 2017 Sec. 5.3.
-        driver_groups: per training group (default: given label) share of that influence
-            versus share of the data (``lift`` > 1 = over-represented among drivers).
-        details: each test's statistic and p-value (``mmd_features``,
-            ``mmd_random_features``, ``mmd_outputs`` when used), ``tests``,
-            ``exactly_valid``, ``outputs_test``, ``example_score``, sizes.
-    """
-
-    statistic: float
-    p_value: float
-    flagged: bool
-    alpha: float
-    method: str
-    example_ids: np.ndarray
-    example_scores: np.ndarray
-    example_p_values: np.ndarray
-    example_flagged: np.ndarray
-    drivers: pd.DataFrame
-    driver_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MismatchReport:
-        """Rebuild a report from :meth:`to_dict` (a stored scan's mismatch row)."""
-        examples = d.get("examples") or []
-        return cls(
-            statistic=float(d["statistic"]),
-            p_value=float(d["p_value"]),
-            flagged=bool(d["flagged"]),
-            alpha=float(d["alpha"]),
-            method=str(d.get("method", "")),
-            example_ids=np.asarray([str(e["example_id"]) for e in examples], dtype=object),
-            example_scores=np.asarray([float(e["score"]) for e in examples], dtype=float),
-            example_p_values=np.asarray([float(e["p_value"]) for e in examples], dtype=float),
-            example_flagged=np.asarray([bool(e["flagged"]) for e in examples], dtype=bool),
-            drivers=pd.DataFrame(d.get("drivers") or []),
-            driver_groups=pd.DataFrame(d.get("driver_groups") or []),
-            details=dict(d.get("details") or {}),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (for the store and MLflow)."""
-        return {
-            "statistic": float(self.statistic),
-            "p_value": float(self.p_value),
-            "flagged": bool(self.flagged),
-            "alpha": float(self.alpha),
-            "method": self.method,
-            "n_eval": len(self.example_scores),
-            "n_example_flagged": int(np.sum(self.example_flagged)),
-            "examples": [
-                {"example_id": str(i), "score": float(s), "p_value": float(p), "flagged": bool(f)}
-                for i, s, p, f in zip(
-                    self.example_ids,
-                    self.example_scores,
-                    self.example_p_values,
-                    self.example_flagged,
-                    strict=True,
-                )
-            ],
-            "drivers": self.drivers.to_dict(orient="records"),
-            "driver_groups": self.driver_groups.to_dict(orient="records"),
-            "details": self.details,
-        }
-
-
-def _on_device(x: torch.Tensor, scorer: InfluenceScorer) -> torch.Tensor:
-    """A batch on the scorer's device; floats in its dtype, token ids left int64."""
-    if x.is_floating_point():
-        return x.to(scorer.device, scorer.engine.dtype)
-    return x.to(scorer.device)
-
-
-#: Bins of the bag-of-tokens representation of integer (token-id) inputs.
-TOKEN_BINS = 1024
-
-
-def _flat(x: torch.Tensor) -> np.ndarray:
-    """The input representation the feature tests use: float rows flattened; integer rows
-    (token ids) as their bag of tokens, the share of each id (``id mod TOKEN_BINS``) in the
-    row, a fixed function of the row alone."""
-    if x.is_floating_point():
-        return x.reshape(x.shape[0], -1).double().cpu().numpy()
-    ids = x.reshape(x.shape[0], -1).cpu().long() % TOKEN_BINS
-    bag = torch.zeros(x.shape[0], TOKEN_BINS, dtype=torch.float64)
-    bag.scatter_add_(1, ids, torch.ones(ids.shape, dtype=torch.float64))
-    return (bag / max(ids.shape[1], 1)).numpy()
-
-
-def _pooled_standardized(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``a`` and ``b`` standardized with the pooled mean and std (a function of the pooled
-    multiset, so a permutation test on the result stays exact)."""
-    z = np.concatenate([a, b])
-    mean, std = z.mean(0), z.std(0) + 1e-8
-    return (a - mean) / std, (b - mean) / std
-
-
-def glm_reason(model: nn.Module) -> str | None:
-    """``None`` when ``model`` is a GLM in its trainable parameters (all in one
-    ``nn.Linear``, nothing trainable upstream of it), else why not."""
-    owners = {
-        name.rsplit(".", 1)[0] if "." in name else ""
-        for name, p in model.named_parameters()
-        if p.requires_grad
-    }
-    if not owners:
-        return "the model has no trainable parameters"
-    modules = dict(model.named_modules())
-    if len(owners) == 1:
-        owner = modules.get(next(iter(owners)))
-        if isinstance(owner, nn.Linear):
-            return None
-    kinds = sorted({type(modules[o]).__name__ for o in owners if o in modules})
-    return (
-        f"the model is not linear in its parameters ({len(owners)} trainable modules: "
-        f"{', '.join(kinds[:4])}); approximate leave-one-out outputs of its training rows are "
-        f"not guaranteed to be distributed like outputs on fresh rows"
-    )
-
-
-def random_twin(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model``'s architecture with weights drawn afresh from ``seed`` (eval mode).
-
-    Modules with ``reset_parameters`` (Linear, Conv, Embedding, norms) re-initialise the
-    PyTorch way, ``MultiheadAttention`` by ``_reset_parameters``; a parameter no reset
-    reached is drawn from N(0, 0.02^2). Batch-norm running statistics are reset. Nothing
-    depends on the trained weights' values, so the twin is independent of the training data.
-    """
-    twin = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        before = {n: p.detach().clone() for n, p in twin.named_parameters()}
-        for mod in twin.modules():
-            reset = getattr(mod, "reset_parameters", None) or getattr(
-                mod, "_reset_parameters", None
-            )
-            if mod is not twin and callable(reset):
-                reset()
-            stats = getattr(mod, "reset_running_stats", None)
-            if callable(stats):
-                stats()
-        for name, p in twin.named_parameters():
-            if torch.equal(p, before[name]):
-                p.normal_(0.0, 0.02)
-    return twin.eval()
-
-
-def _last_linear_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of the last ``nn.Linear`` the forward pass calls (its logits if none)."""
-    seen: list[torch.Tensor] = []
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-        for m in model.modules()
-        if isinstance(m, nn.Linear)
-    ]
-    try:
-        out = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    rep = seen[-1] if seen and seen[-1].shape[0] == x.shape[0] else out
-    return rep.reshape(x.shape[0], -1)
-
-
-def _batched(
-    model: nn.Module,
-    x: torch.Tensor,
-    fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-    batch_size: int = 256,
-) -> np.ndarray:
-    """``fn(model, batch)`` over ``x`` in batches on the model's device (no gradients)."""
-    p = next(model.parameters())
-    out = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size]
-            xb = xb.to(p.device, p.dtype) if xb.is_floating_point() else xb.to(p.device)
-            out.append(fn(model, xb).double().cpu())
-    return torch.cat(out).numpy()
-
-
-def _scale(std: np.ndarray) -> np.ndarray:
-    """Per-column scales from standard deviations: a column (nearly) constant on the base
-    rows, e.g. a ReLU unit dead on all of them, gets the median scale instead of ~0 (which
-    would make any row that activates it infinitely far)."""
-    positive = std[std > 0]
-    typical = float(np.median(positive)) if len(positive) else 1.0
-    return np.where(std > 1e-6 * typical, std, typical)
-
-
-def _knn_score(base: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Mean Euclidean distance of each row of ``z`` to its ``KNN`` nearest rows of ``base``."""
-    k = min(KNN, len(base))
-    out = np.empty(len(z))
-    bb = (base * base).sum(1)
-    for s in range(0, len(z), 512):
-        zb = z[s : s + 512]
-        d = np.maximum((zb * zb).sum(1)[:, None] + bb[None, :] - 2.0 * zb @ base.T, 0.0)
-        out[s : s + 512] = np.sqrt(np.partition(d, k - 1, axis=1)[:, :k]).mean(1)
-    return out
+# The old private names, for callers that imported them from here.
+_last_linear_inputs = last_linear_inputs
+_pooled_standardized = pooled_standardized
 
 
 class MismatchDetector:
@@ -388,7 +171,7 @@ class MismatchDetector:
         self.groups = self.train_labels.astype(str) if groups is None else np.asarray(groups)
         if len(self.groups) != n:
             raise InvalidInputError(f"groups has {len(self.groups):,} entries but train has {n:,}")
-        flat = _flat(x_sub)
+        flat = input_features(x_sub)
         self.mean, self.std = flat.mean(0), flat.std(0) + 1e-8
         self.twin = random_twin(model, seed)
         self.n_classes = int(self.probs(x_sub[:1]).shape[1])
@@ -428,20 +211,13 @@ class MismatchDetector:
             self.outputs_validity = "exact: held-out reference rows"
         self.ref_x = x_ref  # the reference rows' features (a subsample: at most max_reference)
         self.ref_features = self.standardize(x_ref)
-        self.ref_flat = _flat(x_ref)
+        self.ref_flat = input_features(x_ref)
         self.ref_random = self.random_features(x_ref)
-        self.knn_base: np.ndarray | None = None
+        #: The kNN strangeness where the reference outputs are not trusted, else ``None``.
+        self.knn: KnnStrangeness | None = None
         if cal_scores is None:  # kNN strangeness, split conformal
-            half = self.rng.permutation(len(x_ref))
-            base, cal = half[: len(half) // 2], half[len(half) // 2 :]
-            self._knn_stats = [
-                (m[base].mean(0), _scale(m[base].std(0)), np.sqrt(m.shape[1]))
-                for m in (self.ref_flat, self.ref_random)
-            ]
-            self.knn_base = self._knn_embed(self.ref_flat[base], self.ref_random[base])
-            cal_scores = _knn_score(
-                self.knn_base, self._knn_embed(self.ref_flat[cal], self.ref_random[cal])
-            )
+            self.knn = KnnStrangeness((self.ref_flat, self.ref_random), self.rng)
+            cal_scores = self.knn.cal_scores
         #: Conformal calibration scores of the reference rows (the kNN half, else all).
         self.cal_scores: np.ndarray = cal_scores
 
@@ -468,77 +244,25 @@ class MismatchDetector:
                 ys.append(y[take].cpu())
         return torch.cat(xs), torch.cat(ys), np.concatenate(labels).astype(np.int64)
 
-    def _knn_embed(self, flat: np.ndarray, rand: np.ndarray) -> np.ndarray:
-        """Inputs and random features, each standardized by the kNN base half and scaled by
-        ``1/sqrt(dim)`` so both blocks weigh alike."""
-        return np.concatenate(
-            [
-                (m - mu) / sd / w
-                for m, (mu, sd, w) in zip((flat, rand), self._knn_stats, strict=True)
-            ],
-            axis=1,
-        )
-
     def standardize(self, x: torch.Tensor) -> np.ndarray:
         """Rows flattened and standardized with the training subsample's mean and std."""
-        return (_flat(x) - self.mean) / self.std
+        return (input_features(x) - self.mean) / self.std
 
     def random_features(self, x: torch.Tensor) -> np.ndarray:
         """The random-weight twin's penultimate representation of ``x`` (float64, batched)."""
-        return _batched(self.twin, x, _last_linear_inputs)
+        return batched_apply(self.twin, x, last_linear_inputs)
 
     def probs_and_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax outputs and ``tr(L M)`` for unlabelled rows, in batches.
-
-        A back-end with output-space leverage (:class:`CanWhiten`: exact, EK-FAC, Arnoldi)
-        gives ``M`` from its factorisation; others take the Gauss-Newton factor rows, a
-        ``(B, C, P)`` tensor (gigabytes for a million-parameter network).
-        """
-        sc = self.scorer
-        if isinstance(sc.backend, CanWhiten):
-            return self._whitened_scores(x, sc.backend)
-        probs, scores = [], []
-        for start in range(0, x.shape[0], sc.batch_size):
-            xb = _on_device(x[start : start + sc.batch_size], sc)
-            dummy = torch.zeros(xb.shape[0], dtype=torch.long, device=sc.device)
-            u = sc.engine.factor_grads(start, xb, dummy)  # (B, C, P); label-free for CE
-            b, c, p = u.shape
-            scores.append(sc.backend.quadratic(u.reshape(b * c, p)).reshape(b, c).sum(1))
-            probs.append(torch.softmax(sc.engine.outputs(xb).double(), dim=1))
-        return (
-            torch.cat(probs).cpu().numpy(),
-            torch.cat(scores).double().clamp_min(0).cpu().numpy(),
-        )
+        """Softmax outputs and the label-free expected influence ``tr(L M)`` for unlabelled
+        rows (:func:`~infgate.detect.expected_influence.probs_and_expected_influence`)."""
+        return probs_and_expected_influence(self.scorer, x)
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         """The trained model's softmax outputs for ``x`` (batched)."""
-        return _batched(self.model, x, lambda m, xb: torch.softmax(m(xb).double(), dim=1))
-
-    def _whitened_scores(
-        self, x: torch.Tensor, backend: CanWhiten
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``probs_and_scores`` from ``M = J (H + lambda I)^{-1} J^T`` (one batched pass)."""
-        sc = self.scorer
-        probs, scores = [], []
-
-        def residual(logits: torch.Tensor) -> torch.Tensor:  # unused by tr(L M)
-            return torch.softmax(logits, dim=1)
-
-        for start in range(0, x.shape[0], sc.batch_size):
-            xb = _on_device(x[start : start + sc.batch_size], sc)
-            dummy = torch.zeros(xb.shape[0], dtype=torch.long, device=sc.device)
-            piece = backend.output_leverage(sc.engine, start, xb, dummy, residual)
-            p = torch.softmax(piece.logits.double(), dim=1)
-            cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L(x)
-            scores.append(torch.einsum("bcd,bdc->b", cov, piece.leverage.double()))
-            probs.append(p)
-        return (
-            torch.cat(probs).cpu().numpy(),
-            torch.cat(scores).clamp_min(0).cpu().numpy(),
-        )
+        return batched_apply(self.model, x, lambda m, xb: torch.softmax(m(xb).double(), dim=1))
 
     def _mmd(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-        a, b = _pooled_standardized(a, b)
+        a, b = pooled_standardized(a, b)
         s, p = mmd_permutation_test(a, b, n_permutations=self.n_permutations, rng=self.rng)
         return {"statistic": float(s), "p_value": float(p)}
 
@@ -549,17 +273,17 @@ class MismatchDetector:
         x, labels, ids = parse_eval(eval_data, width=self.width, n_classes=self.n_classes)
         if x.shape[0] < 2:
             raise InvalidInputError(f"the evaluation set needs at least 2 rows, got {x.shape[0]}")
-        flat, rand = _flat(x), self.random_features(x)
+        flat, rand = input_features(x), self.random_features(x)
         tests = {
             "mmd_features": self._mmd(self.ref_flat, flat),
             "mmd_random_features": self._mmd(self.ref_random, rand),
         }
-        if self.knn_base is None:
+        if self.knn is None:
             probs, scores = self.probs_and_scores(x)
             score_kind = "label-free expected influence tr(L M)"
         else:
             probs = self.probs(x)
-            scores = _knn_score(self.knn_base, self._knn_embed(flat, rand))
+            scores = self.knn.score((flat, rand))
             score_kind = (
                 f"mean distance to the {KNN} nearest reference rows (inputs + random features)"
             )
@@ -573,7 +297,20 @@ class MismatchDetector:
         if not ex_flag.any() and p_value <= alpha:  # shifted as a whole: the strangest rows
             focus = np.zeros_like(ex_flag)
             focus[np.argsort(ex_p, kind="stable")[: min(10, len(ex_p))]] = True
-        drivers, groups = self._drivers(x, labels, probs, focus, ex_p, max_drivers)
+        drivers, groups = pd.DataFrame(), pd.DataFrame()
+        if focus.any():  # the curvature is fitted (on first use) only for drivers
+            drivers, groups = mismatch_drivers(
+                self.scorer,
+                x,
+                labels,
+                probs,
+                focus,
+                ex_p,
+                train_ids=self.train_ids,
+                train_labels=self.train_labels,
+                groups=self.groups,
+                max_drivers=max_drivers,
+            )
         exact = self.reference_kind == "held-out reference rows" or "mmd_outputs" not in tests
         method = (
             f"{'+'.join(tests)} (bonferroni, {'exactly valid' if exact else 'approximate'}); "
@@ -602,54 +339,6 @@ class MismatchDetector:
                 "n_permutations": self.n_permutations,
             },
         )
-
-    def _drivers(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor | None,
-        probs: np.ndarray,
-        flags: np.ndarray,
-        p_values: np.ndarray,
-        max_drivers: int,
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Training examples driving the loss on the focus rows (their label, else prediction).
-
-        The focus rows are the flagged examples; when none is flagged but the dataset test
-        is, the 10 examples with the smallest p-values.
-        """
-        if not flags.any():
-            return pd.DataFrame(), pd.DataFrame()
-        rows = np.flatnonzero(flags)
-        rows = rows[np.argsort(p_values[rows], kind="stable")][:50]
-        y = labels[rows] if labels is not None else torch.as_tensor(probs[rows].argmax(1))
-        vals = self.scorer.influence((x[rows], y)).values  # (n_train, k)
-        mean_inf = vals.mean(axis=1)
-        mean_abs = np.abs(vals).mean(axis=1)
-        median = float(np.median(mean_abs)) or 1e-300
-        order = np.argsort(-mean_abs, kind="stable")[:max_drivers]
-        drivers = pd.DataFrame(
-            {
-                "train_example_id": self.train_ids[order].astype(str),
-                "given_label": self.train_labels[order],
-                "group": self.groups[order].astype(str),
-                "mean_influence": mean_inf[order],
-                "mean_abs_influence": mean_abs[order],
-                "relative_magnitude": mean_abs[order] / median,
-                "role": np.where(mean_inf[order] < 0, "supporting", "opposing"),
-            }
-        )
-        frame = pd.DataFrame({"group": self.groups.astype(str), "abs": mean_abs})
-        agg = frame.groupby("group")["abs"].agg(["sum", "size"])
-        groups = pd.DataFrame(
-            {
-                "group": agg.index.astype(str),
-                "n_train": agg["size"].to_numpy(),
-                "influence_share": agg["sum"].to_numpy() / max(float(agg["sum"].sum()), 1e-300),
-                "data_share": agg["size"].to_numpy() / len(frame),
-            }
-        )
-        groups["lift"] = groups["influence_share"] / groups["data_share"]
-        return drivers, groups.sort_values("lift", ascending=False).reset_index(drop=True)
 
 
 def detect_mismatch(
