@@ -31,6 +31,49 @@ class SeqNet(nn.Module):
         return self.head(h.mean(1))
 
 
+class PosSeqNet(SeqNet):
+    """SeqNet plus a position table looked up on ``arange(L)``: one row per position,
+    shared by every example, so no hook can split its gradient by example (it gets the
+    exact per-example diagonal block, the token table the hooked one)."""
+
+    def __init__(self, vocab: int = 7, classes: int = 3, length: int = 6) -> None:
+        super().__init__(vocab, classes)
+        self.pos = nn.Embedding(length, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        e = self.emb(tokens) + self.pos(pos).unsqueeze(0)
+        h = self.conv(e.transpose(1, 2)).transpose(1, 2)
+        h = torch.tanh(self.mix(self.norm(h)))
+        return self.head(h.mean(1))
+
+
+class TinyTransformer(nn.Module):
+    """Token and position embeddings -> one TransformerEncoderLayer (PyTorch's attention,
+    batch_first) -> LayerNorm -> mean -> head: the in-projection and out-projection are
+    Kronecker-factored through the attention taps."""
+
+    def __init__(self, vocab: int = 9, classes: int = 3, length: int = 5) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 8, padding_idx=0)
+        self.pos = nn.Embedding(length, 8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.1, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        h = self.enc(self.emb(tokens) + self.pos(pos).unsqueeze(0))
+        return self.head(self.norm(h).mean(1))
+
+
+def _token_case(model: nn.Module, vocab: int, length: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tokens = torch.randint(0, vocab, (36, length), generator=g)
+    return model.double().eval(), tokens, torch.randint(0, 3, (36,), generator=g)
+
+
 def _seq_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(5)
@@ -56,7 +99,17 @@ def _bn_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def _cases() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
     cnn, x, y = default_cnn()
-    return [("cnn", cnn, x[:60], y[:60]), ("seq", *_seq_case()), ("bn", *_bn_case())]
+    torch.manual_seed(8)
+    return [
+        ("cnn", cnn, x[:60], y[:60]),
+        ("seq", *_seq_case()),
+        ("bn", *_bn_case()),
+        ("pos", *_token_case(PosSeqNet(), 7, 6, 7)),
+        ("transformer", *_token_case(TinyTransformer(), 9, 5, 8)),
+    ]
+
+
+CASES = ["cnn", "seq", "bn", "pos", "transformer"]
 
 
 def _implied_inverse(sc: InfluenceScorer) -> torch.Tensor:
@@ -74,7 +127,7 @@ def _ce_residual(y: torch.Tensor):
 
 
 @pytest.mark.parametrize("method", ["ekfac", "kfac"])
-@pytest.mark.parametrize("case", [0, 1, 2], ids=["cnn", "seq", "bn"])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASES)
 def test_leverage_equals_the_implied_matrix(method, case):
     _, model, x, y = _cases()[case]
     sc = InfluenceScorer(model, (x, y), method=method, damping=DAMPING, progress=False)
@@ -94,7 +147,7 @@ def test_leverage_equals_the_implied_matrix(method, case):
     np.testing.assert_allclose(s, torch.einsum("bp,pq,bq->b", g, a_inv, g).numpy(), rtol=1e-8)
 
 
-@pytest.mark.parametrize("case", [0, 1, 2], ids=["cnn", "seq", "bn"])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASES)
 def test_filter_is_the_newton_step_with_the_implied_curvature(case):
     _, model, x, y = _cases()[case]
     sc = InfluenceScorer(model, (x, y), method="ekfac", damping=DAMPING, progress=False)

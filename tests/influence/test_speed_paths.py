@@ -8,7 +8,7 @@ import torch
 from infgate.influence import InfluenceScorer
 
 from tests.influence.approx_helpers import DAMPING, one_thread
-from tests.influence.test_ekfac_capabilities import SeqNet
+from tests.influence.test_ekfac_capabilities import PosSeqNet
 
 __all__ = ["one_thread"]
 
@@ -16,7 +16,7 @@ __all__ = ["one_thread"]
 def _case() -> tuple[InfluenceScorer, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(11)
     torch.manual_seed(11)
-    model = SeqNet().eval()  # float32: the embedding goes to the diagonal block
+    model = PosSeqNet().eval()  # float32: the position table goes to the diagonal block
     tokens = torch.randint(0, 7, (48, 6), generator=g)
     y = torch.randint(0, 3, (48,), generator=g)
     sc = InfluenceScorer(model, (tokens, y), method="ekfac", damping=DAMPING, progress=False)
@@ -26,7 +26,7 @@ def _case() -> tuple[InfluenceScorer, torch.Tensor, torch.Tensor]:
 def test_diagonal_block_float32_products_match_the_float64_formulas() -> None:
     sc, tokens, y = _case()
     block = sc.backend.block
-    assert block is not None and "emb.weight" in block.names
+    assert block is not None and block.names == ["pos.weight"]
     assert sc.backend.fisher == "expected"
     # the fitted diagonal: E_i[sum_k (A_i J_i)_kp^2], old path squared a float64 copy
     u = block.engine.factor_grads(0, tokens, y).double()

@@ -7,13 +7,15 @@ The rule, stated once:
    (the curvature, its damped copy, the Cholesky factor and its inverse), fits
    :data:`AUTO_EXACT_MAX_BYTES` (4 GB, so ``P <= 11,180``; the Cholesky then costs at most
    ``P^3 / 3 = 0.47`` TFLOP, seconds to a minute on a laptop CPU).
-2. Otherwise **EK-FAC**: Linear / Conv1d / Conv2d weights and biases are Kronecker-factored;
-   every other selected parameter of a known kind (norms, embeddings, attention
-   in-projections, layers whose weights the forward uses without calling the module) gets
-   its own diagonal block; parameters of unknown kinds are refused with a one-line
-   :class:`~infgate.errors.InvalidInputError` naming the module and suggesting ``params=``
-   (see :mod:`~infgate.influence.backends.layer_plan`). Works on MLflow ``pt2``
-   GraphModules through the graph's linear/conv calls.
+2. Otherwise **EK-FAC**: Linear / Conv1d / Conv2d weights and biases, and self-attention's
+   in- and out-projections, are Kronecker-factored; norms and embedding tables get exact
+   diagonal blocks from the same hooks; every other selected parameter of a known kind
+   (position tables shared by the batch, tied weights, cross-attention projections, layers
+   whose weights the forward uses without calling the module) gets its own exact diagonal
+   block from per-example gradients; parameters of unknown kinds are refused with a
+   one-line :class:`~infgate.errors.InvalidInputError` naming the module and suggesting
+   ``params=`` (see :mod:`~infgate.influence.backends.layer_plan`). Works on MLflow ``pt2``
+   GraphModules through the graph's linear/conv/embedding calls.
 
 What was chosen and why is a :class:`CurvatureChoice` (``InfluenceScorer.choice``).
 """

@@ -1,7 +1,7 @@
 """The own diagonal block of EK-FAC: parameters no Kronecker factor covers.
 
 For the parameters that :mod:`~infgate.influence.backends.layer_plan` routes here (norm
-scales, embeddings, attention in-projections...), the curvature is taken as its diagonal,
+scales in a pt2 graph, position tables shared by the batch, tied weights, cross-attention...
 ``d_p = E_i[sum_k (A_i J_i)_{kp}^2]`` (the Gauss-Newton diagonal of the mean loss; the
 true-Fisher diagonal for softmax cross-entropy), so ``(H + lambda I)^{-1}`` on the block is
 ``diag(1 / (d + lambda))``. It is exact per coordinate and ignores cross terms, the same

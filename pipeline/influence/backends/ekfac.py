@@ -36,10 +36,13 @@ import numpy as np
 import torch
 from infgate.errors import CurvatureError, InvalidInputError, NonFiniteError
 from infgate.influence.backends.base import Backend, OutputLeverage, register_backend
+from infgate.influence.backends.capture import LayerCapture
 from infgate.influence.backends.diagonal import DiagonalBlock
+from infgate.influence.backends.embedding_layers import EmbeddingLayer
 from infgate.influence.backends.exact import default_damping
-from infgate.influence.backends.kfac_layers import KronLayer, LayerCapture
-from infgate.influence.backends.layer_plan import plan_layers
+from infgate.influence.backends.kfac_layers import KronLayer
+from infgate.influence.backends.layer_check import check_hooks
+from infgate.influence.backends.layer_plan import LayerSpec, plan_layers
 from infgate.influence.backends.norm_layers import NormLayer
 from infgate.influence.batches import BatchSource
 from infgate.influence.gradients import GradientEngine
@@ -58,6 +61,15 @@ MAX_EXPECTED_OUTPUTS = 32
 #: rotation of every layer's gradient per output, the probe one (1M-parameter CNN, 10
 #: classes: the expected eigenvalue refit alone is ~10x the per-example-gradient floor).
 MAX_EXPECTED_PARAMS = 200_000
+
+
+def _layer_for(spec: LayerSpec, engine: GradientEngine) -> Any:
+    """The fitted block of one hooked layer: Kronecker factors, or a hooked diagonal."""
+    if spec.kind == "norm":
+        return NormLayer(spec, engine)
+    if spec.kind == "embedding":
+        return EmbeddingLayer(spec)
+    return KronLayer(spec)
 
 
 @register_backend("ekfac")
@@ -94,15 +106,15 @@ class EKFACBackend(Backend):
         """Per layer, the list of output-gradient tensors whose covariance is the Fisher."""
         out, y = cap.output, cap.targets
         if self.fisher == "empirical":
-            return cap.output_grads(cap.engine.objective.loss(out, y).sum())
+            return cap.output_grads(cap.engine.objective.loss(out, y).sum(), check=False)
         factor = cap.engine.objective.output_hessian_factor(out.detach(), y).to(out.dtype)
         if self.fisher is None:
             self.fisher = "expected" if factor.shape[1] <= MAX_EXPECTED_OUTPUTS else "sampled"
         if self.fisher == "sampled":
             eps = torch.randn(factor.shape[:2], generator=gen, dtype=torch.float64)
             probe = torch.einsum("bkc,bk->bc", factor, eps.to(factor))
-            return cap.output_grads(out, probe)
-        per_row = [cap.output_grads(out, factor[:, k, :]) for k in range(factor.shape[1])]
+            return cap.output_grads(out, probe, check=False)
+        per_row = cap.output_grads_many(out, factor.transpose(0, 1))
         return [[row[i][0] for row in per_row] for i in range(len(self.layers))]
 
     def fit(
@@ -110,24 +122,16 @@ class EKFACBackend(Backend):
     ) -> None:
         plan = plan_layers(engine)
         self.model = plan.model
-        layers: list[Any] = [
-            NormLayer(spec, engine) if spec.kind == "norm" else KronLayer(spec)
-            for spec in plan.layers
-        ]
+        layers: list[Any] = [_layer_for(spec, engine) for spec in plan.layers]
         own = dict(plan.own_block)
         start, x, y = next(iter(data))
-        with LayerCapture(engine, layers, start, x, y, model=self.model) as cap:
-            silent = set(cap.silent)
-            n_out = int(cap.output.reshape(cap.output.shape[0], -1).shape[1])
+        unusable, n_out = check_hooks(engine, layers, self.model, start, x, y)
         for layer in layers:
-            if layer.path in silent:
+            if layer.path in unusable:
                 for name in (layer.weight, layer.bias):
                     if name:
-                        own[name] = (
-                            f"{layer.path}: its weights are used without calling the module "
-                            f"(e.g. MultiheadAttention.out_proj), so no hook sees its inputs"
-                        )
-        self.layers = [layer for layer in layers if layer.path not in silent]
+                        own[name] = f"{layer.path}: {unusable[layer.path]}"
+        self.layers = [layer for layer in layers if layer.path not in unusable]
         self.own_reasons = own
         hooked = {n for layer in self.layers for n in (layer.weight, layer.bias) if n}
         names = [n for n in engine.names if n in own and n not in hooked]
@@ -220,7 +224,9 @@ class EKFACBackend(Backend):
             s = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             if self.layers:
                 with LayerCapture(engine, self.layers, start, x, y, model=self.model) as cap:
-                    grads = cap.output_grads(engine.objective.loss(cap.output, y).sum())
+                    grads = cap.output_grads(
+                        engine.objective.loss(cap.output, y).sum(), check=False
+                    )
                     for layer, acts, gs in zip(self.layers, cap.inputs, grads, strict=True):
                         s += layer.self_scores(acts, gs[0])
             if self.block is not None:
@@ -296,9 +302,7 @@ class EKFACBackend(Backend):
             s2 = torch.zeros_like(g2)
             if self.layers:
                 eye = torch.eye(c, dtype=cap.output.dtype, device=logits.device)
-                per_out = [
-                    cap.output_grads(cap.output, eye[k].expand(b, c), check=False) for k in range(c)
-                ]
+                per_out = cap.output_grads_many(cap.output, eye.unsqueeze(1).expand(c, b, c))
                 for i, layer in enumerate(self.layers):
                     g = torch.stack([per_out[k][i][0] for k in range(c)], dim=1)
                     lv, gg, ss = layer.leverage(cap.inputs[i], g, r)
@@ -329,10 +333,10 @@ class EKFACBackend(Backend):
             {
                 "param": n,
                 "size": int(self._sizes[self._names.index(n)]),
-                "reason": self.own_reasons[n],
+                "reason": self.own_reasons.get(n, f"{layer.path}: {layer.kind} (diagonal, hooked)"),
             }
             for layer in self.layers
-            if isinstance(layer, NormLayer)
+            if isinstance(layer, NormLayer | EmbeddingLayer)
             for n in (layer.weight, layer.bias)
             if n
         ]

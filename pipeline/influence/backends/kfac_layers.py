@@ -11,19 +11,14 @@ output pixel (Grosse & Martens 2016).
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from infgate.errors import CurvatureError, NonFiniteError
 from infgate.influence.backends.layer_plan import LayerSpec
-from infgate.influence.gradients import GradientEngine
-from torch import nn
-from torch.func import functional_call
-from torch.utils.hooks import RemovableHandle
 
-__all__ = ["KronLayer", "LayerCapture"]
+__all__ = ["KronLayer"]
 
 
 class KronLayer:
@@ -56,17 +51,37 @@ class KronLayer:
                 img, sp.kernel_size, dilation=sp.dilation, padding=sp.padding, stride=sp.stride
             ).transpose(1, 2)
         else:
-            a = raw.reshape(raw.shape[0], -1, self.in_dim)
+            a = self._batch_first(raw, self.in_dim)
         parts = [a] if self.weight else []
         if self.bias:
             parts.append(torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device))
         return torch.cat(parts, dim=2)
 
+    def _batch_first(self, t: torch.Tensor, width: int) -> torch.Tensor:
+        """``(B, T, width)`` rows of a dense call's input or output (see ``seq_major``)."""
+        sm = self.spec.seq_major
+        if sm is None:
+            return t.reshape(t.shape[0], -1, width)
+        seq, dim = sm
+        if dim == 1:  # (L, B, width)
+            return t.transpose(0, 1).reshape(t.shape[1], -1, width)
+        return t.reshape(seq, -1, width).transpose(0, 1)  # (L * B, width), sequence-major
+
     def output_rows(self, g: torch.Tensor) -> torch.Tensor:
         """``(B, T, O)`` output gradients from the gradient w.r.t. the module's output."""
         if self.kind in ("conv1d", "conv2d"):
             return g.flatten(2).transpose(1, 2)
-        return g.reshape(g.shape[0], -1, self.out_dim)
+        return self._batch_first(g, self.out_dim)
+
+    def per_example_grads(self, acts: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (B, numel)}`` per-example gradients ``ds^T a`` (for checks on a few rows)."""
+        full = torch.bmm(g.transpose(1, 2).double(), acts.double())  # (B, O, I_aug)
+        out: dict[str, torch.Tensor] = {}
+        if self.weight:
+            out[self.weight] = full[:, :, : self.in_dim].reshape(full.shape[0], -1)
+        if self.bias:
+            out[self.bias] = full[:, :, -1]
+        return out
 
     # -- fitting ---------------------------------------------------------------------------
     def accumulate_factors(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
@@ -267,90 +282,3 @@ class KronLayer:
             "shape": [self.out_dim, self.in_aug],
             "top_eigenvalue": float(ev.max()) if ev.numel() else None,
         }
-
-
-class LayerCapture:
-    """Forward a batch with hooks on the covered layers; then ask for output gradients.
-
-    Use as a context manager: hooks are removed on exit even if scoring fails.
-    """
-
-    def __init__(
-        self,
-        engine: GradientEngine,
-        layers: list[KronLayer],
-        start: int,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        model: nn.Module | None = None,
-    ) -> None:
-        self.engine, self.layers, self.start = engine, layers, start
-        self.model = model  # a tapped copy of a pt2 GraphModule, else the engine's model
-        self.x, self.targets = x, y
-        self._raw: list[list[torch.Tensor]] = [[] for _ in layers]
-        self._outs: list[list[torch.Tensor]] = [[] for _ in layers]
-        self._handles: list[RemovableHandle] = []
-
-    def __enter__(self) -> LayerCapture:
-        for i, layer in enumerate(self.layers):
-
-            def hook(_m: nn.Module, inp: tuple[Any, ...], out: torch.Tensor, i: int = i) -> None:
-                self._raw[i].append(inp[0].detach())
-                self._outs[i].append(out)
-
-            self._handles.append(layer.module.register_forward_hook(hook))
-        eng = self.engine
-        params = {n: p.detach().requires_grad_(True) for n, p in eng.params.items()}
-        with torch.enable_grad():
-            if self.model is None:
-                self.output = eng.forward(params, self.x)
-            else:
-                self.output = functional_call(self.model, {**eng.fixed, **params}, (self.x,))
-        eng.objective.check_targets(self.output, self.targets)
-        finite = torch.isfinite(self.output.reshape(self.output.shape[0], -1)).all(dim=1)
-        if not bool(finite.all()):
-            rows = (torch.nonzero(~finite).flatten()[:5] + self.start).tolist()
-            raise NonFiniteError(f"model outputs are NaN or inf for example(s) {rows}")
-        #: layers whose hook never fired (the forward uses their weights without calling them)
-        self.silent = [
-            layer.path for layer, raws in zip(self.layers, self._raw, strict=True) if not raws
-        ]
-        self.inputs = [
-            torch.cat([layer.activations(r) for r in raws], dim=1) if raws else torch.empty(0)
-            for layer, raws in zip(self.layers, self._raw, strict=True)
-        ]
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def output_grads(
-        self, target: torch.Tensor, grad_outputs: torch.Tensor | None = None, *, check: bool = True
-    ) -> list[list[torch.Tensor]]:
-        """Per layer, ``[(B, T, O)]`` gradients of ``target`` (weighted by ``grad_outputs``);
-        ``check=False`` skips the per-layer NaN/inf scan (the caller checks its result)."""
-        flat = [o for outs in self._outs for o in outs]
-        grads = torch.autograd.grad(
-            target, flat, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True
-        )
-        res: list[list[torch.Tensor]] = []
-        i = 0
-        for layer, outs in zip(self.layers, self._outs, strict=True):
-            rows = []
-            for o in outs:
-                g = grads[i] if grads[i] is not None else torch.zeros_like(o)
-                rows.append(layer.output_rows(g.detach()))
-                i += 1
-            cat = torch.cat(rows, dim=1)
-            if check and not bool(torch.isfinite(cat).all()):
-                raise NonFiniteError(
-                    f"output gradients of layer {layer.path} are NaN or inf in examples "
-                    f"{self.start}..{self.start + cat.shape[0] - 1}"
-                )
-            res.append([cat])
-        return res

@@ -4,16 +4,26 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
 
 * **Kronecker-factored**: the weight (and bias) of every ``nn.Linear``, ``nn.Conv1d`` and
   ``nn.Conv2d`` (groups=1, zero padding, no string padding) that the forward pass calls
-  as a module; in an MLflow ``pt2`` GraphModule (module types are gone) every
-  ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` call whose weight is a selected
-  parameter, tapped in a copy of the graph.
-* **Own diagonal block** (the Gauss-Newton diagonal of those parameters, exact per
-  coordinate, no cross terms): normalisation scales and shifts (from hooks on BatchNorm /
-  LayerNorm / GroupNorm modules, see :mod:`~infgate.influence.backends.norm_layers`),
-  embedding tables, attention in-projections (``MultiheadAttention.in_proj_weight`` and
-  ``in_proj_bias``), PReLU slopes, a Linear/Conv the forward never calls as a module
-  (``MultiheadAttention.out_proj``) or one EK-FAC cannot factor (grouped or non-zero-padded
-  convolutions); in a graph, parameters consumed by normalisation, embedding or elementwise ops.
+  as a module, and the packed in-projection and the out-projection of every
+  ``nn.MultiheadAttention`` used as self-attention (through taps,
+  :func:`~infgate.influence.backends.taps.tap_attention`); in an MLflow ``pt2`` GraphModule
+  (module types are gone) every ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` call
+  whose weight is a selected parameter, including attention's sequence-major projections
+  (:mod:`~infgate.influence.backends.graph_plan`).
+* **Hooked diagonal blocks** (the Gauss-Newton diagonal, exact per coordinate, from the same
+  hooks): normalisation scales and shifts of BatchNorm (eval) / LayerNorm / GroupNorm
+  (:mod:`~infgate.influence.backends.norm_layers`) and embedding tables looked up with
+  per-example token ids (:mod:`~infgate.influence.backends.embedding_layers`).
+* **Own diagonal block** from per-example ``torch.func`` gradients (exact per coordinate, no
+  cross terms): every other parameter of a known kind: embedding tables looked up with
+  indices shared by the batch (position tables on ``arange(L)``), with ``max_norm`` or
+  ``scale_grad_by_freq``; attention key/value biases and cross-attention projections;
+  PReLU slopes; a Linear/Conv the forward never calls as a module or one EK-FAC cannot
+  factor (grouped or non-zero-padded convolutions); in a graph, parameters consumed by
+  normalisation, embedding or elementwise ops. Before fitting, a hook check
+  (:mod:`~infgate.influence.backends.layer_check`) compares every hooked layer's per-example
+  gradients with autograd's on two examples and moves any that disagree (tied weights,
+  shared rows) here, with the reason.
 * **Refused**: a parameter of any other kind (recurrent layers, custom modules holding raw
   parameters, unknown graph ops): :class:`~infgate.errors.InvalidInputError` naming the
   module and suggesting ``params=`` to leave it out on purpose. Nothing is dropped silently.
@@ -21,17 +31,16 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from infgate.errors import InvalidInputError
+from infgate.influence.backends.taps import ConvTap, EmbeddingTap, LinearTap, tap_attention
 from infgate.influence.gradients import GradientEngine
 from torch import nn
 
-__all__ = ["ConvTap", "LayerPlan", "LayerSpec", "LinearTap", "plan_layers"]
+__all__ = ["ConvTap", "EmbeddingTap", "LayerPlan", "LayerSpec", "LinearTap", "plan_layers"]
 
 _NORMS = (
     nn.modules.batchnorm._NormBase,
@@ -89,7 +98,7 @@ class LayerSpec:
 
     path: str
     module: nn.Module
-    kind: str  # "linear", "conv1d", "conv2d", or "norm" (a hooked diagonal block)
+    kind: str  # "linear", "conv1d", "conv2d"; "norm" or "embedding" (hooked diagonal blocks)
     weight: str | None
     bias: str | None
     out_dim: int
@@ -98,6 +107,10 @@ class LayerSpec:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
+    #: where a dense call's rows keep the batch: ``0`` (``(B, ...)``), or ``(seq, dim)``
+    #: for a pt2 graph's attention projections: ``(L, 1)`` = ``(L, B, in)`` inputs,
+    #: ``(L, 0)`` = ``(L * B, in)`` rows in sequence-major order.
+    seq_major: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,37 +123,20 @@ class LayerPlan:
 
     @property
     def factored_names(self) -> list[str]:
-        """Kronecker-factored parameters (norm layers' diagonal blocks excluded)."""
-        return [n for s in self.layers if s.kind != "norm" for n in (s.weight, s.bias) if n]
+        """Kronecker-factored parameters (hooked diagonal blocks of norms and embedding
+        tables excluded)."""
+        return [
+            n
+            for s in self.layers
+            if s.kind not in ("norm", "embedding")
+            for n in (s.weight, s.bias)
+            if n
+        ]
 
     @property
     def hooked_names(self) -> list[str]:
         """Parameters of every hooked layer (factored, or a norm's diagonal block)."""
         return [n for s in self.layers for n in (s.weight, s.bias) if n]
-
-
-class LinearTap(nn.Module):
-    """Stands in for an ``aten.linear`` call of a pt2 graph so a forward hook can see it."""
-
-    def forward(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return F.linear(x, weight, bias)
-
-
-class ConvTap(nn.Module):
-    """Stands in for an ``aten.conv1d``/``conv2d`` call of a pt2 graph."""
-
-    def __init__(self, dims: int, stride: Any, padding: Any, dilation: Any, groups: int) -> None:
-        super().__init__()
-        self.dims, self.stride, self.padding = dims, stride, padding
-        self.dilation, self.groups = dilation, groups
-
-    def forward(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        fn = F.conv1d if self.dims == 1 else F.conv2d
-        return fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def _pair(v: Any, dims: int, default: int) -> tuple[int, int]:
@@ -189,12 +185,25 @@ def _hookable_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.LayerNorm | nn.GroupNorm)
 
 
+def _hookable_embedding(m: nn.Module) -> bool:
+    """Embeddings whose per-example row gradients follow from hooks: plain lookups (no
+    ``max_norm`` renormalisation, no per-batch ``scale_grad_by_freq``)."""
+    return (
+        isinstance(m, nn.Embedding)
+        and m.max_norm is None
+        and not m.scale_grad_by_freq
+        and not m.weight.is_sparse
+    )
+
+
 def _module_plan(engine: GradientEngine) -> LayerPlan:
     selected = set(engine.names)
     layers: list[LayerSpec] = []
     own: dict[str, str] = {}
     refused: list[str] = []
-    for path, module in engine.model.named_modules():
+    tapped = tap_attention(engine.model)
+    model, in_taps = tapped if tapped is not None else (engine.model, {})
+    for path, module in model.named_modules():
         pre = f"{path}." if path else ""
         mine = [f"{pre}{n}" for n, _ in module.named_parameters(recurse=False)]
         mine = [n for n in mine if n in selected]
@@ -229,8 +238,24 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
                 layers.append(LayerSpec(path or "<root>", module, "norm", w, b, width, 1))
         elif isinstance(module, nn.Embedding | nn.EmbeddingBag):
             own.update({n: f"{label}: embedding table" for n in mine})
+            if _hookable_embedding(module) and mine == [w]:
+                vocab, width = (int(v) for v in module.weight.shape)
+                layers.append(
+                    LayerSpec(path or "<root>", module, "embedding", w, None, width, vocab)
+                )
         elif isinstance(module, nn.MultiheadAttention):
-            own.update({n: f"{label}: attention in-projection" for n in mine})
+            proj = {f"{pre}in_proj_weight", f"{pre}in_proj_bias"} & set(mine)
+            own.update({n: f"{label}: attention key/value bias" for n in set(mine) - proj})
+            tap = in_taps.get(path)
+            if tap is not None and f"{pre}in_proj_weight" in proj:
+                wb = f"{pre}in_proj_bias" if f"{pre}in_proj_bias" in proj else None
+                e = int(module.embed_dim)
+                spec = LayerSpec(
+                    f"{pre}in_proj", tap, "linear", f"{pre}in_proj_weight", wb, 3 * e, e
+                )
+                layers.append(spec)
+            else:
+                own.update({n: f"{label}: attention in-projection" for n in proj})
         elif isinstance(module, nn.PReLU):
             own.update({n: f"{label}: PReLU slope" for n in mine})
         else:
@@ -242,109 +267,13 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
             f"parameters to differentiate with params= (e.g. params=['fc', 'conv1']) or use "
             f"method='arnoldi'"
         )
-    return LayerPlan(layers, own)
-
-
-def _graph_batch_size(graph: torch.fx.Graph) -> Any:
-    """The first input's (symbolic) batch size in an exported graph, or ``None``."""
-    for node in graph.nodes:
-        if node.op == "placeholder" and node.users:
-            val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.ndim:
-                return val.shape[0]
-    return None
-
-
-def _leads_with(arg: Any, batch: Any) -> bool:
-    """Whether a graph value's first dimension is the batch (unknown = assume so). A linear
-    on ``(L, B, E)`` or on ``(L * B, E)`` rows (``nn.MultiheadAttention`` inside a pt2
-    graph) must not be read as ``(B, T, E)``: its rows would be attributed to the wrong
-    examples."""
-    val = getattr(arg, "meta", {}).get("val")
-    if batch is None or not isinstance(val, torch.Tensor) or not val.ndim:
-        return True
-    return str(val.shape[0]) == str(batch)
-
-
-def _graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
-    selected = set(engine.names)
-    tapped = copy.deepcopy(gm)
-    graph = tapped.graph
-    layers: list[LayerSpec] = []
-    own: dict[str, str] = {}
-    refused: list[str] = []
-    attr_of = {n: n.target for n in graph.nodes if n.op == "get_attr"}
-    named = dict(tapped.named_parameters())
-    done: set[str] = set()
-    batch = _graph_batch_size(graph)
-    unbatched: set[str] = set()  # linear calls whose input does not lead with the batch
-    for node in list(graph.nodes):
-        if node.op != "call_function":
-            continue
-        kind = _GRAPH_FACTORED.get(node.target)
-        args = list(node.args)
-        w = attr_of.get(args[1]) if kind and len(args) > 1 else None
-        if kind == "linear" and isinstance(w, str) and not _leads_with(args[0], batch):
-            b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
-            unbatched.update(n for n in (w, attr_of.get(b_node)) if isinstance(n, str))
-            continue
-        if kind and isinstance(w, str) and w in selected and w not in done:
-            b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
-            b = attr_of.get(b_node) if b_node is not None else None
-            b = b if isinstance(b, str) and b in selected else None
-            groups = int(args[6]) if len(args) > 6 else 1
-            if kind == "linear" or groups == 1:
-                idx = len(layers)
-                if kind == "linear":
-                    tap: nn.Module = LinearTap()
-                else:
-                    dims = 1 if kind == "conv1d" else 2
-                    geo = [args[3 + i] if len(args) > 3 + i else d for i, d in enumerate(_GEO)]
-                    tap = ConvTap(dims, geo[0], geo[1], geo[2], groups)
-                name = f"_infgate_tap_{idx}"
-                tapped.add_submodule(name, tap)
-                with graph.inserting_after(node):
-                    new = graph.call_module(name, args=tuple(args[:3]))
-                node.replace_all_uses_with(new)
-                graph.erase_node(node)
-                shape = named[w].shape
-                if kind == "linear":
-                    spec = LayerSpec(
-                        w.rsplit(".", 1)[0], tap, "linear", w, b, int(shape[0]), int(shape[1])
-                    )
-                else:
-                    spec = _conv_spec(w.rsplit(".", 1)[0], tap, kind, w, b, shape)
-                layers.append(spec)
-                done.update(n for n in (w, b) if n)
-    factored = {n for s in layers for n in (s.weight, s.bias) if n}
-    for name in engine.names:
-        if name in factored:
-            continue
-        if name in unbatched:
-            own[name] = (
-                f"{name}: a linear call on a tensor that does not lead with the batch "
-                f"(attention projections) in the pt2 graph"
-            )
-            continue
-        users = [u for g, t in attr_of.items() if t == name for u in g.users]
-        ops = sorted({str(getattr(u.target, "__name__", u.target)) for u in users})
-        bases = {op.split(".")[0] for op in ops}
-        if users and all(b in _GRAPH_DIAGONAL for b in bases):
-            own[name] = f"{name}: used by {', '.join(ops)} in the pt2 graph"
-        else:
-            refused.append(f"{name} (graph ops {ops or ['none']})")
-    if refused:
-        raise InvalidInputError(
-            f"method='ekfac'/'auto' cannot handle the parameter {refused[0]}"
-            f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}: select the "
-            f"parameters to differentiate with params= or use method='arnoldi'"
-        )
-    tapped.recompile()
-    return LayerPlan(layers, own, model=tapped if layers else None)
+    return LayerPlan(layers, own, model=model if tapped is not None else None)
 
 
 def plan_layers(engine: GradientEngine) -> LayerPlan:
     """Split the engine's selected parameters by the rule in the module docstring."""
     if isinstance(engine.model, torch.fx.GraphModule):
-        return _graph_plan(engine, engine.model)
+        from infgate.influence.backends.graph_plan import graph_plan
+
+        return graph_plan(engine, engine.model)
     return _module_plan(engine)

@@ -73,6 +73,12 @@ class NormLayer:
             parts.append(g.sum(-2))
         return torch.cat(parts, dim=-1).double()
 
+    def per_example_grads(self, acts: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (B, C)}`` per-example gradients (for checks on a few rows)."""
+        names = [n for n in (self.weight, self.bias) if n]
+        parts = torch.split(self.per_example(acts, g), self.out_dim, dim=1)
+        return dict(zip(names, parts, strict=True))
+
     # -- fitting (the KronLayer interface) ---------------------------------------------------
     def accumulate_factors(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
         total = self.diag_sum if self.diag_sum is not None else 0

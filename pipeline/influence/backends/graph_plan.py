@@ -1,0 +1,191 @@
+"""The EK-FAC layer plan of an MLflow ``pt2`` GraphModule (``torch.export``): module types
+are gone, so every ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` / ``aten.embedding``
+call whose weight is a selected parameter is replaced by a tap module in a copy of the graph
+(see :mod:`~infgate.influence.backends.taps`), with the row layout of its input: batch
+first, or sequence-major as ``multi_head_attention_forward`` lays out its projections. The
+rule is the one in :mod:`~infgate.influence.backends.layer_plan`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from infgate.errors import InvalidInputError
+from infgate.influence.backends.layer_plan import (
+    _GEO,
+    _GRAPH_DIAGONAL,
+    _GRAPH_FACTORED,
+    LayerPlan,
+    LayerSpec,
+    _aten,
+    _conv_spec,
+)
+from infgate.influence.backends.taps import ConvTap, EmbeddingTap, LinearTap
+from infgate.influence.gradients import GradientEngine
+from torch import nn
+
+__all__ = ["graph_plan"]
+
+
+def _graph_batch_size(graph: torch.fx.Graph) -> Any:
+    """The first input's (symbolic) batch size in an exported graph, or ``None``."""
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.users:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.ndim:
+                return val.shape[0]
+    return None
+
+
+def _leads_with(arg: Any, batch: Any) -> bool:
+    """Whether a graph value's first dimension is the batch (unknown = assume so). A linear
+    on ``(L, B, E)`` or on ``(L * B, E)`` rows (``nn.MultiheadAttention`` inside a pt2
+    graph) must not be read as ``(B, T, E)``: its rows would be attributed to the wrong
+    examples."""
+    val = getattr(arg, "meta", {}).get("val")
+    if batch is None or not isinstance(val, torch.Tensor) or not val.ndim:
+        return True
+    return str(val.shape[0]) == str(batch)
+
+
+def _tap_embedding(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    attr_of: dict[torch.fx.Node, Any],
+    open_names: set[str],
+    batch: Any,
+    idx: int,
+    named: dict[str, nn.Parameter],
+    layers: list[LayerSpec],
+) -> bool:
+    """Replace ``aten.embedding(weight, indices, padding_idx, scale_grad_by_freq, sparse)``
+    by an :class:`EmbeddingTap` when its weight is selected, its indices lead with the
+    batch and gradients are not rescaled by in-batch frequency; append its spec."""
+    args: list[Any] = list(node.args)
+    w = attr_of.get(args[0])
+    scale = bool(args[3]) if len(args) > 3 else bool(node.kwargs.get("scale_grad_by_freq"))
+    if not (isinstance(w, str) and w in open_names) or scale or not _leads_with(args[1], batch):
+        return False
+    pad = int(args[2]) if len(args) > 2 else int(node.kwargs.get("padding_idx", -1))  # type: ignore[arg-type]
+    tap = EmbeddingTap(pad if pad >= 0 else None)
+    name = f"_infgate_tap_{idx}"
+    gm.add_submodule(name, tap)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, args=(args[1], args[0]))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    vocab, width = (int(v) for v in named[w].shape)
+    layers.append(LayerSpec(w.rsplit(".", 1)[0], tap, "embedding", w, None, width, vocab))
+    return True
+
+
+def _seq_major(arg: Any, batch: Any) -> tuple[int, int] | None:
+    """``(L, 1)`` when a linear's input is ``(L, B, in)``; ``(L, 0)`` when it is the
+    ``(L * B, in)`` flattening of an ``(L, B, ...)`` tensor (what ``multi_head_attention_forward``
+    feeds its out-projection); else ``None``."""
+    val = getattr(arg, "meta", {}).get("val")
+    if batch is None or not isinstance(val, torch.Tensor) or val.ndim < 2:
+        return None
+    if val.ndim == 3 and str(val.shape[1]) == str(batch) and isinstance(val.shape[0], int):
+        return (int(val.shape[0]), 1)
+    src = arg.args[0] if getattr(arg, "op", "") == "call_function" and arg.args else None
+    name = str(getattr(getattr(arg, "target", None), "__name__", ""))
+    sval = getattr(src, "meta", {}).get("val") if src is not None else None
+    if (
+        val.ndim == 2
+        and name.split(".")[0] in ("reshape", "view", "_unsafe_view")
+        and isinstance(sval, torch.Tensor)
+        and sval.ndim >= 3
+        and isinstance(sval.shape[0], int)
+        and str(sval.shape[1]) == str(batch)
+    ):
+        return (int(sval.shape[0]), 0)
+    return None
+
+
+def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
+    selected = set(engine.names)
+    tapped = copy.deepcopy(gm)
+    graph = tapped.graph
+    layers: list[LayerSpec] = []
+    own: dict[str, str] = {}
+    refused: list[str] = []
+    attr_of = {n: n.target for n in graph.nodes if n.op == "get_attr"}
+    named = dict(tapped.named_parameters())
+    done: set[str] = set()
+    batch = _graph_batch_size(graph)
+    unbatched: set[str] = set()  # linear calls whose input does not lead with the batch
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        kind = _GRAPH_FACTORED.get(node.target)
+        args = list(node.args)
+        if node.target is _aten.embedding.default and _tap_embedding(
+            tapped, node, attr_of, selected - done, batch, len(layers), named, layers
+        ):
+            done.add(str(layers[-1].weight))
+            continue
+        w = attr_of.get(args[1]) if kind and len(args) > 1 else None
+        seq_major = None
+        if kind == "linear" and isinstance(w, str) and not _leads_with(args[0], batch):
+            seq_major = _seq_major(args[0], batch)
+            if seq_major is None:
+                b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
+                unbatched.update(n for n in (w, attr_of.get(b_node)) if isinstance(n, str))
+                continue
+        if kind and isinstance(w, str) and w in selected and w not in done:
+            b_node = args[2] if len(args) > 2 else node.kwargs.get("bias")
+            b = attr_of.get(b_node) if b_node is not None else None
+            b = b if isinstance(b, str) and b in selected else None
+            groups = int(args[6]) if len(args) > 6 else 1
+            if kind == "linear" or groups == 1:
+                idx = len(layers)
+                if kind == "linear":
+                    tap: nn.Module = LinearTap()
+                else:
+                    dims = 1 if kind == "conv1d" else 2
+                    geo = [args[3 + i] if len(args) > 3 + i else d for i, d in enumerate(_GEO)]
+                    tap = ConvTap(dims, geo[0], geo[1], geo[2], groups)
+                name = f"_infgate_tap_{idx}"
+                tapped.add_submodule(name, tap)
+                with graph.inserting_after(node):
+                    new = graph.call_module(name, args=tuple(args[:3]))
+                node.replace_all_uses_with(new)
+                graph.erase_node(node)
+                shape = named[w].shape
+                if kind == "linear":
+                    spec = LayerSpec(
+                        w.rsplit(".", 1)[0], tap, "linear", w, b, int(shape[0]), int(shape[1]),
+                        seq_major=seq_major,
+                    )  # fmt: skip
+                else:
+                    spec = _conv_spec(w.rsplit(".", 1)[0], tap, kind, w, b, shape)
+                layers.append(spec)
+                done.update(n for n in (w, b) if n)
+    factored = {n for s in layers for n in (s.weight, s.bias) if n}
+    for name in engine.names:
+        if name in factored:
+            continue
+        if name in unbatched:
+            own[name] = (
+                f"{name}: a linear call on a tensor that does not lead with the batch "
+                f"(attention projections) in the pt2 graph"
+            )
+            continue
+        users = [u for g, t in attr_of.items() if t == name for u in g.users]
+        ops = sorted({str(getattr(u.target, "__name__", u.target)) for u in users})
+        bases = {op.split(".")[0] for op in ops}
+        if users and all(b in _GRAPH_DIAGONAL for b in bases):
+            own[name] = f"{name}: used by {', '.join(ops)} in the pt2 graph"
+        else:
+            refused.append(f"{name} (graph ops {ops or ['none']})")
+    if refused:
+        raise InvalidInputError(
+            f"method='ekfac'/'auto' cannot handle the parameter {refused[0]}"
+            f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}: select the "
+            f"parameters to differentiate with params= or use method='arnoldi'"
+        )
+    tapped.recompile()
+    return LayerPlan(layers, own, model=tapped if layers else None)
