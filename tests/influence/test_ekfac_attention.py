@@ -99,6 +99,18 @@ def test_hooked_embedding_diagonal_is_the_exact_gauss_newton_diagonal(transforme
     assert float(layer.eigenvalues.reshape(9, 8)[0].abs().max()) == 0.0  # padding_idx
 
 
+def test_a_fitted_tapped_model_pickles(transformer_case):
+    """The fitted back-end (its tapped model copy included) travels to Dask workers."""
+    import pickle
+
+    model, x, y = transformer_case
+    sc = _fit(model, x, y)
+    back = pickle.loads(pickle.dumps(sc.backend))
+    a = sc.backend.self_influence(sc.engine, sc.train, progress=False)
+    b = back.self_influence(sc.engine, sc.train, progress=False)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_graph_and_module_give_the_same_scores(transformer_case):
     """A torch.export graph (MLflow's pt2 flavour) runs attention as linear calls on
     (L, B, E) and (L * B, E) rows; they are factored in sequence-major layout and the

@@ -18,14 +18,13 @@
 from __future__ import annotations
 
 import copy
-import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvTap", "EmbeddingTap", "LinearTap", "tap_attention"]
+__all__ = ["ConvTap", "EmbeddingTap", "LinearTap", "TappedMultiheadAttention", "tap_attention"]
 
 #: Name of the in-projection tap added to each tapped ``nn.MultiheadAttention``.
 IN_TAP = "_infgate_in_proj"
@@ -119,6 +118,13 @@ def _tapped_forward(
     return (y if self.batch_first else y.transpose(0, 1)), weights
 
 
+class TappedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with :func:`_tapped_forward` (set as the class of the
+    copies' attention modules, so a tapped model pickles, e.g. to Dask workers)."""
+
+    forward = _tapped_forward  # type: ignore[assignment]
+
+
 def tap_attention(model: nn.Module) -> tuple[nn.Module, dict[str, LinearTap]] | None:
     """A copy of ``model`` whose packed-projection ``nn.MultiheadAttention`` modules run
     :func:`_tapped_forward`, and ``{attention path: its in-projection tap}``; ``None`` when
@@ -139,6 +145,6 @@ def tap_attention(model: nn.Module) -> tuple[nn.Module, dict[str, LinearTap]] | 
         mha = tapped.get_submodule(path)
         tap = LinearTap()
         mha.add_module(IN_TAP, tap)
-        mha.forward = types.MethodType(_tapped_forward, mha)  # type: ignore[method-assign]
+        mha.__class__ = TappedMultiheadAttention
         taps[path] = tap
     return tapped, taps
