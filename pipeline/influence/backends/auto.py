@@ -109,7 +109,8 @@ def choose_method(engine: GradientEngine) -> tuple[str, str]:
     why = (
         f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact back-end would peak "
         f"at {gb:.3g} GB, budget {budget}): EK-FAC factors {covered:,} of them in "
-        f"{len(plan.layers)} Linear/Conv layer(s)"
+        f"{sum(s.kind not in ('norm', 'embedding') for s in plan.layers)} Linear/Conv/attention "
+        f"layer(s)"
     )
     if plan.own_block:
         names = list(plan.own_block)
