@@ -14,7 +14,8 @@ memory is its own) and measures its floor in that same process:
   and peak resident memory;
 * scaling: the same call on a tabular MLP (32 -> 256 -> 256 -> 10, 76k parameters, EK-FAC
   under auto; Gaussian blobs) at 5k, 10k, 20k and 50k rows: time per example and peak
-  resident memory;
+  resident memory (``--only scaling``: this part alone, plus resident memory stage by stage
+  inside the call at the largest n);
 * Kronfluence's EK-FAC ``fit_all_factors`` + ``compute_self_scores`` on the same CNN and
   data, against infgate's whole ``find_label_errors`` and its EK-FAC self-influence alone.
 
@@ -128,6 +129,7 @@ def cost_child(kind: str, n: int, device: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     scorer = InfluenceScorer(model, (x, y), batch_size=BATCH, progress=False, device=device)
     fit_s = time.perf_counter() - t0
+    fit_peak = _status_mb("VmHWM:")
     df = find_label_errors(model, (x, y), scorer=scorer, progress=False)
     _sync(torch.device(device))
     total = time.perf_counter() - t0
@@ -143,10 +145,68 @@ def cost_child(kind: str, n: int, device: str) -> dict[str, Any]:
         "ratio": total / floor,
         "per_example_ms": 1000 * total / n,
         "peak_rss_mb": _status_mb("VmHWM:"),
+        "fit_peak_rss_mb": fit_peak,
+        "end_rss_mb": _status_mb("VmRSS:"),
         "baseline_rss_mb": base,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None,
         "rows": len(df),
     }
+
+
+def stages_child(n: int) -> dict[str, Any]:
+    """The scaling MLP's resident memory stage by stage inside ``find_label_errors`` (no
+    floor sweep): VmRSS after each step and the high-water mark while it ran (reset as each
+    step starts); then what deleting the result, ``gc`` and glibc's ``malloc_trim`` give back."""
+    import ctypes
+    import gc
+
+    from infgate.detect import label_errors as le
+
+    def clear() -> None:
+        Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current RSS
+
+    marks: list[dict[str, Any]] = []
+
+    def mark(what: str) -> None:
+        marks.append({"at": what, "rss_mb": _status_mb("VmRSS:"), "hwm_mb": _status_mb("VmHWM:")})
+        clear()
+
+    def wrapped(name: str) -> Any:
+        f = getattr(le, name)
+
+        def g(*a: Any, **k: Any) -> Any:
+            mark(f"before {name}")
+            out = f(*a, **k)
+            mark(f"after {name}")
+            return out
+
+        return g
+
+    names = ("approximate_loo", "filtered_model", "fit_noise_model", "_compute_frame")
+    originals = {name: getattr(le, name) for name in names}
+    torch.manual_seed(0)
+    x, y, k = data_for("mlp", n)
+    model = model_for("mlp", k)
+    _train("mlp", model, x, y, epochs=1)
+    model.eval()
+    clear()
+    mark("baseline")
+    scorer = InfluenceScorer(model, (x, y), batch_size=BATCH, progress=False)
+    mark("after the fit")
+    try:
+        for name in names:
+            setattr(le, name, wrapped(name))
+        df = le.find_label_errors(model, (x, y), scorer=scorer, progress=False)
+    finally:
+        for name, f in originals.items():
+            setattr(le, name, f)
+    mark("end")
+    del df
+    gc.collect()
+    mark("result deleted, gc")
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    mark("malloc_trim(0)")
+    return {"n": n, "marks": marks}
 
 
 def kronfluence_child(n: int) -> dict[str, Any]:
@@ -322,12 +382,50 @@ NOTE = (
 )
 
 
+def _write_scaling(
+    args: argparse.Namespace,
+    scaling: list[dict[str, Any]],
+    stages: dict[str, Any],
+    load_before: str,
+    wall: float,
+) -> None:
+    """``--only scaling``: print its table, replace only the json's scaling rows."""
+    run = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(["benchmarks/bench_real_models.py", *sys.argv[1:]]),
+        "load_before": load_before,
+        "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "wall_seconds": wall,
+    }
+    print("\n".join(_cost_rows(scaling)))
+    for c in scaling:
+        if "error" not in c:
+            print(
+                f"n={c['n']:,}: peak RSS {c['peak_rss_mb']:.0f} MB (after the fit "
+                f"{c['fit_peak_rss_mb']:.0f}, at the end {c['end_rss_mb']:.0f}, "
+                f"baseline {c['baseline_rss_mb']:.0f})"
+            )
+    print(run)
+    if args.no_write:
+        return
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    old["scaling"], old["scaling_run"], old["scaling_stages"] = scaling, run, stages
+    RESULTS.write_text(json.dumps(old, indent=2, default=float))
+    print(f"wrote the scaling rows of {RESULTS} (RESULTS.md left alone)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller n (a smoke run)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (see benchmarks/gpu.sh)")
     ap.add_argument("--no-write", action="store_true", help="print only (no RESULTS.md/json)")
+    ap.add_argument(
+        "--only",
+        choices=["scaling"],
+        help="run only this part; its rows replace that part of the json (the other rows are "
+        "kept) and RESULTS.md is left alone (print only)",
+    )
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -335,6 +433,8 @@ def main() -> None:
         what, *rest = args.child
         if what == "cost":
             out = cost_child(rest[0], int(rest[1]), args.device)
+        elif what == "stages":
+            out = stages_child(int(rest[0]))
         else:
             out = kronfluence_child(int(rest[0]))
         print(json.dumps(out, default=float))
@@ -352,13 +452,19 @@ def main() -> None:
     if args.device != "cpu" and not args.quick:
         plan += [("resnet", 5000), ("transformer", 20000)]
     cost = []
-    for kind, n in plan:
+    for kind, n in plan if args.only is None else []:
         cost.append(run_child("--child", "cost", kind, str(n), *common))
         print("cost", cost[-1], flush=True)
     scaling = []
     for n in sweep:
         scaling.append(run_child("--child", "cost", "mlp", str(n), *common))
         print("scaling", scaling[-1], flush=True)
+    if args.only == "scaling":
+        stages = run_child("--child", "stages", str(sweep[-1]), *common)
+        for m in stages.get("marks", [stages]):
+            print(m, flush=True)
+        _write_scaling(args, scaling, stages, load_before, time.perf_counter() - t0)
+        return
     kron: dict[str, Any] = {"error": "not run off the CPU"}
     if args.device == "cpu":
         kron = run_child("--child", "kron", "256" if args.quick else "512", *common)
