@@ -25,6 +25,13 @@ __all__ = ["MAX_BATCHED_FLOATS", "LayerCapture"]
 MAX_BATCHED_FLOATS = 1 << 26
 
 
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """A layer's calls joined along the locations (no copy for the usual single call)."""
+    if not parts:
+        return torch.empty(0)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class LayerCapture:
     """Forward a batch with hooks on the covered layers; then ask for output gradients.
 
@@ -85,7 +92,7 @@ class LayerCapture:
             if any(a.shape[0] != b for a in acts):
                 self.misaligned.append(layer.path)
                 acts = []
-            self.inputs.append(torch.cat(acts, dim=1) if acts else torch.empty(0))
+            self.inputs.append(_join(acts))
         return self
 
     def __exit__(
@@ -123,7 +130,7 @@ class LayerCapture:
                         g = grads[i][j] if grads[i] is not None else torch.zeros_like(o)
                         parts.append(layer.output_rows(g.detach()))
                         i += 1
-                    res.append([torch.cat(parts, dim=1) if parts else torch.empty(0)])
+                    res.append([_join(parts)])
                 rows.append(res)
         return rows
 
@@ -147,7 +154,7 @@ class LayerCapture:
             if not rows:  # a layer the forward never called (the hook check drops it)
                 res.append([torch.empty(0)])
                 continue
-            cat = torch.cat(rows, dim=1)
+            cat = _join(rows)
             if check and not bool(torch.isfinite(cat).all()):
                 raise NonFiniteError(
                     f"output gradients of layer {layer.path} are NaN or inf in examples "

@@ -55,7 +55,7 @@ class KronLayer:
         parts = [a] if self.weight else []
         if self.bias:
             parts.append(torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device))
-        return torch.cat(parts, dim=2)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def _batch_first(self, t: torch.Tensor, width: int) -> torch.Tensor:
         """``(B, T, width)`` rows of a dense call's input or output (see ``seq_major``)."""
