@@ -268,6 +268,9 @@ def _record_net(
     s.setdefault("infgate", []).append(bool(rep.flagged))
     for t in ("mmd_features", "mmd_random_features"):
         s.setdefault(f"infgate_{t}_only", []).append(rep.details[t]["p_value"] <= ALPHA)
+        s.setdefault(f"infgate_{t}_median_width_only", []).append(
+            rep.details[t]["p_values_by_width"]["x1"] <= ALPHA
+        )
     old = forced.test(xe, alpha=ALPHA)
     s.setdefault("loo_outputs_mmd_only", []).append(old.details["mmd_outputs"]["p_value"] <= ALPHA)
     s.setdefault("trained_penultimate_mmd", []).append(

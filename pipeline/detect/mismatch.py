@@ -3,8 +3,9 @@
 Two questions, both answered without evaluation labels:
 
 * Dataset level: are the evaluation rows drawn like the training rows? Gaussian-kernel MMD
-  permutation tests (Gretton et al. 2012) on up to three representations, combined by
-  Bonferroni (``p = min(1, k min_j p_j)`` over the ``k`` tests used):
+  permutation tests (Gretton et al. 2012) on up to three representations, each at five
+  kernel widths, combined into one exact permutation p-value by max-T over the same
+  relabelings (:mod:`infgate.detect.mmd_aggregate`):
 
   - ``mmd_features``: the flattened input features; integer inputs (token ids) as their
     bag of tokens (each id's share of the row, ids folded modulo 1024);
@@ -18,8 +19,9 @@ Two questions, both answered without evaluation labels:
     outputs can be trusted to be distributed like outputs on fresh rows (below).
 
   Every representation is standardized with the pooled (reference + evaluation) mean and
-  standard deviation and the kernel width is the pooled median distance: functions of the
-  pooled multiset, so the permutation p-value keeps its exact validity.
+  standard deviation and the kernel widths are 1/4, 1/2, 1, 2 and 4 times the pooled median
+  distance: functions of the pooled multiset, so the permutation p-value keeps its exact
+  validity.
 * Example level: how unusual is each evaluation row? Split-conformal p-values of a
   strangeness score against calibration rows, then Benjamini-Hochberg (valid for conformal
   p-values, Bates et al. 2023). The score is the label-free influence-space score
@@ -73,6 +75,7 @@ from infgate.detect.expected_influence import probs_and_expected_influence
 from infgate.detect.knn_conformal import KNN, KnnStrangeness
 from infgate.detect.loo import LooOutputs, _sweep, leverage_backend
 from infgate.detect.mismatch_report import MismatchReport
+from infgate.detect.mmd_aggregate import WIDTH_MULTIPLIERS, combined_mmd_test
 from infgate.detect.output_validity import glm_reason
 from infgate.detect.representations import (
     batched_apply,
@@ -81,7 +84,7 @@ from infgate.detect.representations import (
     pooled_standardized,
     random_twin,
 )
-from infgate.detect.stats import benjamini_hochberg, conformal_p_values, mmd_permutation_test
+from infgate.detect.stats import benjamini_hochberg, conformal_p_values
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.batches import BatchSource, DatasetLike
@@ -261,11 +264,6 @@ class MismatchDetector:
         """The trained model's softmax outputs for ``x`` (batched)."""
         return batched_apply(self.model, x, lambda m, xb: torch.softmax(m(xb).double(), dim=1))
 
-    def _mmd(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-        a, b = pooled_standardized(a, b)
-        s, p = mmd_permutation_test(a, b, n_permutations=self.n_permutations, rng=self.rng)
-        return {"statistic": float(s), "p_value": float(p)}
-
     def test(self, eval_data: Any, *, alpha: float = 0.05, max_drivers: int = 10) -> MismatchReport:
         """Test one evaluation batch; see :func:`detect_mismatch`."""
         if not 0.0 < alpha < 1.0:
@@ -274,9 +272,9 @@ class MismatchDetector:
         if x.shape[0] < 2:
             raise InvalidInputError(f"the evaluation set needs at least 2 rows, got {x.shape[0]}")
         flat, rand = input_features(x), self.random_features(x)
-        tests = {
-            "mmd_features": self._mmd(self.ref_flat, flat),
-            "mmd_random_features": self._mmd(self.ref_random, rand),
+        samples = {
+            "mmd_features": pooled_standardized(self.ref_flat, flat),
+            "mmd_random_features": pooled_standardized(self.ref_random, rand),
         }
         if self.knn is None:
             probs, scores = self.probs_and_scores(x)
@@ -287,10 +285,17 @@ class MismatchDetector:
             score_kind = (
                 f"mean distance to the {KNN} nearest reference rows (inputs + random features)"
             )
-        if self.ref_probs is not None:
-            tests["mmd_outputs"] = self._mmd(self.ref_probs, probs)
-        best = min(tests, key=lambda k: tests[k]["p_value"])
-        p_value = min(1.0, len(tests) * tests[best]["p_value"])
+        exact = self.reference_kind == "held-out reference rows" or self.ref_probs is None
+        approximate: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.ref_probs is not None:  # approximate unless the reference is held out
+            outputs = pooled_standardized(self.ref_probs, probs)
+            (samples if exact else approximate)["mmd_outputs"] = outputs
+        combined = combined_mmd_test(
+            samples, approximate, n_permutations=self.n_permutations, rng=self.rng
+        )
+        tests = combined.tests
+        best = min(tests, key=lambda k: float(tests[k]["p_value"]))
+        p_value = combined.p_value
         ex_p = conformal_p_values(self.cal_scores, scores)
         ex_flag = benjamini_hochberg(ex_p, alpha)
         focus = ex_flag
@@ -311,13 +316,14 @@ class MismatchDetector:
                 groups=self.groups,
                 max_drivers=max_drivers,
             )
-        exact = self.reference_kind == "held-out reference rows" or "mmd_outputs" not in tests
+        how = "tests" if exact else "exact tests, Bonferroni with mmd_outputs"
         method = (
-            f"{'+'.join(tests)} (bonferroni, {'exactly valid' if exact else 'approximate'}); "
+            f"{'+'.join(tests)} (max-T over {how} x widths {WIDTH_MULTIPLIERS} x median, "
+            f"{'exactly valid' if exact else 'approximate'}); "
             f"outputs test {self.outputs_validity}; conformal {score_kind} + BH"
         )
         return MismatchReport(
-            statistic=tests[best]["statistic"],
+            statistic=float(tests[best]["statistic"]),
             p_value=p_value,
             flagged=bool(p_value <= alpha),
             alpha=alpha,

@@ -17,11 +17,12 @@ class MismatchReport:
     """Result of :func:`detect_mismatch`.
 
     Attributes:
-        statistic: MMD^2 of the dataset-level test with the smallest p-value.
-        p_value: Bonferroni combination of the permutation p-values of the tests used
-            (``details["tests"]``); exactly valid at every sample size unless
-            ``details["exactly_valid"]`` is false (the approximate leave-one-out output test
-            took part: see the module docstring).
+        statistic: MMD^2 (at the median kernel width) of the dataset-level test with the
+            smallest p-value.
+        p_value: max-T permutation combination of the tests used (``details["tests"]``) at
+            every kernel width (:mod:`infgate.detect.mmd_aggregate`); exactly valid at every
+            sample size unless ``details["exactly_valid"]`` is false (the approximate
+            leave-one-out output test took part: see :mod:`infgate.detect.mismatch`).
         flagged: ``p_value <= alpha``.
         alpha: level used for the dataset test and the Benjamini-Hochberg FDR.
         method: the tests used, whether the combination is exactly valid, what happened to
@@ -39,8 +40,9 @@ class MismatchReport:
             relative_magnitude, role``), Koh & Liang 2017 Sec. 5.3.
         driver_groups: per training group (default: given label) share of that influence
             versus share of the data (``lift`` > 1 = over-represented among drivers).
-        details: each test's statistic and p-value (``mmd_features``,
-            ``mmd_random_features``, ``mmd_outputs`` when used), ``tests``,
+        details: each test's statistic, p-value (combined over its widths) and
+            ``p_values_by_width`` (``mmd_features``, ``mmd_random_features``,
+            ``mmd_outputs`` when used), ``tests``,
             ``exactly_valid``, ``outputs_test``, ``example_score``, sizes.
     """
 

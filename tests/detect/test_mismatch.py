@@ -171,7 +171,7 @@ def test_memorising_network_detects_an_obvious_shift() -> None:
     x_eval, _ = _blobs(100, rng)
     shifted = x_eval.clone()
     shifted[:, 0] += 1.5  # covariate shift of every row
-    assert det.test(shifted, alpha=0.05).p_value <= 0.02  # the smallest: 2 / 200
+    assert det.test(shifted, alpha=0.05).p_value <= 0.02  # the smallest possible: 1 / 200
     outliers = x_eval.clone()
     outliers[:20] = torch.as_tensor(rng.normal(4.0, 0.5, (20, 8)), dtype=torch.float32)
     report = det.test(outliers, alpha=0.05)
