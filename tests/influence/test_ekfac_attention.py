@@ -73,16 +73,16 @@ def test_tapped_attention_is_pytorchs_attention(batch_first):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
-def test_attention_projections_are_factored_and_only_positions_get_the_block(
-    transformer_case,
-):
+def test_attention_and_position_table_need_no_per_example_block(transformer_case):
+    """Projections factored; the position table (looked up on arange(L), added to the token
+    table's output) takes the token table's per-example output gradients."""
     model, x, y = transformer_case
     sc = _fit(model, x, y)
     layers = {str(d["layer"]) for d in sc.backend.describe()["layers"]}
-    assert {"enc.self_attn.in_proj", "enc.self_attn.out_proj", "emb", "pos"} - layers == {"pos"}
+    assert {"enc.self_attn.in_proj", "enc.self_attn.out_proj", "emb", "pos"} <= layers
     block, reasons = _blocks(sc)
-    assert block == ["pos.weight"]
-    assert "does not lead with the batch" in reasons["pos.weight"]
+    assert block == []
+    assert "emb's output gradients" in reasons["pos.weight"]
     assert "embedding table" in reasons["emb.weight"]
 
 
@@ -124,7 +124,20 @@ def test_graph_and_module_give_the_same_scores(transformer_case):
     seq = [ly.spec.seq_major for ly in sc.backend.layers if ly.kind == "linear"]
     assert (5, 1) in seq and (5, 0) in seq  # in-projection on (L, B, E), out on (L * B, E)
     block, _ = _blocks(sc)
-    assert "pos.weight" in block and "emb.weight" not in block
+    assert block == []  # layer norms and both tables hooked in the graph too
+
+
+def test_graph_batch_norm_is_hooked_like_the_module(one_thread):
+    """An exported CNN's eval-mode batch norms (aten.batch_norm) are tapped: no per-example
+    block, and the scores equal the module's."""
+    from tests.influence.test_ekfac_capabilities import _bn_case
+
+    model, x, y = _bn_case()
+    gm = torch.export.export(model, (x[:4],), dynamic_shapes=({0: torch.export.Dim("b")},)).module()
+    a = _fit(model, x, y).self_influence((x, y)).scores
+    sc = _fit(gm, x, y)
+    np.testing.assert_allclose(sc.self_influence((x, y)).scores, a, rtol=1e-10)
+    assert _blocks(sc)[0] == []
 
 
 class TiedHead(nn.Module):
@@ -138,6 +151,22 @@ class TiedHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.mix(self.emb(tokens).mean(1)))
         return F.linear(h, self.emb.weight)[:, :3]
+
+
+class SharedTableAfterTransform(nn.Module):
+    """A position table added to tanh(token embeddings): the token table's output
+    gradients are not the position table's, so the borrowing is refused by the check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.pos = nn.Embedding(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        h = torch.tanh(self.emb(tokens)) * self.pos(pos).unsqueeze(0)
+        return self.head(h.mean(1))
 
 
 class CrossAttention(nn.Module):
@@ -160,8 +189,9 @@ class CrossAttention(nn.Module):
     [
         (TiedHead(), ["emb.weight"], "differs from autograd's"),
         (CrossAttention(), ["att.in_proj_weight", "att.out_proj.weight"], "without calling"),
+        (SharedTableAfterTransform(), ["pos.weight"], "does not lead with the batch"),
     ],
-    ids=["tied-weights", "cross-attention"],
+    ids=["tied-weights", "cross-attention", "shared-table"],
 )
 def test_layers_whose_hooks_cannot_give_per_example_gradients_get_the_exact_block(
     model, params, reason

@@ -32,19 +32,19 @@ class SeqNet(nn.Module):
 
 
 class PosSeqNet(SeqNet):
-    """SeqNet plus a position table looked up on ``arange(L)``: one row per position,
-    shared by every example, so no hook can split its gradient by example (it gets the
-    exact per-example diagonal block, the token table the hooked one)."""
+    """SeqNet plus a position table looked up on ``arange(L)`` and added after the
+    convolution: one row per position, shared by every example, and no hooked table's output
+    carries its per-example gradient, so it gets the exact per-example diagonal block (the
+    token table the hooked one)."""
 
     def __init__(self, vocab: int = 7, classes: int = 3, length: int = 6) -> None:
         super().__init__(vocab, classes)
-        self.pos = nn.Embedding(length, 4)
+        self.pos = nn.Embedding(length, 5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(tokens.shape[1], device=tokens.device)
-        e = self.emb(tokens) + self.pos(pos).unsqueeze(0)
-        h = self.conv(e.transpose(1, 2)).transpose(1, 2)
-        h = torch.tanh(self.mix(self.norm(h)))
+        h = self.conv(self.emb(tokens).transpose(1, 2)).transpose(1, 2)
+        h = torch.tanh(self.mix(self.norm(h + self.pos(pos).unsqueeze(0))))
         return self.head(h.mean(1))
 
 

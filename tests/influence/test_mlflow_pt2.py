@@ -27,8 +27,8 @@ def test_pt2_graph_module_matches_original(tmp_path):
 
 def test_pt2_graph_module_ekfac_taps_linear_and_conv_calls(tmp_path):
     """Module types are gone in the exported graph: EK-FAC taps its aten.conv2d/linear calls
-    and gives the batch-norm parameters (aten.batch_norm) their diagonal block, matching the
-    same back-end on the original module."""
+    and its eval-mode aten.batch_norm (a hooked diagonal block, as the module's BatchNorm2d
+    gets), matching the same back-end on the original module."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(48, 64, generator=g)
     y = torch.randint(0, 3, (48,), generator=g)
@@ -48,7 +48,8 @@ def test_pt2_graph_module_ekfac_taps_linear_and_conv_calls(tmp_path):
     kw = {"method": "ekfac", "damping": 0.01, "progress": False}
     ref = self_influence(model, (x, y), **kw)
     got = self_influence(loaded, (x, y), **kw)
-    assert [d["layer"] for d in got.details["layers"]] == ["1", "5"]
+    assert [d["layer"] for d in got.details["layers"]] == ["1", "2", "5"]
+    assert [d["kind"] for d in got.details["layers"]] == ["conv2d", "norm (diagonal)", "linear"]
     assert [d["param"] for d in got.details["own_block"]] == ["2.weight", "2.bias"]
-    assert "used by batch_norm" in got.details["own_block"][0]["reason"]
+    assert got.details["own_block_params"] == 0  # no per-example torch.func block
     np.testing.assert_allclose(got.scores, ref.scores, rtol=2e-4)

@@ -85,7 +85,10 @@ class LayerCapture:
         self.inputs = []
         for layer, raws in zip(self.layers, self._raw, strict=True):
             try:
-                acts = [layer.activations(r) for r in raws]
+                if getattr(layer, "donor", None) is not None:
+                    acts = [layer.shared_activations(r, b) for r in raws]
+                else:
+                    acts = [layer.activations(r) for r in raws]
             except RuntimeError:
                 acts = []
                 self.misaligned.append(layer.path)
@@ -131,8 +134,16 @@ class LayerCapture:
                         parts.append(layer.output_rows(g.detach()))
                         i += 1
                     res.append([_join(parts)])
-                rows.append(res)
+                rows.append(self._borrow(res))
         return rows
+
+    def _borrow(self, res: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """Layers with a ``donor`` take its per-example output gradients (shared lookups)."""
+        for i, layer in enumerate(self.layers):
+            donor = getattr(layer, "donor", None)
+            if donor is not None:
+                res[i] = res[next(j for j, d in enumerate(self.layers) if d is donor)]
+        return res
 
     def output_grads(
         self, target: torch.Tensor, grad_outputs: torch.Tensor | None = None, *, check: bool = True
@@ -161,4 +172,4 @@ class LayerCapture:
                     f"{self.start}..{self.start + cat.shape[0] - 1}"
                 )
             res.append([cat])
-        return res
+        return self._borrow(res)

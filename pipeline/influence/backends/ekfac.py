@@ -132,6 +132,13 @@ class EKFACBackend(Backend):
                     if name:
                         own[name] = f"{layer.path}: {unusable[layer.path]}"
         self.layers = [layer for layer in layers if layer.path not in unusable]
+        for layer in self.layers:
+            if getattr(layer, "donor", None) is not None:
+                own[layer.weight] = (
+                    f"{layer.path}: embedding table looked up with indices shared by the batch; "
+                    f"its per-example gradients are {layer.donor.path}'s output gradients "
+                    f"(checked against autograd)"
+                )
         self.own_reasons = own
         hooked = {n for layer in self.layers for n in (layer.weight, layer.bias) if n}
         names = [n for n in engine.names if n in own and n not in hooked]

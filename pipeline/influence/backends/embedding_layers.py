@@ -37,11 +37,20 @@ class EmbeddingLayer:
         self.padding_idx = None if pad is None or int(pad) < 0 else int(pad)
         self.diag_sum: torch.Tensor | None = None
         self.eigenvalues = torch.empty(0)
+        #: for a table looked up with indices shared by the whole batch (positions on
+        #: ``arange(L)``) whose output is added to another table's: that table's layer, whose
+        #: per-example output gradients are this one's too (set by the hook check only when
+        #: they reproduce autograd's per-example gradients)
+        self.donor: Any = None
 
     # -- layout ----------------------------------------------------------------------------
     def activations(self, raw: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` int64 token ids (the hooked call's index input)."""
         return raw.reshape(raw.shape[0], -1).long()
+
+    def shared_activations(self, raw: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(B, T)`` ids of a lookup shared by every example of the batch."""
+        return raw.reshape(1, -1).long().expand(batch, -1)
 
     def output_rows(self, g: torch.Tensor) -> torch.Tensor:
         return g.reshape(g.shape[0], -1, self.out_dim)

@@ -9,6 +9,7 @@ rule is the one in :mod:`~infgate.influence.backends.layer_plan`.
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any
 
 import torch
@@ -22,11 +23,23 @@ from infgate.influence.backends.layer_plan import (
     _aten,
     _conv_spec,
 )
-from infgate.influence.backends.taps import ConvTap, EmbeddingTap, LinearTap
+from infgate.influence.backends.taps import (
+    BatchNormTap,
+    ConvTap,
+    EmbeddingTap,
+    LayerNormTap,
+    LinearTap,
+)
 from infgate.influence.gradients import GradientEngine
 from torch import nn
 
 __all__ = ["graph_plan"]
+
+_GRAPH_NORMS = (
+    _aten.layer_norm.default,
+    _aten.batch_norm.default,
+    _aten._native_batch_norm_legit_no_training.default,
+)
 
 
 def _graph_batch_size(graph: torch.fx.Graph) -> Any:
@@ -61,13 +74,13 @@ def _tap_embedding(
     layers: list[LayerSpec],
 ) -> bool:
     """Replace ``aten.embedding(weight, indices, padding_idx, scale_grad_by_freq, sparse)``
-    by an :class:`EmbeddingTap` when its weight is selected, its indices lead with the
-    batch and gradients are not rescaled by in-batch frequency; append its spec."""
+    by an :class:`EmbeddingTap` when its weight is selected and gradients are not rescaled
+    by in-batch frequency; append its spec."""
     args: list[Any] = list(node.args)
     w = attr_of.get(args[0])
     scale = bool(args[3]) if len(args) > 3 else bool(node.kwargs.get("scale_grad_by_freq"))
-    if not (isinstance(w, str) and w in open_names) or scale or not _leads_with(args[1], batch):
-        return False
+    if not (isinstance(w, str) and w in open_names) or scale:
+        return False  # (indices shared by the batch are tapped too: the hook check decides)
     pad = int(args[2]) if len(args) > 2 else int(node.kwargs.get("padding_idx", -1))  # type: ignore[arg-type]
     tap = EmbeddingTap(pad if pad >= 0 else None)
     name = f"_infgate_tap_{idx}"
@@ -105,6 +118,67 @@ def _seq_major(arg: Any, batch: Any) -> tuple[int, int] | None:
     return None
 
 
+def _tap_norm(
+    gm: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    attr_of: dict[torch.fx.Node, Any],
+    open_names: set[str],
+    batch: Any,
+    idx: int,
+    layers: list[LayerSpec],
+) -> bool:
+    """Replace an ``aten.layer_norm`` call, or an eval-mode batch norm (``aten.batch_norm``
+    with ``training=False``, or ``_native_batch_norm_legit_no_training(...)[0]``), whose
+    scale/shift are selected and whose input leads with the batch, by a
+    :class:`LayerNormTap` / :class:`BatchNormTap` (a hooked diagonal block, as for norm
+    modules); append its spec."""
+    args: list[Any] = list(node.args)
+    layer_norm = node.target is _aten.layer_norm.default
+    w_at, b_at = (2, 3) if layer_norm else (1, 2)
+    w = attr_of.get(args[w_at]) if len(args) > w_at else None
+    b = attr_of.get(args[b_at]) if len(args) > b_at else None
+    w = w if isinstance(w, str) and w in open_names else None
+    b = b if isinstance(b, str) and b in open_names else None
+    if (w is None and b is None) or not _leads_with(args[0], batch):
+        return False
+    name = f"_infgate_tap_{idx}"
+    if layer_norm:
+        eps = float(args[4]) if len(args) > 4 else 1e-5
+        tap: nn.Module = LayerNormTap([int(v) for v in args[1]], eps)
+        call_args: tuple[Any, ...] = (args[0], args[w_at], args[b_at] if len(args) > b_at else None)
+        target = node
+    elif node.target is _aten.batch_norm.default:  # (x, w, b, mean, var, training, m, eps)
+        val = getattr(args[3], "meta", {}).get("val") if len(args) > 7 else None
+        if bool(args[5]) or not isinstance(val, torch.Tensor):
+            return False
+        tap = BatchNormTap(int(val.numel()), float(args[7]))
+        call_args = (args[0], args[1], args[2], args[3], args[4])
+        target = node
+    else:
+        first = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+        if len(first) != 1 or len(args) < 7:
+            return False
+        val = getattr(args[3], "meta", {}).get("val")
+        if not isinstance(val, torch.Tensor):
+            return False
+        tap = BatchNormTap(int(val.numel()), float(args[6]))
+        call_args = (args[0], args[1], args[2], args[3], args[4])
+        target = first[0]
+    gm.add_submodule(name, tap)
+    with gm.graph.inserting_after(target):
+        new = gm.graph.call_module(name, args=call_args)
+    target.replace_all_uses_with(new)
+    gm.graph.erase_node(target)
+    if target is not node and not node.users:
+        gm.graph.erase_node(node)
+    width = int(getattr(tap, "num_features", 0)) or int(
+        torch.Size([int(v) for v in args[1]]).numel() if layer_norm else 0
+    )
+    path = str(w or b).rsplit(".", 1)[0]
+    layers.append(LayerSpec(path, tap, "norm", w, b, width, 1))
+    return True
+
+
 def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
     selected = set(engine.names)
     tapped = copy.deepcopy(gm)
@@ -126,6 +200,11 @@ def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
             tapped, node, attr_of, selected - done, batch, len(layers), named, layers
         ):
             done.add(str(layers[-1].weight))
+            continue
+        if node.target in _GRAPH_NORMS and _tap_norm(
+            tapped, node, attr_of, selected - done, batch, len(layers), layers
+        ):
+            done.update(n for n in (layers[-1].weight, layers[-1].bias) if n)
             continue
         w = attr_of.get(args[1]) if kind and len(args) > 1 else None
         seq_major = None

@@ -115,17 +115,23 @@ class KronLayer:
 
     def accumulate_eigenvalues(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
         total = self.eig_sum if self.eig_sum is not None else 0
-        for g in grads:
-            if acts.shape[1] == 1:  # dense layer: the rotated gradient is an outer product
-                ra = (acts[:, 0].double() @ self.qa).pow(2)
+        if acts.shape[1] == 1:  # dense layer: the rotated gradient is an outer product
+            ra = (acts[:, 0].double() @ self.qa).pow(2)
+            for g in grads:
                 rg = (g[:, 0].double() @ self.qs).pow(2)
                 total = total + rg.T @ ra
-            else:  # rotations in the model's dtype, squares summed in float64
-                qa, qs = self.qa.to(acts.dtype), self.qs.to(acts.dtype)
-                step = max(1, (1 << 25) // max(self.n_params, 1))
-                for i in range(0, acts.shape[0], step):
-                    rot = self._rotated(acts[i : i + step], g[i : i + step], qa, qs)
-                    total = total + rot.pow(2).sum(0).double()
+        else:  # rotations in the model's dtype, squares summed in float64
+            qa, qs = self.qa.to(acts.dtype), self.qs.to(acts.dtype)
+            k = len(grads)
+            # the inputs are rotated once for all K gradient rows, and the K products run as
+            # one (B, K*O, T) @ (B, T, I) batch
+            step = max(1, (1 << 25) // max(k * self.n_params, 1))
+            for i in range(0, acts.shape[0], step):
+                ra = acts[i : i + step] @ qa  # (b, T, I)
+                rg = torch.stack([g[i : i + step] for g in grads], 1) @ qs  # (b, K, T, O)
+                b, t = ra.shape[0], ra.shape[1]
+                rot = torch.bmm(rg.transpose(2, 3).reshape(b, k * self.out_dim, t), ra)
+                total = total + rot.pow(2).reshape(b * k, self.out_dim, -1).sum(0).double()
         assert isinstance(total, torch.Tensor)
         self.eig_sum = total
 

@@ -9,7 +9,9 @@ indices shared by the whole batch (position embeddings on ``arange(L)``), a dens
 ``(L, B, E)`` rows. So before fitting, :func:`check_hooks` compares, on a few examples, each
 layer's hook-derived per-example gradients with autograd's (``torch.func`` on the untouched
 model). A layer that disagrees, is never called, or sees rows that are not the batch's gets
-the back-end's own diagonal block instead, with the reason in ``details["own_block"]``.
+the back-end's own diagonal block instead, with the reason in ``details["own_block"]``. A
+table looked up with indices shared by the batch may instead share another hooked table's
+per-example output gradients (positions added to tokens), when that reproduces autograd's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,46 @@ MISALIGNED = (
 )
 
 
+def _borrowers(
+    cap: LayerCapture,
+    layers: list[Any],
+    grads: list[list[torch.Tensor]],
+    bad: dict[str, str],
+    k: int,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Shared lookups that may take another table's per-example output gradients.
+
+    A position table looked up once for the whole batch (``pos(arange(L))``) and added to
+    the token table's ``(B, L, E)`` output has, per example, exactly the token table's output
+    gradient. For each misaligned embedding layer called once, the first hooked embedding
+    layer whose output is ``(k, L, E)`` is tried as its donor; the caller keeps the pairing
+    only if the gradients it implies equal autograd's. Returns the candidates' implied
+    per-example gradients (``{path: {name: ...}}``) and sets their ``donor``.
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for i, layer in enumerate(layers):
+        if layer.kind != "embedding" or bad.get(layer.path) != MISALIGNED:
+            continue
+        raws = cap._raw[i]
+        if len(raws) != 1:
+            continue
+        length = raws[0].numel()
+        for j, donor in enumerate(layers):
+            shape = tuple(cap._outs[j][0].shape) if len(cap._outs[j]) == 1 else ()
+            if (
+                donor.kind == "embedding"
+                and donor.path not in bad
+                and donor.donor is None
+                and shape == (k, length, layer.out_dim)
+            ):
+                layer.donor = donor
+                ids = layer.shared_activations(raws[0], k)
+                out[layer.path] = layer.per_example_grads(ids, grads[j][0])
+                del bad[layer.path]
+                break
+    return out
+
+
 def check_hooks(
     engine: GradientEngine,
     layers: list[Any],
@@ -65,6 +107,8 @@ def check_hooks(
                     hooked[layer.path] = layer.per_example_grads(cap.inputs[i], grads[i][0])
                 except RuntimeError as exc:  # shapes that are not (batch, locations, width)
                     bad[layer.path] = f"{MISALIGNED}: {exc}"
+            borrowed = _borrowers(cap, layers, grads, bad, k)
+            hooked.update(borrowed)
     if not hooked:
         return bad, n_out
     true = engine.unflatten(engine.per_example_grads(start, xs, ys))
@@ -77,6 +121,10 @@ def check_hooks(
             err = float(torch.linalg.vector_norm(got - want))
             if not err <= tol * scale and not (scale == 0.0 and err == 0.0):
                 rel = err / scale if scale > 0 else float("inf")
+                if path in borrowed:  # no table's output gradients are this lookup's
+                    next(ly for ly in layers if ly.path == path).donor = None
+                    bad[path] = MISALIGNED
+                    break
                 bad[path] = (
                     f"its hook-derived per-example gradient of {name} differs from autograd's "
                     f"(relative error {rel:.1e}): its weights are also used outside this call "

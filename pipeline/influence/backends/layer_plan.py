@@ -12,15 +12,19 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
   (:mod:`~infgate.influence.backends.graph_plan`).
 * **Hooked diagonal blocks** (the Gauss-Newton diagonal, exact per coordinate, from the same
   hooks): normalisation scales and shifts of BatchNorm (eval) / LayerNorm / GroupNorm
-  (:mod:`~infgate.influence.backends.norm_layers`) and embedding tables looked up with
-  per-example token ids (:mod:`~infgate.influence.backends.embedding_layers`).
+  (:mod:`~infgate.influence.backends.norm_layers`; in a graph, ``aten.layer_norm`` and
+  eval-mode ``aten.batch_norm`` calls) and embedding tables
+  (:mod:`~infgate.influence.backends.embedding_layers`): looked up with per-example token
+  ids, or with indices shared by the batch (a position table on ``arange(L)``) whose output
+  is added to another table's, whose per-example output gradients it then shares.
 * **Own diagonal block** from per-example ``torch.func`` gradients (exact per coordinate, no
   cross terms): every other parameter of a known kind: embedding tables looked up with
-  indices shared by the batch (position tables on ``arange(L)``), with ``max_norm`` or
-  ``scale_grad_by_freq``; attention key/value biases and cross-attention projections;
-  PReLU slopes; a Linear/Conv the forward never calls as a module or one EK-FAC cannot
-  factor (grouped or non-zero-padded convolutions); in a graph, parameters consumed by
-  normalisation, embedding or elementwise ops. Before fitting, a hook check
+  indices shared by the batch whose per-example gradients no other table's output carries,
+  tables with ``max_norm`` or ``scale_grad_by_freq``; attention key/value biases and
+  cross-attention projections; PReLU slopes; a Linear/Conv the forward never calls as a
+  module or one EK-FAC cannot factor (grouped or non-zero-padded convolutions); in a
+  graph, parameters consumed by other normalisation or elementwise ops. Before fitting, a
+  hook check
   (:mod:`~infgate.influence.backends.layer_check`) compares every hooked layer's per-example
   gradients with autograd's on two examples and moves any that disagree (tied weights,
   shared rows) here, with the reason.

@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvTap", "EmbeddingTap", "LinearTap", "TappedMultiheadAttention", "tap_attention"]
+__all__ = [
+    "BatchNormTap",
+    "ConvTap",
+    "EmbeddingTap",
+    "LayerNormTap",
+    "LinearTap",
+    "TappedMultiheadAttention",
+    "tap_attention",
+]
 
 #: Name of the in-projection tap added to each tapped ``nn.MultiheadAttention``.
 IN_TAP = "_infgate_in_proj"
@@ -64,6 +72,38 @@ class EmbeddingTap(nn.Module):
 
     def forward(self, indices: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.embedding(indices, weight, self.padding_idx)
+
+
+class LayerNormTap(nn.LayerNorm):
+    """Stands in for ``aten.layer_norm(x, shape, weight, bias, eps)`` of a pt2 graph (an
+    ``nn.LayerNorm`` without its own parameters, so the norm hooks read its geometry)."""
+
+    def __init__(self, shape: list[int], eps: float) -> None:
+        super().__init__(shape, eps=eps, elementwise_affine=False)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+
+class BatchNormTap(nn.modules.batchnorm._BatchNorm):
+    """Stands in for an eval-mode batch norm of a pt2 graph
+    (``aten._native_batch_norm_legit_no_training(x, weight, bias, mean, var, momentum,
+    eps)[0]``); the norm hooks read the running statistics from the model's buffers."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__(channels, eps=eps, affine=False, track_running_stats=False)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+    ) -> torch.Tensor:
+        return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
 
 
 def _plain(mha: nn.MultiheadAttention, need_weights: bool, masks: tuple[Any, ...]) -> bool:
