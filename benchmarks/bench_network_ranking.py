@@ -10,9 +10,10 @@ Commands (what ``benchmarks/RESULTS.md`` reports; 1 torch thread each)::
 
     python benchmarks/bench_network_ranking.py --only resnet,conv1d > a.log
     python benchmarks/bench_network_ranking.py --only transformer > b.log
+    python benchmarks/bench_network_ranking.py --only resnet64 > c.log
     python benchmarks/bench_network_ranking.py --tabular held_out > t.log
     python benchmarks/bench_network_ranking.py --tabular dev > d.log
-    python benchmarks/bench_network_ranking.py --from-logs a.log b.log t.log d.log
+    python benchmarks/bench_network_ranking.py --from-logs a.log b.log c.log t.log d.log
 
 (the last writes ``benchmarks/results/network_ranking.json``); plain
 ``python benchmarks/bench_network_ranking.py`` runs every family in one process and writes
@@ -34,6 +35,7 @@ Families (each ``n`` examples, trained with Adam, batch 64):
 * ``resnet``: the ResNet-style CNN (BatchNorm, Dropout, residual stages) at width 16
   (75k parameters instead of 1.2M at width 64, so 5 seeds fit the 1-thread budget; EK-FAC
   under ``auto``) on the bundled 8x8 digits, few epochs;
+* ``resnet64``: the same CNN at its full width 64 (1.2M parameters), few epochs;
 * ``conv1d``: the 1-D CNN at width 16 (2,900 parameters instead of 10,820 at the default
   width 32: the exact back-end's dense solves at 10,820 cost minutes per run on this shared
   box; exact under ``auto`` either way) on noisy waves, few epochs and to convergence;
@@ -91,6 +93,7 @@ CONFIGS: tuple[tuple[str, str, int, int, bool, float], ...] = (
     ("conv1d converged", "conv1d", 600, 60, True, 3e-3),
     ("transformer few-epoch", "transformer", 600, 10, False, 3e-3),
     ("transformer converged", "transformer", 600, 60, True, 3e-3),
+    ("resnet-64 few-epoch", "resnet64", 600, 8, False, 1e-3),
 )
 
 METHODS = (
@@ -117,11 +120,11 @@ CANDIDATE_STRENGTHS = (10.0,)
 
 def data_for(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(x, y, classes)``: a seeded subsample of digits, or generated waves / tokens."""
-    if kind in ("resnet", "mlp"):
+    if kind in ("resnet", "resnet64", "mlp"):
         x, y = digits_images()
         rows = np.random.default_rng(seed).permutation(len(x))[:n]
         x, y = x[rows], y[rows]
-        return (x if kind == "resnet" else x.flatten(1)), y, 10
+        return (x if kind != "mlp" else x.flatten(1)), y, 10
     if kind == "transformer":
         x, y = token_sequences(n, vocab=50, length=24, classes=4, seed=seed)
         return x, y, 4
@@ -132,8 +135,9 @@ def data_for(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
 def model_for(kind: str, classes: int, seed: int) -> torch.nn.Module:
     if kind == "transformer":
         return make_network(kind, seed=seed, vocab=50, classes=classes)
-    if kind == "resnet":
-        return make_network(kind, seed=seed, classes=classes, width=16)
+    if kind in ("resnet", "resnet64"):
+        width = 64 if kind == "resnet64" else 16
+        return make_network("resnet", seed=seed, classes=classes, width=width)
     if kind == "mlp":
         return make_network(kind, seed=seed, in_features=64, classes=classes, hidden=(32,))
     return make_network(kind, seed=seed, classes=classes, width=16)
