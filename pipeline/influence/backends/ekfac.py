@@ -132,7 +132,11 @@ class EKFACBackend(Backend):
                     if name:
                         own[name] = f"{layer.path}: {unusable[layer.path]}"
         self.layers = [layer for layer in layers if layer.path not in unusable]
-        for layer in self.layers:
+        for layer in self.layers:  # hooked diagonal blocks are named like the module plan's
+            what = {"norm": "normalisation scale/shift", "embedding": "embedding table"}
+            for name in (layer.weight, layer.bias) if layer.kind in what else ():
+                if name:
+                    own.setdefault(name, f"{layer.path}: {what[layer.kind]}")
             if getattr(layer, "donor", None) is not None:
                 own[layer.weight] = (
                     f"{layer.path}: embedding table looked up with indices shared by the batch; "
@@ -340,7 +344,7 @@ class EKFACBackend(Backend):
             {
                 "param": n,
                 "size": int(self._sizes[self._names.index(n)]),
-                "reason": self.own_reasons.get(n, f"{layer.path}: {layer.kind} (diagonal, hooked)"),
+                "reason": self.own_reasons[n],
             }
             for layer in self.layers
             if isinstance(layer, NormLayer | EmbeddingLayer)
