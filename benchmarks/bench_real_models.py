@@ -373,10 +373,13 @@ NOTE = (
     "the eigendecompositions (a fixed cost, ~10 s for the CNN's 1,153-wide factors on one CPU "
     "thread), the leave-one-out sweep (one batched backward pass per class), the filtered "
     "model (one forward pass) and the noise-model fit; no stage runs an iterative solver. "
-    "Parameters no Kronecker factor covers (the transformer's embeddings and attention "
-    "projections, 40,576 of its 74,628) get EK-FAC's own diagonal block, whose per-example "
-    "Jacobians take one vmap(jacrev) pass in the fit and one in the leave-one-out sweep "
-    "(each about C = 4 floors): most of the transformer's cost above the floor. On a GPU: "
+    "Every parameter of both models is hooked: Linear/Conv layers and the transformer's "
+    "attention in- and out-projections are Kronecker-factored, norms and embedding tables "
+    "(the position table through the token table's output gradients, checked against "
+    "autograd before the fit) are exact diagonals from the same hooks; the K = 4 (C = 4) "
+    "backward passes per batch of the expected Fisher and the leverage run as one vmapped "
+    "pass. No per-example torch.func block is left (before 2026-12-02: 40,576 of the "
+    "transformer's 74,628 parameters, most of its cost above the floor). On a GPU: "
     "`bash benchmarks/gpu.sh` (= `--device cuda --threads 4`, adds the CNN at 5k and the "
     "transformer at 20k rows; exits 2 when torch sees no CUDA device)."
 )
@@ -422,7 +425,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only (no RESULTS.md/json)")
     ap.add_argument(
         "--only",
-        choices=["scaling"],
+        choices=["scaling", "cost"],
         help="run only this part; its rows replace that part of the json (the other rows are "
         "kept) and RESULTS.md is left alone (print only)",
     )
@@ -452,11 +455,11 @@ def main() -> None:
     if args.device != "cpu" and not args.quick:
         plan += [("resnet", 5000), ("transformer", 20000)]
     cost = []
-    for kind, n in plan if args.only is None else []:
+    for kind, n in plan if args.only in (None, "cost") else []:
         cost.append(run_child("--child", "cost", kind, str(n), *common))
         print("cost", cost[-1], flush=True)
     scaling = []
-    for n in sweep:
+    for n in sweep if args.only != "cost" else []:
         scaling.append(run_child("--child", "cost", "mlp", str(n), *common))
         print("scaling", scaling[-1], flush=True)
     if args.only == "scaling":
@@ -469,6 +472,9 @@ def main() -> None:
     if args.device == "cpu":
         kron = run_child("--child", "kron", "256" if args.quick else "512", *common)
         print("kronfluence", kron, flush=True)
+    if args.only == "cost":  # replace the cost and Kronfluence rows, keep the scaling part
+        old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        scaling = old.get("scaling", [])
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python " + " ".join(["benchmarks/bench_real_models.py", *sys.argv[1:]]),
@@ -488,6 +494,11 @@ def main() -> None:
     if args.no_write:
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if args.only == "cost":
+        result = {**old, **{k: v for k, v in result.items() if k != "scaling"}}
+        RESULTS.write_text(json.dumps(result, indent=2, default=float))
+        print(f"wrote the cost and Kronfluence rows of {RESULTS} (RESULTS.md left alone)")
+        return
     RESULTS.write_text(json.dumps(result, indent=2, default=float))
     write_section(text)
     print(f"wrote {RESULTS} and the section of {RESULTS_MD} in {result['wall_seconds']:.0f}s")
