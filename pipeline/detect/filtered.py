@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,11 +106,6 @@ class FilterStep:
     theta: torch.Tensor
     step: torch.Tensor
     lam: float
-
-
-def _tv(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean total-variation distance between the softmax outputs of two logit sets."""
-    return float(0.5 * (torch.softmax(a, 1) - torch.softmax(b, 1)).abs().sum(1).mean())
 
 
 def filtered_model(
@@ -190,7 +185,7 @@ def evaluate_filter(
     t, div = 0.0, 0.0
     for k in range(TRUST_HALVINGS + 1):
         frac = 0.5**k
-        d = _tv(z0 + frac * dz, filtered_logits_forward(scorer, theta + frac * step))
+        d = _tv_to_network(scorer, z0, dz, frac, theta + frac * step)
         if d <= tolerance:
             t, div = frac, d
             break
@@ -213,15 +208,42 @@ def filtered_probabilities(
     return filtered_model(scorer, strength=strength, tolerance=tolerance, mode=mode).probs
 
 
+def _tv_to_network(
+    scorer: InfluenceScorer, z0: torch.Tensor, dz: torch.Tensor, frac: float, theta: torch.Tensor
+) -> float:
+    """:func:`_tv` between the expansion ``z0 + frac dz`` and the network at ``theta``,
+    batch by batch (no whole-data copy of either)."""
+    engine = scorer.engine
+    params = engine.unflatten(theta.to(engine.device, engine.dtype))
+    total = 0.0
+    with torch.no_grad():
+        for start, x, _ in scorer.train:
+            z = engine.forward(params, x).double().cpu()
+            lin = z0[start : start + len(z)] + frac * dz[start : start + len(z)]
+            total += float(0.5 * (torch.softmax(lin, 1) - torch.softmax(z, 1)).abs().sum())
+    return total / max(len(z0), 1)
+
+
+def _filled(scorer: InfluenceScorer, batches: Any, parts: int) -> tuple[torch.Tensor, ...]:
+    """``parts`` whole-data ``(n, C)`` float64 tensors filled from ``(start, tensors)``
+    batches, allocated once (no list of pieces and no concatenated copy)."""
+    out: tuple[torch.Tensor, ...] = ()
+    n = len(scorer.train)
+    for start, tensors in batches:
+        if not out:
+            out = tuple(torch.empty(n, *t.shape[1:], dtype=torch.float64) for t in tensors)
+        for o, t in zip(out, tensors, strict=True):
+            o[start : start + len(t)] = t
+    return out if out else tuple(torch.empty(0, 0, dtype=torch.float64) for _ in range(parts))
+
+
 def filtered_logits_forward(scorer: InfluenceScorer, theta: torch.Tensor) -> torch.Tensor:
     """Logits of the network run at the flat parameters ``theta``, ``(n, C)`` float64."""
     engine = scorer.engine
     params = engine.unflatten(theta.to(engine.device, engine.dtype))
-    out = []
     with torch.no_grad():
-        for _, x, _ in scorer.train:
-            out.append(engine.forward(params, x).double().cpu())
-    return torch.cat(out)
+        batches = ((s, (engine.forward(params, x).cpu(),)) for s, x, _ in scorer.train)
+        return _filled(scorer, batches, 1)[0]
 
 
 def filtered_logits_linearized(
@@ -232,17 +254,19 @@ def filtered_logits_linearized(
     (one ``torch.func.jvp`` per batch, no per-example Jacobian)."""
     engine = scorer.engine
     tangent = engine.unflatten(step.to(engine.device, engine.dtype))
-    zs, dzs = [], []
     # The fused attention kernels (the transformer encoder's fast path, flash/efficient
     # SDPA) have no forward-mode rule: run the math path for this pass, then restore.
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            for _, x, _ in scorer.train:
-                pair = jvp(lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,))
-                zs.append(pair[0].double().cpu())
-                dzs.append(pair[1].double().cpu())
+            batches = (
+                (s, tuple(t.cpu() for t in jvp(
+                    lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,)
+                )))
+                for s, x, _ in scorer.train
+            )  # fmt: skip
+            z, dz = _filled(scorer, batches, 2)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
-    return torch.cat(zs), torch.cat(dzs)
+    return z, dz
