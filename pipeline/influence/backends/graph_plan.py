@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from infgate.errors import InvalidInputError
-from infgate.influence.backends.layer_plan import (
+from infgate.influence.backends.layer_spec import (
     _GEO,
     _GRAPH_DIAGONAL,
     _GRAPH_FACTORED,
