@@ -223,6 +223,12 @@ class DetectConfig:
         explain_top: explain this many top suspects (supporting/opposing examples); 0 = off.
         explain_k: supporting and opposing training examples listed per explained suspect.
         enqueue: put the scan's suspects in the relabel queue.
+        noise_calibration: where the label-noise model behind the suspect count and the
+            suggestion confidence takes its calibration from: ``"auto"`` (labelled
+            evaluation data of 30 rows or more, its labels taken as correct; else the
+            training labels), ``"eval"`` (require it) or ``"train"`` (for evaluation data
+            labelled as noisily as the training data);
+            :class:`infgate.detect.calibrate.NoiseModelOptions`.
     """
 
     method: str = "default"
@@ -231,10 +237,16 @@ class DetectConfig:
     explain_top: int = 20
     explain_k: int = 5
     enqueue: bool = True
+    noise_calibration: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
             raise ConfigError(f"detect `method` must be a ranking name, got {self.method!r}")
+        if self.noise_calibration not in ("auto", "eval", "train"):
+            raise ConfigError(
+                "detect `noise_calibration` must be one of auto, eval, train, got "
+                f"{self.noise_calibration!r}"
+            )
         if not isinstance(self.options, dict):
             raise ConfigError(f"detect `options` must be a mapping, got {self.options!r}")
         for name in ("store_top", "explain_top"):

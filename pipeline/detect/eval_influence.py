@@ -24,9 +24,52 @@ from infgate.detect._inputs import parse_eval
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 
-__all__ = ["eval_loss_influence"]
+__all__ = ["eval_loss_influence", "eval_probabilities"]
 
 log = logging.getLogger(__name__)
+
+
+def _parse(scorer: InfluenceScorer, eval_data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    first = next(iter(scorer.train))
+    width = tuple(first[1].shape[1:])
+    n_classes = int(scorer.engine.forward(scorer.engine.params, first[1][:1]).shape[-1])
+    x, y, _ = parse_eval(eval_data, width=width, n_classes=n_classes)
+    return x, y
+
+
+def eval_probabilities(
+    scorer: InfluenceScorer, eval_data: Any
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's class probabilities on labelled evaluation rows, and their labels.
+
+    What :func:`infgate.detect.calibrate.fit_noise_model` calibrates the clean posterior on
+    (``reference=``): out-of-sample outputs with labels taken as correct.
+
+    Args:
+        scorer: a fitted :class:`~infgate.influence.InfluenceScorer` (its model, device and
+            batch size are used).
+        eval_data: ``EvalData``, a ``(features, labels)`` pair, or features alone.
+
+    Returns:
+        ``((m, C) float64 probabilities, (m,) int64 labels)``, or ``None`` when the
+        evaluation data has no labels.
+
+    Raises:
+        InvalidInputError: empty, non-finite or out-of-range evaluation data.
+        DatasetMismatchError: evaluation rows of the wrong shape.
+    """
+    x, y = _parse(scorer, eval_data)
+    if y is None:
+        return None
+    parts = []
+    with torch.no_grad():
+        for _, xb, _ in scorer.batches((x, y), what="eval"):
+            logits = scorer.engine.outputs(xb).double()
+            parts.append(torch.softmax(logits, dim=-1).cpu().numpy())
+    probs = np.concatenate(parts)
+    if not np.isfinite(probs).all():
+        raise InvalidInputError("the model's outputs on the evaluation data are not finite")
+    return probs, y.cpu().numpy().astype(np.int64)
 
 
 def eval_loss_influence(scorer: InfluenceScorer, eval_data: Any) -> np.ndarray:
@@ -46,10 +89,7 @@ def eval_loss_influence(scorer: InfluenceScorer, eval_data: Any) -> np.ndarray:
             empty, non-finite or holds labels the model cannot output.
         DatasetMismatchError: evaluation rows of the wrong shape.
     """
-    first = next(iter(scorer.train))
-    width = tuple(first[1].shape[1:])
-    n_classes = int(scorer.engine.forward(scorer.engine.params, first[1][:1]).shape[-1])
-    x, y, _ = parse_eval(eval_data, width=width, n_classes=n_classes)
+    x, y = _parse(scorer, eval_data)
     if y is None:
         raise InvalidInputError(
             "eval_data has no labels: the evaluation-loss influence needs them; pass "

@@ -204,6 +204,12 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
         "gate_passed": float(verdict.passed),
         "gate_failed_checks": float(len(verdict.reasons)),
     }
+    for key, name in (
+        ("expected_errors", "expected_label_errors"),
+        ("noise_calibration_rows", "noise_calibration_rows"),
+    ):
+        if ranking.attrs.get(key) is not None:
+            metrics[name] = float(ranking.attrs[key])
     if mismatch is not None:
         metrics["mismatch_p_value"] = float(mismatch.p_value)
         metrics["mismatch_statistic"] = float(mismatch.statistic)

@@ -223,7 +223,7 @@ def influence_stage(
     With a Dask ``client`` and more than ``shard_size`` rows the
     ranking's per-example sweep runs in shards on the cluster. ``loo``: the leave-one-out
     sweep already run (:func:`loo_stage`), reused instead of a second one."""
-    from infgate.detect import explain, find_label_errors
+    from infgate.detect import NoiseModelOptions, explain, find_label_errors
 
     det, n = config.detect, len(loaded.train.data)
     shard = loo is None and client is not None and n > config.influence.shard_size
@@ -231,6 +231,8 @@ def influence_stage(
     options = dict(det.options)
     if det.method != "default":
         options["method"] = det.method
+    if "noise_options" not in options:
+        options["noise_options"] = NoiseModelOptions(calibration=det.noise_calibration)
     labelled_eval = loaded.eval_data
     if labelled_eval is not None and labelled_eval.labels is None:
         labelled_eval = None  # production data without labels: no I_up,loss on it

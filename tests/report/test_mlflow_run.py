@@ -26,6 +26,8 @@ STABLE_METRICS = {
     "recall_at_suspects",
     "precision_at_suspects",
     "n_true_label_errors",
+    "expected_label_errors",
+    "noise_calibration_rows",
 }
 
 
@@ -82,6 +84,10 @@ def test_metrics_have_the_same_names_for_every_version(flow_scan: FlowScan) -> N
     m = run.data.metrics
     assert m["n_rows"] == 400 and m["n_true_label_errors"] == 40
     assert m["suspect_rate"] == pytest.approx(m["n_suspects"] / 400)
+    # the suspects are the top round(expected count) rows; the noise model was calibrated
+    # on the scan's labelled evaluation rows
+    assert m["n_suspects"] == round(m["expected_label_errors"])
+    assert m["noise_calibration_rows"] > 0
     assert m["precision_at_suspects"] * m["n_suspects"] == pytest.approx(
         m["recall_at_suspects"] * m["n_true_label_errors"]
     )
