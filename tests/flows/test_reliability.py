@@ -34,14 +34,23 @@ def task_runs(flow_run_id: Any) -> dict[str, Any]:
     return {r.name.rsplit("-", 1)[0]: r for r in runs}
 
 
-def flow_run_logs(flow_run_id: Any) -> list[Any]:
+def flow_run_logs(flow_run_id: Any, wait_s: float = 15.0) -> list[Any]:
+    """The flow run's stored logs. An in-process flow's records reach the API through
+    Prefect's background log worker: flush it, then read until some have landed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        return client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            if logs or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
