@@ -71,6 +71,8 @@ TRAININGS = {
     "self_influence": 0,
     "grad_norm": 0,
     **{m: 0 for m in OURS},
+    "error_probability": 0,
+    "eval_influence": 0,
 }
 
 
@@ -198,6 +200,11 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for m in [*OURS, "loss", "self_influence", "grad_norm"]:
         scores[m] = ranking_scores(out, m, filtered)  # type: ignore[arg-type]
     scores["eval_influence"] = ev
+    # the noise model's P(label wrong) (calibrated on the evaluation data): channel-aware
+    scores["error_probability"] = np.empty(n)
+    scores["error_probability"][df["example_id"].astype(int).to_numpy()] = df[
+        "error_probability"
+    ].to_numpy()
     ours_set = {
         **_flagged_figures(
             df["example_id"].astype(int).to_numpy(),
@@ -630,6 +637,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "default_vs_loss": _paired(sub, DEFAULT, "loss"),
                 "default_vs_cl_find_label_issues": _paired(sub, DEFAULT, "cl_find_label_issues"),
                 "default_vs_per_run_best_cleanlab": _paired(sub, DEFAULT, None),
+                "by_noise": {
+                    z: {
+                        "mean_ap": {
+                            m: float(np.mean([r["methods"][m]["ap"] for r in zsub]))
+                            for m in (DEFAULT, "error_probability", "loss", "cl_find_label_issues")
+                        },
+                        "error_probability_vs_default": _paired(zsub, "error_probability", DEFAULT),
+                    }
+                    for z in sorted({r["noise"] for r in sub})
+                    for zsub in [[r for r in sub if r["noise"] == z]]
+                },
                 "flagged": _flagged_summary(
                     [r for r in rows if r["split"] == split and r["model"] == model]
                 ),
