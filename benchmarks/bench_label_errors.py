@@ -40,6 +40,8 @@ WD = 1e-3
 FRACS = (0.05, 0.10, 0.20, 0.30)
 FIX_FRAC = 0.10
 OURS = [
+    "filtered_auto",
+    "filtered_channel",
     "filtered_margin",
     "filtered_loss",
     "consensus",
@@ -145,7 +147,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from infgate.detect import approximate_loo, find_label_errors, ranking_scores
-    from infgate.detect.eval_influence import eval_loss_influence
+    from infgate.detect.calibrate import fit_noise_model
+    from infgate.detect.eval_influence import eval_loss_influence, eval_probabilities
     from infgate.detect.filtered import filtered_probabilities
     from infgate.examples.models import make_classifier, train_classifier
     from infgate.influence import CrossEntropyObjective, GradientEngine, InfluenceScorer
@@ -197,8 +200,13 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out = approximate_loo(scorer)
     filtered = filtered_probabilities(scorer)
     ev = eval_loss_influence(scorer, eval_pair)
+    noise = fit_noise_model(
+        out.loo_probs, out.labels, reference=eval_probabilities(scorer, eval_pair)
+    )
     for m in [*OURS, "loss", "self_influence", "grad_norm"]:
-        scores[m] = ranking_scores(out, m, filtered)  # type: ignore[arg-type]
+        scores[m] = ranking_scores(out, m, filtered, noise=noise)  # type: ignore[arg-type]
+    ids = df["example_id"].astype(int).to_numpy()
+    assert np.allclose(scores[DEFAULT][ids], df["score"].to_numpy(), atol=1e-12)
     scores["eval_influence"] = ev
     # the noise model's P(label wrong) (calibrated on the evaluation data): channel-aware
     scores["error_probability"] = np.empty(n)
@@ -637,13 +645,22 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "default_vs_loss": _paired(sub, DEFAULT, "loss"),
                 "default_vs_cl_find_label_issues": _paired(sub, DEFAULT, "cl_find_label_issues"),
                 "default_vs_per_run_best_cleanlab": _paired(sub, DEFAULT, None),
+                "default_vs_filtered_margin": _paired(sub, DEFAULT, "filtered_margin"),
                 "by_noise": {
                     z: {
                         "mean_ap": {
                             m: float(np.mean([r["methods"][m]["ap"] for r in zsub]))
-                            for m in (DEFAULT, "error_probability", "loss", "cl_find_label_issues")
+                            for m in (
+                                DEFAULT,
+                                "filtered_margin",
+                                "filtered_channel",
+                                "error_probability",
+                                "loss",
+                                "cl_find_label_issues",
+                            )
                         },
                         "error_probability_vs_default": _paired(zsub, "error_probability", DEFAULT),
+                        "default_vs_filtered_margin": _paired(zsub, DEFAULT, "filtered_margin"),
                     }
                     for z in sorted({r["noise"] for r in sub})
                     for zsub in [[r for r in sub if r["noise"] == z]]

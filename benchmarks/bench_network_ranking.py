@@ -62,8 +62,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from infgate.detect.calibrate import fit_noise_model
 from infgate.detect.filtered import evaluate_filter, filter_step
-from infgate.detect.label_errors import DEFAULT_METHOD, ranking_scores
+from infgate.detect.label_errors import DEFAULT_METHOD, channel_rule, ranking_scores
 from infgate.detect.loo import approximate_loo
 from infgate.detect.neighbours import neighbour_disagreement, penultimate_features
 from infgate.detect.stats import rank_average
@@ -113,6 +114,7 @@ METHODS = (
     "old_default",
     "filtered_margin_s0.1",
     "filtered_margin_s10",
+    "filtered_channel",
 )
 #: other filter strengths compared with the default's (lambda' / mean eigenvalue of H).
 CANDIDATE_STRENGTHS = (10.0,)
@@ -180,6 +182,7 @@ def run_one(
     # what find_label_errors(model, (x, noisy), scorer=scorer) ranks by, from the same pieces
     # (tests/detect/test_ranking_networks.py checks the two agree)
     default_scores = ranking_scores(out, DEFAULT_METHOD, trusted.probs, neighbours=nb)
+    noise = fit_noise_model(out.loo_probs, labels)  # what find_label_errors fits, no eval data
     loss = ranking_scores(out, "loss")
     scores = {
         "default": default_scores,
@@ -195,6 +198,7 @@ def run_one(
         "filtered_neighbours": rank_average(_margin(trusted.probs, labels), nb),
         "loss_neighbours": rank_average(loss, nb),
         "filtered_loss": ranking_scores(out, "filtered_loss", trusted.probs),
+        "filtered_channel": ranking_scores(out, "filtered_channel", trusted.probs, noise=noise),
     }
     old_step = filter_step(scorer, 0.1)
     scores["old_default"] = _margin(evaluate_filter(scorer, old_step, mode="forward").probs, labels)
@@ -216,6 +220,8 @@ def run_one(
         "trusted_accuracy_given": float((trusted.probs.argmax(1) == labels).mean()),
         "step_fraction": trusted.step_fraction,
         "step_divergence": trusted.divergence,
+        "channel_p_value": noise.channel_p_value,
+        "ranking_rule": channel_rule(noise),
         "filtered_forward_p_given": float(fwd[idx, labels].mean()),
         "train_seconds": train_s,
         "rank_seconds": seconds,
@@ -259,6 +265,8 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
         "filtered_margin_forward_s0.1": _margin(old, labels),
         "filtered_neighbours": rank_average(_margin(trusted.probs, labels), nb),
     }
+    noise = fit_noise_model(out.loo_probs, labels)
+    scores["filtered_channel"] = ranking_scores(out, "filtered_channel", trusted.probs, noise=noise)
     return {
         "dataset": dataset,
         "model": model,
@@ -266,6 +274,8 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
         "seed": seed,
         "split": "dev" if dataset in ble.DEV else "held_out",
         "step_fraction": trusted.step_fraction,
+        "channel_p_value": noise.channel_p_value,
+        "ranking_rule": channel_rule(noise),
         "ap": {m: float(average_precision_score(flipped, v)) for m, v in scores.items()},
     }
 
@@ -278,6 +288,7 @@ TABULAR_METHODS = (
     "neighbours",
     "filtered_margin_forward_s0.1",
     "filtered_neighbours",
+    "filtered_channel",
 )
 
 
