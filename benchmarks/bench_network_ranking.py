@@ -265,8 +265,10 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
         "filtered_margin_forward_s0.1": _margin(old, labels),
         "filtered_neighbours": rank_average(_margin(trusted.probs, labels), nb),
     }
-    noise = fit_noise_model(out.loo_probs, labels)
-    scores["filtered_channel"] = ranking_scores(out, "filtered_channel", trusted.probs, noise=noise)
+    noise_model = fit_noise_model(out.loo_probs, labels)
+    scores["filtered_channel"] = ranking_scores(
+        out, "filtered_channel", trusted.probs, noise=noise_model
+    )
     return {
         "dataset": dataset,
         "model": model,
@@ -274,8 +276,8 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
         "seed": seed,
         "split": "dev" if dataset in ble.DEV else "held_out",
         "step_fraction": trusted.step_fraction,
-        "channel_p_value": noise.channel_p_value,
-        "ranking_rule": channel_rule(noise),
+        "channel_p_value": noise_model.channel_p_value,
+        "ranking_rule": channel_rule(noise_model),
         "ap": {m: float(average_precision_score(flipped, v)) for m, v in scores.items()},
     }
 
