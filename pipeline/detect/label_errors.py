@@ -307,8 +307,8 @@ def find_label_errors(
             taken as correct, the model's outputs on it are out-of-sample, and a
             vector-scaling map fitted there replaces the temperature fitted on the noisy
             training labels (``benchmarks/RESULTS.md``, "Calibrated flagged set": counts
-            within +-25% in 0.80 of development runs against 0.59 without, clean data
-            flagged 0.6% against 0.9%, class-conditional counts 0.98x against 0.57x).
+            within +-25% in 0.81 of development runs against 0.58 without, clean data
+            flagged 0.1% against 0.9%, class-conditional counts 0.98x against 0.57x).
             Evaluation labels with the training data's own noise make the count fall
             short: pass ``NoiseModelOptions(calibration="train")`` for them.
         noise_options: how the label-noise model behind ``is_suspect`` and the suggestion
@@ -335,7 +335,9 @@ def find_label_errors(
         without it). ``df.attrs`` holds ``n_estimated_errors``, ``expected_errors`` (the
         unrounded sum), ``method``, ``damping``, ``noise_temperature`` and
         ``noise_transition`` (``T[c][j] = P(given j | true c)``), ``noise_calibration``
-        (``"eval"`` or ``"train"``) and ``noise_calibration_rows`` and, for the filtered
+        (``"eval"`` or ``"train"``), ``noise_calibration_rows``, ``noise_probability``
+        (posterior probability that any label is wrong against none; 1.0 with the
+        training-label calibration) and, for the filtered
         rankings, ``filter_step_fraction`` (how far along the filter step the trust region
         let the ranking go; 1 = all of it, 0 = none).
 
@@ -453,6 +455,7 @@ def _compute_frame(
             "noise_transition": noise.transition.round(6).tolist(),
             "noise_calibration": noise.calibration,
             "noise_calibration_rows": 0 if noise.scaling is None else noise.scaling.n_rows,
+            "noise_probability": noise.noise_probability,
             "filter_step_fraction": None if fm is None else fm.step_fraction,
             "channel_p_value": noise.channel_p_value,
             "ranking_rule": channel_rule(noise) if method == "filtered_auto" else method,

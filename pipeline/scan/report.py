@@ -207,6 +207,7 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
     for key, name in (
         ("expected_errors", "expected_label_errors"),
         ("noise_calibration_rows", "noise_calibration_rows"),
+        ("noise_probability", "noise_probability"),
     ):
         if ranking.attrs.get(key) is not None:
             metrics[name] = float(ranking.attrs[key])

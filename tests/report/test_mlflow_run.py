@@ -28,6 +28,7 @@ STABLE_METRICS = {
     "n_true_label_errors",
     "expected_label_errors",
     "noise_calibration_rows",
+    "noise_probability",
 }
 
 
@@ -88,6 +89,7 @@ def test_metrics_have_the_same_names_for_every_version(flow_scan: FlowScan) -> N
     # on the scan's labelled evaluation rows
     assert m["n_suspects"] == round(m["expected_label_errors"])
     assert m["noise_calibration_rows"] > 0
+    assert 0.0 <= m["noise_probability"] <= 1.0
     assert m["precision_at_suspects"] * m["n_suspects"] == pytest.approx(
         m["recall_at_suspects"] * m["n_true_label_errors"]
     )
