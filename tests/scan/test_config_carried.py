@@ -12,8 +12,10 @@ import torch
 
 @pytest.fixture(scope="module")
 def loaded() -> object:
-    """A trained 2-layer MLP on digits with its evaluation split, as the load stage gives it."""
+    """A trained 2-layer MLP on digits with 10% flipped training labels (suspects to explain)
+    and a clean evaluation split, as the load stage gives it."""
     from infgate.data import EvalData, TrainingData
+    from infgate.data.training import flip_labels
     from infgate.examples.models import make_classifier, train_classifier
     from infgate.registry import ModelVersionRef, ResolvedData
     from infgate.scan import LoadedScan
@@ -22,7 +24,8 @@ def loaded() -> object:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
-    train = TrainingData(x[:300], y[:300], name="digits")
+    noisy, _ = flip_labels(y[:300], 0.1, 10, np.random.default_rng(0))
+    train = TrainingData(x[:300], noisy, name="digits")
     model = make_classifier(64, 10, hidden=(8,), generator=torch.Generator().manual_seed(0))
     train_classifier(model, torch.as_tensor(train.features), torch.as_tensor(train.labels))
     model.eval()
