@@ -281,10 +281,14 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
             **rec,
             "curve": curve,
         }
+    cl_recall = float(flipped[ranked].sum() / max(flipped.sum(), 1))
     res["cl_find_label_issues_set"] = {
         "n_flagged": len(ranked),
         "precision": float(flipped[ranked].mean()) if len(ranked) else 0.0,
-        "recall": float(flipped[ranked].sum() / max(flipped.sum(), 1)),
+        "recall": cl_recall,
+        "default_precision_at_this_recall": precision_at_recall(
+            flipped[np.argsort(-scores[DEFAULT], kind="stable")], cl_recall
+        ),
     }
     res["test_acc_noisy"] = float((probs(model, xtt).argmax(1) == yte).mean())
     print(f"{cfg} done: flagged {ours_set['n_flagged']} for {int(flipped.sum())}", flush=True)
@@ -391,11 +395,26 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
             "n_flagged": len(ranked),
             "precision": float(flipped[ranked].mean()) if len(ranked) else 0.0,
             "recall": float(flipped[ranked].sum() / max(flipped.sum(), 1)),
+            # df is in rank order: the default ranking's precision at cleanlab's recall
+            "default_precision_at_this_recall": precision_at_recall(
+                flipped[ids], float(flipped[ranked].sum() / max(flipped.sum(), 1))
+            ),
         },
         "timings": {"train": train_s, "find_label_errors": ours_s, "cleanlab_cv": cl_s},
     }
     print(f"{cfg} done: flagged {ours['n_flagged']} for {int(flipped.sum())}", flush=True)
     return res
+
+
+def precision_at_recall(flipped_in_rank_order: np.ndarray, recall: float) -> float | None:
+    """Precision of the shortest top-k of a ranking whose recall reaches ``recall``: what the
+    flagged set would have had at cleanlab's recall, had it been sized to match."""
+    hits = np.cumsum(flipped_in_rank_order)
+    total = hits[-1] if len(hits) else 0
+    if total == 0 or recall <= 0:
+        return None
+    k = int(np.searchsorted(hits, np.ceil(recall * total - 1e-9))) + 1
+    return float(hits[k - 1] / k)
 
 
 def ece_floor(confidence: np.ndarray, draws: int = 100) -> float | None:
@@ -561,6 +580,17 @@ def _flagged_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             np.mean([r["cl_find_label_issues_set"]["precision"] for r in noisy])
         ),
         "cleanlab_recall": float(np.mean([r["cl_find_label_issues_set"]["recall"] for r in noisy])),
+        # the default ranking cut at cleanlab's recall, run by run (precision at equal recall)
+        "default_precision_at_cleanlab_recall": float(
+            np.mean(
+                [
+                    r["cl_find_label_issues_set"]["default_precision_at_this_recall"]
+                    for r in noisy
+                    if r["cl_find_label_issues_set"].get("default_precision_at_this_recall")
+                    is not None
+                ]
+            )
+        ),
         "cleanlab_within_25pct": float(
             np.mean(
                 [
