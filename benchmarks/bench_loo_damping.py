@@ -18,6 +18,14 @@ rows never trained on, noise or not. Writes ``benchmarks/results/loo_damping.jso
 rankings: AP of the leave-one-out loss and margin and of ``find_label_errors``' default
 ranking at each damping, against the in-sample loss. Writes
 ``benchmarks/results/loo_damping_ranking.json`` (about 4 minutes).
+
+``--leverage``: at the weight-decay damping, the leave-one-out step's leverage correction
+``(I - L_i M_i / n)^{-1}`` against variants, on the grid's networks with seeds 100-101: the
+correction's eigenvalues (of the symmetric ``K = M^{1/2} L M^{1/2} / n``) clipped at 0.5 /
+0.8 / 0.95, and no correction (the plain Newton step ``M r / n``). With an approximate
+curvature (EK-FAC) ``H`` can fall below a row's own ``H_i / n`` and ``K`` exceed 1, where the
+correction turns the step around. Writes ``benchmarks/results/loo_leverage.json``
+(about 3 minutes).
 """
 
 from __future__ import annotations
@@ -146,7 +154,125 @@ def main_ranking() -> None:
             print("  ", {k: round(v, 3) for k, v in b.items()})
 
 
+LEVERAGE_VARIANTS = {"current": None, "clip0.5": 0.5, "clip0.8": 0.8, "clip0.95": 0.95}
+
+
+def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from infgate.detect import approximate_loo
+    from infgate.detect import loo as loo_module
+    from infgate.detect.calibrate import fit_noise_model
+    from infgate.detect.eval_influence import eval_probabilities
+    from infgate.examples.networks import TrainOptions, flip_labels, train_network
+    from infgate.influence import InfluenceScorer
+    from sklearn.metrics import average_precision_score
+
+    torch.set_num_threads(1)
+    kind, seed = cfg["network"], cfg["seed"]
+    x_all, y_all, k = grid._network_data(kind, seed)
+    x, y_clean = x_all[: grid.NET_N], y_all[: grid.NET_N]
+    ev = (x_all[grid.NET_N :], y_all[grid.NET_N :])
+    if cfg["noise"] == "clean":
+        y = y_clean.clone()
+    else:
+        y, _ = flip_labels(y_clean, float(cfg["noise"].split("_")[1]), classes=k, seed=seed)
+    opts = TrainOptions(epochs=grid.NET_EPOCHS, lr=3e-3, weight_decay=grid.WD, seed=seed)
+    model = train_network(grid._network(kind, k, seed), x, y, opts)
+    scorer = InfluenceScorer(model, (x, y), damping=grid.WD, progress=False)
+    probs: dict[str, list[np.ndarray]] = {v: [] for v in [*LEVERAGE_VARIANTS, "none"]}
+    top_eig: list[np.ndarray] = []
+    original = loo_module._loo_batch
+
+    def variants(engine: Any, backend: Any, n: int, start: int, xb: Any, yb: Any) -> Any:
+        piece = loo_module.leverage_backend(backend).output_leverage(
+            engine, start, xb, yb, loo_module._ce_residual(yb)
+        )
+        logits = piece.logits.double()
+        p = torch.softmax(logits, 1)
+        r = loo_module._ce_residual(yb)(logits).unsqueeze(2)
+        lev = 0.5 * (piece.leverage + piece.leverage.transpose(1, 2)).double()
+        cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+        w, v = torch.linalg.eigh(lev)
+        root = v @ torch.diag_embed(w.clamp_min(0.0).sqrt()) @ v.transpose(1, 2)
+        kw, kv = torch.linalg.eigh(root @ cov @ root / n)
+        top_eig.append(kw[:, -1].numpy())
+        eye = torch.eye(p.shape[1], dtype=torch.float64)
+        for name, cap in LEVERAGE_VARIANTS.items():
+            if cap is None:
+                delta = lev @ torch.linalg.solve(eye - cov @ lev / n, r)
+            else:
+                inv = kv @ torch.diag_embed(1.0 / (1.0 - kw.clamp(max=cap))) @ kv.transpose(1, 2)
+                delta = root @ inv @ root @ r
+            probs[name].append(torch.softmax(logits + delta.squeeze(2) / n, 1).numpy())
+        probs["none"].append(torch.softmax(logits + (lev @ r).squeeze(2) / n, 1).numpy())
+        return original(engine, backend, n, start, xb, yb)
+
+    loo_module._loo_batch = variants  # type: ignore[assignment]
+    try:
+        loo = approximate_loo(scorer)
+    finally:
+        loo_module._loo_batch = original  # type: ignore[assignment]
+    assert np.allclose(np.concatenate(probs["current"]), loo.loo_probs, atol=1e-6)
+    reference = eval_probabilities(scorer, ev)
+    assert reference is not None
+    flipped = (y != y_clean).numpy()
+    labels = y.numpy()
+    rows = np.arange(len(labels))
+    eig = np.concatenate(top_eig)
+    out = {}
+    for name, parts in probs.items():
+        q = np.concatenate(parts)
+        p_given = q[rows, labels]
+        out[name] = {
+            "expected_errors": float(
+                fit_noise_model(q, labels, reference=reference).expected_errors
+            ),
+            "clean_rows_below_0.01": int(((p_given < 0.01) & ~flipped).sum()),
+            "loo_loss_ap": float(average_precision_score(flipped, -p_given))
+            if flipped.any()
+            else None,
+        }
+    print(cfg, "done", flush=True)
+    return {
+        **cfg,
+        "n_flipped": int(flipped.sum()),
+        "back_end": scorer.backend.name,
+        "largest_K_eigenvalue": {
+            "median": float(np.median(eig)),
+            "share_above_1": float((eig > 1).mean()),
+        },
+        "variants": out,
+    }
+
+
+def main_leverage() -> None:
+    configs = [
+        {"network": kind, "noise": noise, "seed": seed}
+        for kind in grid.NETWORKS
+        for noise in ("clean", "uniform_0.1", "uniform_0.2")
+        for seed in (100, 101)
+    ]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2) as pool:
+        rows = list(pool.map(run_leverage, configs))
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loo_leverage.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    for r in rows:
+        print(r["network"], r["noise"], r["seed"], r["back_end"], r["largest_K_eigenvalue"])
+        for name, v in r["variants"].items():
+            print(
+                "  ", name, {k: (round(x, 3) if isinstance(x, float) else x) for k, x in v.items()}
+            )
+
+
 def main() -> None:
+    if "--leverage" in sys.argv[1:]:
+        main_leverage()
+        return
     if "--ranking" in sys.argv[1:]:
         main_ranking()
         return
