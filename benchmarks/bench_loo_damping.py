@@ -181,6 +181,7 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
     scorer = InfluenceScorer(model, (x, y), damping=grid.WD, progress=False)
     probs: dict[str, list[np.ndarray]] = {v: [] for v in [*LEVERAGE_VARIANTS, "none"]}
     top_eig: list[np.ndarray] = []
+    traces: list[np.ndarray] = []
     original = loo_module._loo_batch
 
     def variants(engine: Any, backend: Any, n: int, start: int, xb: Any, yb: Any) -> Any:
@@ -196,6 +197,7 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
         root = v @ torch.diag_embed(w.clamp_min(0.0).sqrt()) @ v.transpose(1, 2)
         kw, kv = torch.linalg.eigh(root @ cov @ root / n)
         top_eig.append(kw[:, -1].numpy())
+        traces.append(kw.sum(1).numpy())
         eye = torch.eye(p.shape[1], dtype=torch.float64)
         for name, cap in LEVERAGE_VARIANTS.items():
             if cap is None:
@@ -219,6 +221,13 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
     labels = y.numpy()
     rows = np.arange(len(labels))
     eig = np.concatenate(top_eig)
+    # effective parameters the factored curvature claims, sum_k e_k / (e_k + damping), against
+    # the most an exact curvature of n rows and C classes can have, n (C - 1)
+    backend = scorer.backend
+    eigen = [layer.eigenvalues.double().flatten() for layer in getattr(backend, "layers", [])]
+    if getattr(backend, "block", None) is not None:
+        eigen.append(backend.block.diag.double().flatten())
+    dof = float(sum((e / (e + backend.damping)).sum() for e in eigen).item()) if eigen else None
     out = {}
     for name, parts in probs.items():
         q = np.concatenate(parts)
@@ -241,6 +250,9 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
             "median": float(np.median(eig)),
             "share_above_1": float((eig > 1).mean()),
         },
+        "sum_trace_K": float(np.concatenate(traces).sum()),
+        "effective_parameters": dof,
+        "rank_bound_n_times_C_minus_1": len(labels) * (k - 1),
         "variants": out,
     }
 
@@ -262,7 +274,19 @@ def main_leverage() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "loo_leverage.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     for r in rows:
-        print(r["network"], r["noise"], r["seed"], r["back_end"], r["largest_K_eigenvalue"])
+        print(
+            r["network"],
+            r["noise"],
+            r["seed"],
+            r["back_end"],
+            r["largest_K_eigenvalue"],
+            "sum tr K",
+            round(r["sum_trace_K"], 1),
+            "effective parameters",
+            r["effective_parameters"],
+            "rank bound",
+            r["rank_bound_n_times_C_minus_1"],
+        )
         for name, v in r["variants"].items():
             print(
                 "  ", name, {k: (round(x, 3) if isinstance(x, float) else x) for k, x in v.items()}
