@@ -25,7 +25,11 @@ correction's eigenvalues (of the symmetric ``K = M^{1/2} L M^{1/2} / n``) clippe
 0.8 / 0.95, and no correction (the plain Newton step ``M r / n``). With an approximate
 curvature (EK-FAC) ``H`` can fall below a row's own ``H_i / n`` and ``K`` exceed 1, where the
 correction turns the step around. Writes ``benchmarks/results/loo_leverage.json``
-(about 3 minutes).
+(about 3 minutes). With ``--trust`` each run also checks the plain step against the network
+itself, the product's trust-region test for the filter step applied to leave-one-out: on 32
+seeded rows, the mean total variation between the linearized ``z_i + t M_i r_i / n`` and the
+network run at ``theta + t H^{-1} g_i / n``, for ``t = 1, 1/2, ..., 1/128``, and the count at
+the largest ``t`` within the filter's tolerance (0.05).
 """
 
 from __future__ import annotations
@@ -241,11 +245,13 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
             if flipped.any()
             else None,
         }
+    trust = _plain_step_trust(scorer, x, y, probs["none"], loo.probs, labels, reference)
     print(cfg, "done", flush=True)
     return {
         **cfg,
         "n_flipped": int(flipped.sum()),
         "back_end": scorer.backend.name,
+        "plain_step_trust": trust,
         "largest_K_eigenvalue": {
             "median": float(np.median(eig)),
             "share_above_1": float((eig > 1).mean()),
@@ -255,6 +261,51 @@ def run_leverage(cfg: dict[str, Any]) -> dict[str, Any]:
         "rank_bound_n_times_C_minus_1": len(labels) * (k - 1),
         "variants": out,
     }
+
+
+TRUST_FRACTIONS = tuple(0.5**k for k in range(8))
+
+
+def _plain_step_trust(
+    scorer: Any,
+    x: Any,
+    y: Any,
+    plain: list[np.ndarray],
+    insample: np.ndarray,
+    labels: np.ndarray,
+    reference: Any,
+) -> dict[str, Any] | None:
+    """The filter's trust-region test on the plain leave-one-out step (``--trust`` only)."""
+    import torch
+    from infgate.detect.calibrate import fit_noise_model
+    from infgate.detect.filtered import TRUST_TOLERANCE
+
+    if "--trust" not in sys.argv[1:]:
+        return None
+    engine, n = scorer.engine, len(labels)
+    logits = np.log(np.clip(insample, 1e-300, 1.0))
+    delta = np.log(np.clip(np.concatenate(plain), 1e-300, 1.0)) - logits  # softmax-invariant
+    rows = np.random.default_rng(0).choice(n, 32, replace=False)
+    xs, ys = x[torch.as_tensor(rows)], y[torch.as_tensor(rows)]
+    grads = engine.per_example_grads(0, xs, ys)
+    step = scorer.backend.solve(grads).double() / n
+    theta = engine.flatten(engine.params).double()
+    tv = {}
+    with torch.no_grad():
+        for t in TRUST_FRACTIONS:
+            total = 0.0
+            for j, row in enumerate(rows):
+                params = engine.unflatten((theta + t * step[j]).to(engine.device, engine.dtype))
+                net = torch.softmax(engine.forward(params, xs[j : j + 1]).double()[0], 0)
+                lin = torch.softmax(torch.as_tensor(logits[row] + t * delta[row]), 0)
+                total += float(0.5 * (lin - net).abs().sum())
+            tv[t] = total / len(rows)
+    pick = next((t for t in TRUST_FRACTIONS if tv[t] <= TRUST_TOLERANCE), 0.0)
+    z = logits + pick * delta
+    q = np.exp(z - z.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    count = float(fit_noise_model(q, labels, reference=reference).expected_errors)
+    return {"tv_by_fraction": tv, "trusted_fraction": pick, "expected_errors_at_it": count}
 
 
 def main_leverage() -> None:
@@ -287,6 +338,8 @@ def main_leverage() -> None:
             "rank bound",
             r["rank_bound_n_times_C_minus_1"],
         )
+        if r["plain_step_trust"] is not None:
+            print("   plain-step trust:", r["plain_step_trust"])
         for name, v in r["variants"].items():
             print(
                 "  ", name, {k: (round(x, 3) if isinstance(x, float) else x) for k, x in v.items()}
