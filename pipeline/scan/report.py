@@ -87,9 +87,11 @@ def summary_markdown(
     top: pd.DataFrame,
     curvature: dict[str, Any] | None = None,
     html_report: Path | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> str:
-    """A short Markdown summary: verdict, counts, every gate check and the top suspects as
-    tables, and where the HTML report is."""
+    """A short Markdown summary: verdict, counts, the label-noise model behind the count
+    (``noise``: the ranking's ``attrs``), every gate check and the top suspects as tables,
+    and where the HTML report is."""
     head = "BLOCKED" if not verdict.passed else "PASSED"
     lines = [
         f"# infgate scan {scan_id if scan_id is not None else '(not stored)'}: {model} — "
@@ -98,6 +100,17 @@ def summary_markdown(
         f"- training examples: {n_rows:,}",
         f"- suspected label errors: {n_suspects:,} ({n_suspects / max(n_rows, 1):.1%})",
     ]
+    if noise and noise.get("expected_errors") is not None:
+        rows = int(noise.get("noise_calibration_rows") or 0)
+        source = (
+            f"calibrated on {rows:,} labelled evaluation rows"
+            if noise.get("noise_calibration") == "eval"
+            else "fitted on the training labels alone"
+        )
+        lines.append(
+            f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
+            f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
+        )
     if mismatch is not None:
         lines.append(
             f"- train vs eval mismatch: p = {float(mismatch.p_value):.3g} "
@@ -311,6 +324,7 @@ def write_report(
         top=head,
         curvature=curvature,
         html_report=html_path,
+        noise={str(k): v for k, v in ranking.attrs.items()},
     )
     (directory / "summary.md").write_text(md, encoding="utf-8")
     files.append(directory / "summary.md")

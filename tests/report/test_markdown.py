@@ -29,3 +29,27 @@ def test_summary_renders_checks_and_suspects_as_tables(flow_scan: FlowScan) -> N
     n_suspects = int(flow_scan.summary["n_suspects"])
     assert suspects.split("</table>")[0].count("<tr>") == min(n_suspects, 20) + 1
     assert "report.html" in text
+    # the count's source: the noise model, its evidence for any noise, its calibration
+    line = next(x for x in text.splitlines() if x.startswith("- label-noise model:"))
+    assert "expected label errors" in line and "P(any label wrong)" in line
+    assert "labelled evaluation rows" in line or "training labels alone" in line
+
+
+def test_summary_names_the_noise_model_behind_the_count() -> None:
+    from infgate.gate import GateVerdict
+    from infgate.scan.report import summary_markdown
+
+    verdict = GateVerdict("passed")
+    common = dict(model="m v1", scan_id=1, n_rows=300, n_suspects=0, verdict=verdict,
+                  mismatch=None, top=pd.DataFrame())  # fmt: skip
+    evald = {"expected_errors": 0.04, "noise_probability": 0.016, "noise_calibration": "eval",
+             "noise_calibration_rows": 100}  # fmt: skip
+    text = summary_markdown(**common, noise=evald)  # type: ignore[arg-type]
+    assert (
+        "- label-noise model: 0.0 expected label errors, P(any label wrong) 0.016 "
+        "(calibrated on 100 labelled evaluation rows)"
+    ) in text
+    train = {"expected_errors": 12.3, "noise_probability": 1.0, "noise_calibration": "train"}
+    text = summary_markdown(**common, noise=train)  # type: ignore[arg-type]
+    assert "12.3 expected label errors, P(any label wrong) 1 (fitted on the training labels" in text
+    assert "label-noise model" not in summary_markdown(**common)  # type: ignore[arg-type]
