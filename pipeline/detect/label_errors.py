@@ -88,6 +88,10 @@ LABEL_ERROR_COLUMNS = [
 _EPS = 1e-12
 
 
+#: share of rows with leave-one-out leverage >= 1 above which a warning is logged
+LEVERAGE_WARNING_RATE = 0.01
+
+
 def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Normalized margin, flipped so higher = more suspicious: ``max_{c != y} p_c - p_y``."""
     idx = np.arange(len(labels))
@@ -337,7 +341,9 @@ def find_label_errors(
         ``noise_transition`` (``T[c][j] = P(given j | true c)``), ``noise_calibration``
         (``"eval"`` or ``"train"``), ``noise_calibration_rows``, ``noise_probability``
         (posterior probability that any label is wrong against none; 1.0 with the
-        training-label calibration) and, for the filtered
+        training-label calibration), ``loo_leverage_violation_rate`` (share of rows whose
+        leave-one-out leverage is 1 or more, :attr:`LooOutputs.leverage`: their count and
+        confidence are unreliable; logged as a warning above 1%) and, for the filtered
         rankings, ``filter_step_fraction`` (how far along the filter step the trust region
         let the ranking go; 1 = all of it, 0 = none).
 
@@ -399,6 +405,17 @@ def find_label_errors(
         nb = neighbour_disagreement(penultimate_features(model, scorer.train), out.labels)
     reference = None if eval_data is None else eval_probabilities(scorer, eval_data)
     noise = fit_noise_model(out.loo_probs, out.labels, options=noise_options, reference=reference)
+    if out.leverage_violation_rate > LEVERAGE_WARNING_RATE:
+        log.warning(
+            "leave-one-out leverage is 1 or more for %.0f%% of the rows with back-end %r: the "
+            "fitted curvature under-represents their own directions, so their leave-one-out "
+            "probabilities, and the suspect count and confidence built on them, are not to be "
+            "trusted (the ranking does not use them); an exact back-end (method='exact', "
+            "params= a subset that fits) does not have this (benchmarks/RESULTS.md, "
+            "'Leave-one-out damping on networks')",
+            100 * out.leverage_violation_rate,
+            scorer.backend.name,
+        )
     ids = example_ids(train, len(out.labels))
     return _compute_frame(out, method, fm, ids, scorer, noise, ev, nb)
 
@@ -456,6 +473,7 @@ def _compute_frame(
             "noise_calibration": noise.calibration,
             "noise_calibration_rows": 0 if noise.scaling is None else noise.scaling.n_rows,
             "noise_probability": noise.noise_probability,
+            "loo_leverage_violation_rate": out.leverage_violation_rate,
             "filter_step_fraction": None if fm is None else fm.step_fraction,
             "channel_p_value": noise.channel_p_value,
             "ranking_rule": channel_rule(noise) if method == "filtered_auto" else method,

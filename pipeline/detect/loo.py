@@ -62,6 +62,11 @@ class LooOutputs:
         expected_influence: label-free ``E_{y ~ p^{(-i)}}[g_y^T H_{-i}^{-1} g_y]
             = tr(L_i^{(-i)} M_i (I - L_i M_i / n)^{-1})`` at the leave-one-out fit, what the
             mismatch detector's per-example score would be on a fresh example, ``(n,)``.
+        leverage: the largest eigenvalue of ``L_i M_i / n``, ``(n,)``. Below 1 whenever the
+            curvature is exact (``H - H_i / n`` stays positive definite); 1 or more means the
+            fitted curvature under-represents the row's own directions (a factored
+            back-end: EK-FAC, K-FAC), where the leverage correction turns the step around and
+            the row's leave-one-out probabilities are not to be trusted.
     """
 
     labels: np.ndarray
@@ -71,6 +76,12 @@ class LooOutputs:
     grad_norm: np.ndarray
     solved_norm: np.ndarray
     expected_influence: np.ndarray
+    leverage: np.ndarray
+
+    @property
+    def leverage_violation_rate(self) -> float:
+        """Share of rows whose leverage is 1 or more (0.0 with an exact curvature)."""
+        return float((self.leverage >= 1.0).mean()) if len(self.leverage) else 0.0
 
     @classmethod
     def concat(cls, parts: list[LooOutputs]) -> LooOutputs:
@@ -122,8 +133,12 @@ def _loo_batch(
     lev = 0.5 * (piece.leverage + piece.leverage.transpose(1, 2))
     cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # L_i
     eye = torch.eye(c, dtype=torch.float64, device=logits.device).expand(b, c, c)
+    lm = cov @ lev / n
+    # L M / n is similar to the PSD M^{1/2} L M^{1/2} / n: real, non-negative eigenvalues
+    # (O(C^3) per row, the order of the solve below)
+    top = torch.linalg.eigvals(lm).real.max(dim=1).values.clamp_min(0.0)
     # (I - L M / n)^{-1} r, then M (...) / n
-    inner = torch.linalg.solve(eye - cov @ lev / n, r.unsqueeze(2))
+    inner = torch.linalg.solve(eye - lm, r.unsqueeze(2))
     delta = (lev @ inner).squeeze(2) / n
     p_loo = torch.softmax(logits + delta, dim=1)
     cov_loo = torch.diag_embed(p_loo) - p_loo.unsqueeze(2) * p_loo.unsqueeze(1)
@@ -139,6 +154,7 @@ def _loo_batch(
         "grad_norm": piece.grad_norm.cpu().numpy(),
         "solved_norm": piece.solved_norm.cpu().numpy(),
         "expected_influence": ei.cpu().numpy(),
+        "leverage": top.cpu().numpy(),
     }
 
 

@@ -111,6 +111,13 @@ def summary_markdown(
             f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
             f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
         )
+        bad = float(noise.get("loo_leverage_violation_rate") or 0.0)
+        if bad > 0.01:
+            lines.append(
+                f"- ⚠ leave-one-out leverage >= 1 on {bad:.0%} of the rows: the curvature "
+                "under-represents them, so the suspect count and confidence are unreliable "
+                "on this model (the ranking is not affected)"
+            )
     if mismatch is not None:
         lines.append(
             f"- train vs eval mismatch: p = {float(mismatch.p_value):.3g} "
@@ -221,6 +228,7 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
         ("expected_errors", "expected_label_errors"),
         ("noise_calibration_rows", "noise_calibration_rows"),
         ("noise_probability", "noise_probability"),
+        ("loo_leverage_violation_rate", "loo_leverage_violation_rate"),
     ):
         if ranking.attrs.get(key) is not None:
             metrics[name] = float(ranking.attrs[key])

@@ -29,6 +29,7 @@ STABLE_METRICS = {
     "expected_label_errors",
     "noise_calibration_rows",
     "noise_probability",
+    "loo_leverage_violation_rate",
 }
 
 
