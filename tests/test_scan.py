@@ -157,12 +157,24 @@ def _promote_refuses_until_every_blocking_finding_is_decided(
 def test_shifted_eval_data_fails_the_mismatch_check(
     noisy_version: NoisyVersion, tmp_path: Path
 ) -> None:
+    """On a version of its own: a scan writes its verdict onto the version's tags, and the
+    shared ``noisy`` version's tags are what the blocked-version story above reads (run after
+    this test, that story read this scan's mismatch reason; pytest-randomly seed
+    3744825250)."""
     import numpy as np
     import pandas as pd
+    from infgate.examples.demo_registry import register_model_with_data
     from infgate.scan import run_scan
     from infgate.store import Store
 
-    train = pd.read_parquet(noisy_version.data_path)
+    own = register_model_with_data(
+        noisy_version.digits.data,  # type: ignore[arg-type]
+        name="noisy-shifted-eval",
+        workdir=tmp_path / "model",
+        tracking_uri=noisy_version.server.uri,
+        true_labels=noisy_version.digits.clean,
+    )
+    train = pd.read_parquet(own.data_path)
     features = [c for c in train.columns if c.startswith("f")]
     shifted = train.head(150).copy()
     shifted[features] = 1.0 - shifted[features].to_numpy()  # inverted images
@@ -175,7 +187,7 @@ def test_shifted_eval_data_fails_the_mismatch_check(
     from infgate.settings import Settings
 
     out = run_scan(
-        f"models:/noisy/{noisy_version.version}",
+        f"models:/{own.name}/{own.version}",
         eval_uri=str(eval_path),
         store=store,
         config=ScanConfig().with_overrides(**{"report.log_to_mlflow": False}),
