@@ -87,7 +87,12 @@ def test_csrf_token_is_required_with_a_session_cookie(
     client = _app(queued)
     csrf = _sign_in(client, annotators["alice"])
     item = _next_id(client)
-    for extra in ({}, {"csrf_token": "x" * 43}, {"csrf_token": csrf[:-1] + "A"}):
+    # one character changed at position 0, which carries a full 6 bits of the
+    # HMAC (the last character of a 32-byte urlsafe-base64 digest carries only
+    # 4, so replacing it with "A" left the token unchanged 1 time in 16)
+    tampered = ("B" if csrf[0] == "A" else "A") + csrf[1:]
+    assert tampered != csrf
+    for extra in ({}, {"csrf_token": "x" * 43}, {"csrf_token": tampered}):
         r = client.post("/decide", data={"item_id": str(item), "decision": "keep", **extra})
         assert r.status_code == 403 and "CSRF" in r.text
     body = {"item_id": item, "action": "keep"}
