@@ -256,10 +256,15 @@ def filtered_logits_linearized(
     tangent = engine.unflatten(step.to(engine.device, engine.dtype))
     # The fused attention kernels (the transformer encoder's fast path, flash/efficient
     # SDPA) have no forward-mode rule: run the math path for this pass, then restore.
+    # oneDNN's CPU LSTM kernel has no forward-mode rule either: the native kernel has.
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with (
+            torch.no_grad(),
+            sdpa_kernel(SDPBackend.MATH),
+            torch.backends.mkldnn.flags(enabled=False),
+        ):
             batches = (
                 (s, tuple(t.cpu() for t in jvp(
                     lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,)

@@ -9,7 +9,9 @@ the caller's module is never mutated. This works for any ``nn.Module``, includin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from infgate.errors import InvalidInputError, ModelStateError, NonFiniteError
@@ -29,6 +31,23 @@ def _vmappable_attention() -> contextlib.AbstractContextManager[None]:
     """Scaled-dot-product attention through its math kernel: the fused CPU/flash kernels
     have no vmap batching rule, so per-example passes would fall back to a Python loop."""
     return sdpa_kernel(SDPBackend.MATH)
+
+
+#: model classes whose vmap fallback has been warned about (once per process)
+_WARNED_FALLBACK: set[str] = set()
+
+
+def _no_batching_rule(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``torch.func.vmap`` failing on an op, not the model failing.
+
+    Recurrent layers are the common case: the native RNN/GRU/LSTM kernels write their
+    hidden state in place (``output with shape [1, H] doesn't match the broadcast shape
+    [B, 1, H]``) and some kernels have no batching rule at all."""
+    text = str(exc)
+    return isinstance(exc, NotImplementedError) or any(
+        k in text
+        for k in ("doesn't match the broadcast shape", "batching rule", "vmap", "BatchedTensor")
+    )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -128,6 +147,8 @@ class GradientEngine:
         self.shapes = [self.params[n].shape for n in self.names]
         self.sizes = [self.params[n].numel() for n in self.names]
         self.n_params = sum(self.sizes)
+        #: why per-example passes run one example at a time (``None``: batched with vmap)
+        self.vmap_fallback: str | None = None
         if device.type != "cpu" and next(iter(model.parameters())).device != device:
             # Constants of a GraphModule live on the module; run a copy on the device.
             import copy
@@ -182,8 +203,7 @@ class GradientEngine:
     def per_example_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, P)`` gradients of each example's loss w.r.t. the selected parameters."""
         self.checked_outputs(start, x, y)
-        with _vmappable_attention():
-            g = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.params, x, y)
+        g = self._per_example(grad(self._loss_one), x, y)
         flat = self.flatten(g, batch_dims=1)
         self._check_finite(start, flat, "gradients")
         return flat
@@ -194,8 +214,7 @@ class GradientEngine:
         def f(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
             return self.forward(params, xi.unsqueeze(0)).reshape(-1)
 
-        with _vmappable_attention():
-            jac = vmap(jacrev(f), in_dims=(None, 0))(self.params, x)
+        jac = self._per_example(jacrev(f), x)
         return torch.cat(
             [
                 jac[n].reshape(x.shape[0], -1, sz)
@@ -203,6 +222,41 @@ class GradientEngine:
             ],
             dim=-1,
         )
+
+    def _per_example(
+        self, fn: Callable[..., dict[str, torch.Tensor]], *batch: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``fn(params, *example)`` for every example of ``batch``, stacked: one
+        ``torch.func.vmap`` call, or, for a model with an op vmap cannot batch (recurrent
+        layers), one call per example (same numbers, slower; warns once per model class)."""
+        if self.vmap_fallback is None:
+            try:
+                with _vmappable_attention():
+                    out: dict[str, torch.Tensor] = vmap(fn, in_dims=(None, *[0] * len(batch)))(
+                        self.params, *batch
+                    )
+                return out
+            except (RuntimeError, NotImplementedError) as exc:
+                if not _no_batching_rule(exc):
+                    raise
+                self.vmap_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                kind = type(self.model).__name__
+                if kind in _WARNED_FALLBACK:
+                    return self._per_example(fn, *batch)
+                _WARNED_FALLBACK.add(kind)
+                warnings.warn(
+                    f"torch.func.vmap cannot batch this model's per-example passes "
+                    f"({self.vmap_fallback}); computing them one example at a time "
+                    f"(same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        rows: list[dict[str, Any]] = [
+            fn(self.params, *(t[i] for t in batch)) for i in range(batch[0].shape[0])
+        ]
+        if not rows:
+            return {n: self.params[n].new_zeros(0, *self.params[n].shape) for n in self.names}
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
     def factor_grads(self, start: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, K, P)`` rows ``U_b = A_b J_b`` with ``sum_b U_b^T U_b`` = Gauss-Newton sum.

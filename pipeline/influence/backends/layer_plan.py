@@ -22,14 +22,16 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
   indices shared by the batch whose per-example gradients no other table's output carries,
   tables with ``max_norm`` or ``scale_grad_by_freq``; attention key/value biases and
   cross-attention projections; PReLU slopes; a Linear/Conv the forward never calls as a
-  module or one EK-FAC cannot factor (grouped or non-zero-padded convolutions); in a
+  module or one EK-FAC cannot factor (grouped or non-zero-padded convolutions); the
+  weights of recurrent layers (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``, whose native kernels
+  ``vmap`` cannot batch: their per-example gradients run one example at a time); in a
   graph, parameters consumed by other normalisation or elementwise ops. Before fitting, a
   hook check
   (:mod:`~infgate.influence.backends.layer_check`) compares every hooked layer's per-example
   gradients with autograd's on two examples and moves any that disagree (tied weights,
   shared rows) here, with the reason.
-* **Refused**: a parameter of any other kind (recurrent layers, custom modules holding raw
-  parameters, unknown graph ops): :class:`~infgate.errors.InvalidInputError` naming the
+* **Refused**: a parameter of any other kind (custom modules holding raw parameters,
+  unknown graph ops): :class:`~infgate.errors.InvalidInputError` naming the
   module and suggesting ``params=`` to leave it out on purpose. Nothing is dropped silently.
 """
 
@@ -141,6 +143,8 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
                 own.update({n: f"{label}: attention in-projection" for n in proj})
         elif isinstance(module, nn.PReLU):
             own.update({n: f"{label}: PReLU slope" for n in mine})
+        elif isinstance(module, nn.RNNBase):
+            own.update({n: f"{label}: recurrent weights (no Kronecker factors)" for n in mine})
         else:
             refused.append(f"{label} holding {mine[:3]}")
     if refused:

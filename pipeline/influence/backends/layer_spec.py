@@ -59,6 +59,11 @@ _GRAPH_DIAGONAL = (
     "split",
     "chunk",
     "_native_multi_head_attention",
+    # recurrent layers (their weights get a diagonal block, as in an nn.Module's plan)
+    "lstm",
+    "gru",
+    "rnn_tanh",
+    "rnn_relu",
 )
 
 
