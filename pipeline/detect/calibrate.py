@@ -339,6 +339,25 @@ class NoiseModel:
         """Expected number of wrong labels, ``sum_i error_probability_i``."""
         return float(self.error_probability.sum())
 
+    @property
+    def diagonal_margin(self) -> float:
+        """``min_c (T[c, c] - max_{j != c} T[c, j])`` over the given labels' classes.
+
+        A class-conditional channel is identifiable only when it is diagonally dominant:
+        each class's examples keep their label more often than they get any other one
+        (the condition confident learning and the noise-channel literature assume). At 0
+        or below, the fitted channel says some class is more often mislabelled than
+        labelled, which these probabilities cannot tell from a model that is wrong about
+        it: a weak or barely trained model, or leave-one-out steps the curvature
+        overshoots. The count and the flagged set are then not estimates of anything."""
+        t = self.transition
+        k = t.shape[0]
+        if k < 2:
+            return 1.0
+        seen = np.unique(self.labels)
+        off = np.where(np.eye(k, dtype=bool), -np.inf, t).max(axis=1)
+        return float(np.min((np.diag(t) - off)[seen])) if len(seen) else 1.0
+
 
 def _starts(probs: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
     """EM starting channels: three uniform-noise levels and confident learning's joint."""

@@ -343,7 +343,10 @@ def find_label_errors(
         (posterior probability that any label is wrong against none; 1.0 with the
         training-label calibration), ``loo_leverage_violation_rate`` (share of rows whose
         leave-one-out leverage is 1 or more, :attr:`LooOutputs.leverage`: their count and
-        confidence are unreliable; logged as a warning above 1%) and, for the filtered
+        confidence are unreliable; logged as a warning above 1%),
+        ``noise_diagonal_margin`` (:attr:`NoiseModel.diagonal_margin`; at 0 or below the
+        channel is not identifiable, the count is not an estimate and a warning is
+        logged) and, for the filtered
         rankings, ``filter_step_fraction`` (how far along the filter step the trust region
         let the ranking go; 1 = all of it, 0 = none).
 
@@ -416,6 +419,19 @@ def find_label_errors(
             100 * out.leverage_violation_rate,
             scorer.backend.name,
         )
+    if noise.diagonal_margin <= 0.0:
+        log.warning(
+            "the fitted label-noise channel is not diagonally dominant (margin %.3g): it says "
+            "some class is more often mislabelled than labelled, which a model this weak on "
+            "its own training rows (or leave-one-out steps the curvature overshoots) cannot "
+            "tell from its own errors; the suspect count (%.0f of %d rows) is not an estimate "
+            "of the label errors and the flagged set is not to be trusted (the ranking is "
+            "unaffected). Check the model's evaluation accuracy, and pass the training run's "
+            "weight decay as damping",
+            noise.diagonal_margin,
+            noise.expected_errors,
+            len(out.labels),
+        )
     ids = example_ids(train, len(out.labels))
     return _compute_frame(out, method, fm, ids, scorer, noise, ev, nb)
 
@@ -474,6 +490,7 @@ def _compute_frame(
             "noise_calibration_rows": 0 if noise.scaling is None else noise.scaling.n_rows,
             "noise_probability": noise.noise_probability,
             "loo_leverage_violation_rate": out.leverage_violation_rate,
+            "noise_diagonal_margin": noise.diagonal_margin,
             "filter_step_fraction": None if fm is None else fm.step_fraction,
             "channel_p_value": noise.channel_p_value,
             "ranking_rule": channel_rule(noise) if method == "filtered_auto" else method,

@@ -118,6 +118,15 @@ def summary_markdown(
                 "under-represents them, so the suspect count and confidence are unreliable "
                 "on this model (the ranking is not affected)"
             )
+        margin = noise.get("noise_diagonal_margin")
+        if margin is not None and float(margin) <= 0.0:
+            lines.append(
+                f"- ⚠ the label-noise channel is not diagonally dominant (margin "
+                f"{float(margin):.3g}): it says some class is more often mislabelled than "
+                "labelled, so the suspect count is not an estimate of the label errors (a weak "
+                "model, or leave-one-out steps the curvature overshoots; the ranking is not "
+                "affected)"
+            )
     if mismatch is not None:
         lines.append(
             f"- train vs eval mismatch: p = {float(mismatch.p_value):.3g} "
@@ -229,6 +238,7 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
         ("noise_calibration_rows", "noise_calibration_rows"),
         ("noise_probability", "noise_probability"),
         ("loo_leverage_violation_rate", "loo_leverage_violation_rate"),
+        ("noise_diagonal_margin", "noise_diagonal_margin"),
     ):
         if ranking.attrs.get(key) is not None:
             metrics[name] = float(ranking.attrs[key])

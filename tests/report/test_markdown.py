@@ -53,3 +53,8 @@ def test_summary_names_the_noise_model_behind_the_count() -> None:
     text = summary_markdown(**common, noise=train)  # type: ignore[arg-type]
     assert "12.3 expected label errors, P(any label wrong) 1 (fitted on the training labels" in text
     assert "label-noise model" not in summary_markdown(**common)  # type: ignore[arg-type]
+    assert "not diagonally dominant" not in text
+    weak = {**train, "expected_errors": 281.0, "noise_diagonal_margin": -0.63}
+    text = summary_markdown(**common, noise=weak)  # type: ignore[arg-type]
+    assert "not diagonally dominant (margin -0.63)" in text
+    assert "not an estimate of the label errors" in text

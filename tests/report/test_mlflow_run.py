@@ -30,6 +30,7 @@ STABLE_METRICS = {
     "noise_calibration_rows",
     "noise_probability",
     "loo_leverage_violation_rate",
+    "noise_diagonal_margin",
 }
 
 
