@@ -30,6 +30,17 @@ itself, the product's trust-region test for the filter step applied to leave-one
 seeded rows, the mean total variation between the linearized ``z_i + t M_i r_i / n`` and the
 network run at ``theta + t H^{-1} g_i / n``, for ``t = 1, 1/2, ..., 1/128``, and the count at
 the largest ``t`` within the filter's tolerance (0.05).
+
+``--step``: the plain leave-one-out step ``z_i + t M_i r_i / n`` shortened by a scalar
+``t = 2^{-k/2}`` (1 down to 1/128) on the same networks and seeds as ``--leverage``: per
+``t`` the expected count, clean rows below 0.01 and the leave-one-out loss's AP; and two
+rules that would pick ``t`` from the evaluation rows. "add-one-in": add each evaluation row
+to the training data with the same (sign-reversed, leverage-corrected) step at ``t`` and
+take the ``t`` whose median probability of the evaluation row's own label matches the
+training rows' in-sample median; "estimated accuracy": the ``t`` at which the noise model's
+posterior-weighted accuracy of the calibrated leave-one-out prediction on the training
+rows' true labels equals the calibrated accuracy on the evaluation rows. Writes
+``benchmarks/results/loo_step.json`` (about 1 minute).
 """
 
 from __future__ import annotations
@@ -346,7 +357,126 @@ def main_leverage() -> None:
             )
 
 
+STEP_FRACTIONS = tuple(0.5 ** (k / 2) for k in range(15))
+
+
+def run_step(cfg: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from infgate.detect import approximate_loo
+    from infgate.detect import loo as loo_module
+    from infgate.detect.calibrate import fit_noise_model
+    from infgate.detect.eval_influence import eval_probabilities
+    from infgate.examples.networks import TrainOptions, flip_labels, train_network
+    from infgate.influence import InfluenceScorer
+    from sklearn.metrics import average_precision_score
+
+    torch.set_num_threads(1)
+    kind, seed = cfg["network"], cfg["seed"]
+    x_all, y_all, k = grid._network_data(kind, seed)
+    x, y_clean = x_all[: grid.NET_N], y_all[: grid.NET_N]
+    xe, ye = x_all[grid.NET_N :], y_all[grid.NET_N :]
+    if cfg["noise"] == "clean":
+        y = y_clean.clone()
+    else:
+        y, _ = flip_labels(y_clean, float(cfg["noise"].split("_")[1]), classes=k, seed=seed)
+    opts = TrainOptions(epochs=grid.NET_EPOCHS, lr=3e-3, weight_decay=grid.WD, seed=seed)
+    model = train_network(grid._network(kind, k, seed), x, y, opts)
+    scorer = InfluenceScorer(model, (x, y), damping=grid.WD, progress=False)
+    n = len(y)
+
+    def pieces(xb: Any, yb: Any) -> tuple[Any, Any, Any, Any]:
+        piece = loo_module.leverage_backend(scorer.backend).output_leverage(
+            scorer.engine, 0, xb, yb, loo_module._ce_residual(yb)
+        )
+        z = piece.logits.double()
+        lev = 0.5 * (piece.leverage + piece.leverage.transpose(1, 2)).double()
+        p = torch.softmax(z, 1)
+        cov = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+        return z, lev, loo_module._ce_residual(yb)(z).unsqueeze(2), cov
+
+    z0, lev, r, _ = pieces(x, y)
+    plain = (lev @ r).squeeze(2).numpy() / n
+    ze, leve, re, cove = pieces(xe, ye)
+    reference = eval_probabilities(scorer, (xe, ye))
+    assert reference is not None
+    labels, el = y.numpy(), ye.numpy()
+    rows, erows = np.arange(n), np.arange(len(el))
+    flipped = labels != y_clean.numpy()
+    insample = torch.softmax(z0, 1).numpy()[rows, labels]
+    eye = torch.eye(k, dtype=torch.float64)
+    current = approximate_loo(scorer).loo_probs
+    base = fit_noise_model(current, labels, reference=reference)
+    assert base.scaling is not None
+    eval_acc = float((base.scaling.apply(reference[0]).argmax(1) == el).mean())
+    by_t = []
+    for t in STEP_FRACTIONS:
+        zt = z0.numpy() + t * plain
+        q = np.exp(zt - zt.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        nm = fit_noise_model(q, labels, reference=reference)
+        assert nm.scaling is not None
+        est_acc = float(nm.posterior[rows, nm.scaling.apply(q).argmax(1)].mean())
+        added = ze - (t * torch.linalg.solve(eye + t * leve @ cove / n, leve @ re)).squeeze(2) / n
+        q_add = torch.softmax(added, 1).numpy()[erows, el]
+        p_given = q[rows, labels]
+        by_t.append(
+            {
+                "t": t,
+                "expected_errors": float(nm.expected_errors),
+                "clean_rows_below_0.01": int(((p_given < 0.01) & ~flipped).sum()),
+                "loo_loss_ap": float(average_precision_score(flipped, -p_given))
+                if flipped.any()
+                else None,
+                "add_one_in_median": float(np.median(q_add)),
+                "estimated_accuracy": est_acc,
+            }
+        )
+    target = float(np.median(insample))
+    add_pick = min(by_t, key=lambda b: abs(b["add_one_in_median"] - target))
+    acc_pick = min(by_t, key=lambda b: abs(b["estimated_accuracy"] - eval_acc))
+    print(cfg, "done", flush=True)
+    return {
+        **cfg,
+        "n_flipped": int(flipped.sum()),
+        "back_end": scorer.backend.name,
+        "count_current": float(base.expected_errors),
+        "insample_median": target,
+        "eval_accuracy_calibrated": eval_acc,
+        "by_t": by_t,
+        "add_one_in_pick": {"t": add_pick["t"], "count": add_pick["expected_errors"]},
+        "estimated_accuracy_pick": {"t": acc_pick["t"], "count": acc_pick["expected_errors"]},
+    }
+
+
+def main_step() -> None:
+    configs = [
+        {"network": kind, "noise": noise, "seed": seed}
+        for kind in grid.NETWORKS
+        for noise in ("clean", "uniform_0.1", "uniform_0.2")
+        for seed in (100, 101)
+    ]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2) as pool:
+        rows = list(pool.map(run_step, configs))
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loo_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    for r in rows:
+        counts = ", ".join(f"{b['t']:.3g}: {b['expected_errors']:.0f}" for b in r["by_t"][::2])
+        print(
+            f"{r['network']} {r['noise']} s{r['seed']} ({r['back_end']}) flips {r['n_flipped']}"
+            f" now {r['count_current']:.0f}; by t {counts}; add-one-in picks "
+            f"{r['add_one_in_pick']}, estimated accuracy picks {r['estimated_accuracy_pick']}"
+        )
+
+
 def main() -> None:
+    if "--step" in sys.argv[1:]:
+        main_step()
+        return
     if "--leverage" in sys.argv[1:]:
         main_leverage()
         return
