@@ -38,8 +38,8 @@ import torch
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.backends.base import CanFilter
+from infgate.influence.gradients import forward_mode_kernels
 from torch.func import jvp
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "FILTER_STRENGTH",
@@ -254,24 +254,12 @@ def filtered_logits_linearized(
     (one ``torch.func.jvp`` per batch, no per-example Jacobian)."""
     engine = scorer.engine
     tangent = engine.unflatten(step.to(engine.device, engine.dtype))
-    # The fused attention kernels (the transformer encoder's fast path, flash/efficient
-    # SDPA) have no forward-mode rule: run the math path for this pass, then restore.
-    # oneDNN's CPU LSTM kernel has no forward-mode rule either: the native kernel has.
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with (
-            torch.no_grad(),
-            sdpa_kernel(SDPBackend.MATH),
-            torch.backends.mkldnn.flags(enabled=False),
-        ):
-            batches = (
-                (s, tuple(t.cpu() for t in jvp(
-                    lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,)
-                )))
-                for s, x, _ in scorer.train
-            )  # fmt: skip
-            z, dz = _filled(scorer, batches, 2)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
+    with torch.no_grad(), forward_mode_kernels():  # fused kernels lack jvp rules
+        batches = (
+            (s, tuple(t.cpu() for t in jvp(
+                lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,)
+            )))
+            for s, x, _ in scorer.train
+        )  # fmt: skip
+        z, dz = _filled(scorer, batches, 2)
     return z, dz

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["GradientEngine", "ParamSelector", "resolve_device"]
+__all__ = ["GradientEngine", "ParamSelector", "forward_mode_kernels", "resolve_device"]
 
 ParamSelector = Sequence[str] | Sequence[nn.Module] | nn.Module | None
 
@@ -31,6 +31,27 @@ def _vmappable_attention() -> contextlib.AbstractContextManager[None]:
     """Scaled-dot-product attention through its math kernel: the fused CPU/flash kernels
     have no vmap batching rule, so per-example passes would fall back to a Python loop."""
     return sdpa_kernel(SDPBackend.MATH)
+
+
+@contextlib.contextmanager
+def forward_mode_kernels() -> Iterator[None]:
+    """Kernels with forward-mode (``jvp``) rules, for the span of a forward-mode pass.
+
+    Several fused kernels have a reverse-mode rule only: the transformer encoder's fast
+    path, the flash/memory-efficient attention kernels, and oneDNN's CPU LSTM kernel
+    (``mkldnn_rnn_layer``). Inside this context the encoder takes its plain path,
+    attention its math kernel and recurrent layers the native kernel; both switches are
+    restored on exit."""
+    # (mkldnn.flags() would also reset the caller's deterministic/TF32 settings and warn)
+    fast, onednn = torch.backends.mha.get_fastpath_enabled(), torch.backends.mkldnn.enabled
+    torch.backends.mha.set_fastpath_enabled(False)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
 
 
 #: model classes whose vmap fallback has been warned about (once per process)
@@ -278,7 +299,8 @@ class GradientEngine:
         def total(flat: torch.Tensor) -> torch.Tensor:
             return self.objective.loss(self.forward(self.unflatten(flat), x), y).sum()
 
-        return torch.func.hessian(total)(flat0)
+        with forward_mode_kernels():  # hessian = jacfwd(jacrev): forward mode
+            return torch.func.hessian(total)(flat0)
 
     def hvp(self, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Hessian of the batch's summed loss times ``v`` (``(P,)`` or ``(P, k)``)."""
@@ -290,7 +312,8 @@ class GradientEngine:
         def one(vec: torch.Tensor) -> torch.Tensor:
             return torch.func.jvp(torch.func.grad(total), (flat0,), (vec,))[1]
 
-        return one(v) if v.ndim == 1 else vmap(one, in_dims=1, out_dims=1)(v)
+        with forward_mode_kernels():
+            return one(v) if v.ndim == 1 else vmap(one, in_dims=1, out_dims=1)(v)
 
     @staticmethod
     def _check_finite(start: int, values: torch.Tensor, what: str) -> None:

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from infgate.errors import CurvatureError, InvalidInputError
 from infgate.influence.batches import BatchSource
-from infgate.influence.gradients import GradientEngine
+from infgate.influence.gradients import GradientEngine, forward_mode_kernels
 from torch.func import jvp, vjp, vmap
 from tqdm.auto import tqdm
 
@@ -173,7 +173,8 @@ class CurvatureOperator:
         def jv(t: dict[str, torch.Tensor]) -> torch.Tensor:
             return jvp(f, (eng.params,), (t,))[1]
 
-        jvs = vmap(jv)(tangents)  # (k, B, C)
+        with forward_mode_kernels():
+            jvs = vmap(jv)(tangents)  # (k, B, C)
         hjv = torch.einsum("bcd,kbd->kbc", h_out, jvs)
         back = vmap(pullback)(hjv)[0]  # dict of (k, *shape)
         return eng.flatten(back, batch_dims=1).T
