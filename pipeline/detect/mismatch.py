@@ -88,6 +88,7 @@ from infgate.detect.stats import benjamini_hochberg, conformal_p_values
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.batches import BatchSource, DatasetLike
+from infgate.influence.gradients import model_logits
 from torch import nn
 
 __all__ = ["MismatchDetector", "MismatchReport", "detect_mismatch", "glm_reason", "random_twin"]
@@ -262,7 +263,9 @@ class MismatchDetector:
 
     def probs(self, x: torch.Tensor) -> np.ndarray:
         """The trained model's softmax outputs for ``x`` (batched)."""
-        return batched_apply(self.model, x, lambda m, xb: torch.softmax(m(xb).double(), dim=1))
+        return batched_apply(
+            self.model, x, lambda m, xb: torch.softmax(model_logits(m(xb)).double(), dim=1)
+        )
 
     def test(self, eval_data: Any, *, alpha: float = 0.05, max_drivers: int = 10) -> MismatchReport:
         """Test one evaluation batch; see :func:`detect_mismatch`."""
@@ -394,7 +397,7 @@ def detect_mismatch(
     with torch.no_grad():
         p0 = next(model.parameters())
         x0 = x0.to(p0.device, p0.dtype) if x0.is_floating_point() else x0.to(p0.device)
-        n_classes = int(model(x0).shape[1])
+        n_classes = int(model_logits(model(x0)).shape[1])
     parse_eval(eval_data, width=tuple(first[1].shape[1:]), n_classes=n_classes)  # fail fast
     detector = MismatchDetector(
         model,

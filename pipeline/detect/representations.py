@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from infgate.influence.gradients import model_logits
 from torch import nn
 
 __all__ = [
@@ -91,7 +92,7 @@ def last_linear_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(m, nn.Linear)
     ]
     try:
-        out = model(x)
+        out = model_logits(model(x))
     finally:
         for h in hooks:
             h.remove()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,13 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["GradientEngine", "ParamSelector", "forward_mode_kernels", "resolve_device"]
+__all__ = [
+    "GradientEngine",
+    "ParamSelector",
+    "forward_mode_kernels",
+    "model_logits",
+    "resolve_device",
+]
 
 ParamSelector = Sequence[str] | Sequence[nn.Module] | nn.Module | None
 
@@ -52,6 +58,26 @@ def forward_mode_kernels() -> Iterator[None]:
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
         torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
+
+
+def model_logits(out: Any) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, the first item of a tuple or
+    list, or the ``"logits"`` entry of a dict or of a Hugging Face ``ModelOutput``
+    (``out.logits``). Anything else is refused naming what the model returned."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits  # type: ignore[no-any-return]
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
+    raise InvalidInputError(
+        f"the model returned a {type(out).__name__}{keys}; infgate needs its logits: a "
+        f"tensor, a tuple whose first item is the logits, or a dict / ModelOutput with a "
+        f"'logits' entry"
+    )
 
 
 #: model classes whose vmap fallback has been warned about (once per process)
@@ -191,7 +217,7 @@ class GradientEngine:
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, {**self.fixed, **params}, (x,))
+        return model_logits(functional_call(self.model, {**self.fixed, **params}, (x,)))
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.data.validation import check_token_ids, embedding_size, token_extremes
 from infgate.errors import DataResolutionError, DatasetMismatchError
+from infgate.influence.gradients import model_logits
 from infgate.registry.inputs import TAG_CLASSES as TAG_CLASSES
 from infgate.registry.inputs import TAG_IMAGE_SHAPE as TAG_IMAGE_SHAPE
 from infgate.registry.inputs import TAG_LABEL_COLUMN as TAG_LABEL_COLUMN
@@ -371,7 +372,7 @@ def check_data_fits(
     x = x.float() if x.is_floating_point() else x.long()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model_logits(model(x))
     except Exception as e:  # any shape error from an arbitrary model
         cols = f"{plan.describe()} " if plan is not None else ""
         hint = plan.fix_hint() if plan is not None else "choose the feature columns"

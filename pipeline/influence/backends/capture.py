@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from infgate.errors import NonFiniteError
-from infgate.influence.gradients import GradientEngine
+from infgate.influence.gradients import GradientEngine, model_logits
 from torch import nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
@@ -69,7 +69,9 @@ class LayerCapture:
             if self.model is None:
                 self.output = eng.forward(params, self.x)
             else:
-                self.output = functional_call(self.model, {**eng.fixed, **params}, (self.x,))
+                self.output = model_logits(
+                    functional_call(self.model, {**eng.fixed, **params}, (self.x,))
+                )
         eng.objective.check_targets(self.output, self.targets)
         finite = torch.isfinite(self.output.reshape(self.output.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):
