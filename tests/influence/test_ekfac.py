@@ -122,15 +122,40 @@ class _RawParam(nn.Module):
         return self.head(x * self.scale)
 
 
-def test_parameters_of_unknown_kinds_are_refused_naming_the_module(mlp_case):
+class _Transposed(nn.Module):
+    """A transposed convolution and a bilinear head: layers EK-FAC has no factors for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(1, 2, 2, stride=2).double()
+        self.mix = nn.Bilinear(8, 8, 4).double()
+        self.head = nn.Linear(8, 4).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x.reshape(-1, 1, 2, 4)).mean(1).reshape(-1, 4, 8).mean(1)
+        return self.head(h) + self.mix(h, h)
+
+
+@pytest.mark.parametrize("cls", [_RawParam, _Transposed])
+def test_parameters_without_factors_get_their_own_exact_diagonal_block(mlp_case, cls):
+    """Raw parameters of a custom module, transposed convolutions and nn.Bilinear get the
+    Gauss-Newton diagonal (exact per coordinate, checked against the exact matrix's
+    diagonal), named with the module in the choice; the factored head is unaffected."""
     _, x, y, _ = mlp_case
-    model = _RawParam().eval()
-    with pytest.raises(
-        InvalidInputError, match=r"<root> \(_RawParam\) holding \['scale'\].*params="
-    ):
-        self_influence(model, (x, y), method="ekfac", progress=False)
-    res = self_influence(model, (x, y), method="ekfac", params=["head"], progress=False)
-    assert res.details["covered_params"] == 36
+    torch.manual_seed(0)
+    model = cls().eval()
+    scorer = InfluenceScorer(model, (x, y), method="ekfac", progress=False)
+    own = scorer.choice.own_block
+    names = [n for n, _ in model.named_parameters() if not n.startswith("head.")]
+    assert sorted(own) == sorted(names)
+    owner = {n: type(model.get_submodule(n.rpartition(".")[0])).__name__ for n in names}
+    assert all(f"({owner[n]}): a " in own[n] for n in names), own  # names the module
+    assert "head.weight" in scorer.choice.covered
+    exact = InfluenceScorer(model, (x, y), method="exact", params=names, progress=False)
+    d = torch.diagonal(exact.backend.h)  # type: ignore[attr-defined]
+    block = scorer.backend.block  # type: ignore[attr-defined]
+    np.testing.assert_allclose(block.diag.numpy(), d.numpy(), rtol=1e-9, atol=1e-15)
+    assert np.isfinite(scorer.self_influence().scores).all()
 
 
 def test_non_finite_and_bad_options(mlp_case):

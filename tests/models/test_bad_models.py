@@ -1,8 +1,9 @@
 """Bad input on a registered model: one clear line, exit 1, and nothing stored or tagged.
 
-A layer kind ``auto`` cannot map (a custom module holding a raw ``nn.Parameter``), images of
-mixed sizes, token ids outside the embedding, and a model logged in training mode (a pt2
-graph keeps its training-mode batch norm: refused; a pickled module is switched to eval).
+Images of mixed sizes, token ids outside the embedding, and a model logged in training mode
+(a pt2 graph keeps its training-mode batch norm: refused; a pickled module is switched to
+eval). A custom module holding a raw ``nn.Parameter`` is not bad input: it gets its own
+diagonal block, named in the stored choice.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from infgate.examples.networks import TrainOptions, make_network, train_network
 from infgate.examples.registry_models import family_data, png_bytes, register_network
@@ -105,32 +107,28 @@ def _custom_version(flavour: str, server: MlflowServer, tmp_path: Path):  # type
     )
 
 
-def test_custom_raw_parameter_module_is_refused_naming_it(
-    cli, mlflow_server: MlflowServer, tmp_path: Path
+@pytest.mark.parametrize("flavour", ["pickle", "pt2"])
+def test_custom_raw_parameter_gets_a_named_diagonal_block(
+    flavour: str, cli, mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    reg = _custom_version("pickle", mlflow_server, tmp_path)
-    line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path))
-    assert "cannot handle the parameters of custom (RawMix)" in line, line  # names the module
-    assert "custom.mix" in line and "params=" in line, line
-    _untouched(tmp_path, mlflow_server, reg.name, reg.version)
-
-
-def test_custom_raw_parameter_in_a_pt2_graph_gets_a_named_diagonal_block(
-    cli, mlflow_server: MlflowServer, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    """In a pt2 graph the module is gone; its parameter feeds a matmul, which the plan maps
-    to EK-FAC's own diagonal block and says so (nothing dropped silently)."""
+    """A custom module's raw parameter (a pickled module) or the matmul that uses it (a
+    pt2 graph, where the module is gone) has no Kronecker factors: EK-FAC gives it its own
+    diagonal block and says so in the stored choice (nothing dropped silently); both
+    flavours of the same model are scanned alike."""
     from infgate.store import Store
 
-    reg = _custom_version("pt2", mlflow_server, tmp_path)
+    reg = _custom_version(flavour, mlflow_server, tmp_path)
     res = _scan(cli, reg.uri, mlflow_server, tmp_path)
     assert res.code in (0, 2), res
     (info,) = Store.from_url(f"sqlite:///{tmp_path / 'infgate.db'}").list_scans()
     choice = (info.curvature or {})["choice"]
     assert info.method == "ekfac" and choice["method"] == "ekfac"
-    assert choice["own_block"] == {
-        "custom.mix": "custom.mix: used by matmul.default in the pt2 graph"
-    }
+    why = (
+        "custom.mix: used by matmul.default in the pt2 graph"
+        if flavour == "pt2"
+        else "custom (RawMix): a module EK-FAC has no Kronecker factors for"
+    )
+    assert choice["own_block"] == {"custom.mix": why}
     assert "own diagonal block for custom.mix" in choice["reason"]
 
 

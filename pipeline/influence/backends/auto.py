@@ -11,11 +11,11 @@ The rule, stated once:
    in- and out-projections, are Kronecker-factored; norms and embedding tables get exact
    diagonal blocks from the same hooks; every other selected parameter of a known kind
    (position tables shared by the batch, tied weights, cross-attention projections, layers
-   whose weights the forward uses without calling the module) gets its own exact diagonal
-   block from per-example gradients; parameters of unknown kinds are refused with a
-   one-line :class:`~infgate.errors.InvalidInputError` naming the module and suggesting
-   ``params=`` (see :mod:`~infgate.influence.backends.layer_plan`). Works on MLflow ``pt2``
-   GraphModules through the graph's linear/conv/embedding calls.
+   whose weights the forward uses without calling the module, transposed and 3-D
+   convolutions, custom modules holding raw parameters) gets its own exact diagonal block
+   from per-example gradients, named with the reason in ``CurvatureChoice.own_block`` (see
+   :mod:`~infgate.influence.backends.layer_plan`); nothing is dropped silently. Works on
+   MLflow ``pt2`` GraphModules through the graph's linear/conv/embedding calls.
 
 What was chosen and why is a :class:`CurvatureChoice` (``InfluenceScorer.choice``).
 """
@@ -104,7 +104,7 @@ def choose_method(engine: GradientEngine) -> tuple[str, str]:
         )
     from infgate.influence.backends.layer_plan import plan_layers
 
-    plan = plan_layers(engine)  # raises on parameters of unknown kinds
+    plan = plan_layers(engine)
     covered = sum(engine.sizes[engine.names.index(n)] for n in plan.factored_names)
     why = (
         f"{p:,} selected parameters > {AUTO_EXACT_MAX_PARAMS:,} (the exact back-end would peak "

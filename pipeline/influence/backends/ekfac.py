@@ -20,7 +20,7 @@ output-Hessian factor (one backward pass per output), ``"sampled"`` one random p
 same covariance (one backward pass), ``"empirical"`` uses the given labels. For softmax
 cross-entropy the true Fisher equals the Gauss-Newton matrix. Factors and eigendecompositions
 are float64. Selected parameters no Kronecker factor covers get their own diagonal block
-(:mod:`~infgate.influence.backends.diagonal`) or are refused, by the rule in
+(:mod:`~infgate.influence.backends.diagonal`), by the rule in
 :mod:`~infgate.influence.backends.layer_plan`; ``details["own_block"]`` lists them with the
 reason. The fitted eigenbasis also answers the detectors directly (:class:`CanWhiten`:
 output-space leverage per example; :class:`CanFilter`: the curvature-filtered model).

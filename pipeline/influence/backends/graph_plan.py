@@ -13,10 +13,8 @@ import operator
 from typing import Any
 
 import torch
-from infgate.errors import InvalidInputError
 from infgate.influence.backends.layer_spec import (
     _GEO,
-    _GRAPH_DIAGONAL,
     _GRAPH_FACTORED,
     LayerPlan,
     LayerSpec,
@@ -185,7 +183,6 @@ def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
     graph = tapped.graph
     layers: list[LayerSpec] = []
     own: dict[str, str] = {}
-    refused: list[str] = []
     attr_of = {n: n.target for n in graph.nodes if n.op == "get_attr"}
     named = dict(tapped.named_parameters())
     done: set[str] = set()
@@ -255,16 +252,6 @@ def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
             continue
         users = [u for g, t in attr_of.items() if t == name for u in g.users]
         ops = sorted({str(getattr(u.target, "__name__", u.target)) for u in users})
-        bases = {op.split(".")[0] for op in ops}
-        if users and all(b in _GRAPH_DIAGONAL for b in bases):
-            own[name] = f"{name}: used by {', '.join(ops)} in the pt2 graph"
-        else:
-            refused.append(f"{name} (graph ops {ops or ['none']})")
-    if refused:
-        raise InvalidInputError(
-            f"method='ekfac'/'auto' cannot handle the parameter {refused[0]}"
-            f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}: select the "
-            f"parameters to differentiate with params= or use method='arnoldi'"
-        )
+        own[name] = f"{name}: used by {', '.join(ops) or 'no op'} in the pt2 graph"
     tapped.recompile()
     return LayerPlan(layers, own, model=tapped if layers else None)

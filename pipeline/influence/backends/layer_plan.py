@@ -18,27 +18,28 @@ The rule (used by ``method="ekfac"``/``"kfac"`` and stated by ``method="auto"``)
   ids, or with indices shared by the batch (a position table on ``arange(L)``) whose output
   is added to another table's, whose per-example output gradients it then shares.
 * **Own diagonal block** from per-example ``torch.func`` gradients (exact per coordinate, no
-  cross terms): every other parameter of a known kind: embedding tables looked up with
-  indices shared by the batch whose per-example gradients no other table's output carries,
-  tables with ``max_norm`` or ``scale_grad_by_freq``; attention key/value biases and
-  cross-attention projections; PReLU slopes; a Linear/Conv the forward never calls as a
-  module or one EK-FAC cannot factor (grouped or non-zero-padded convolutions); the
-  weights of recurrent layers (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``, whose native kernels
-  ``vmap`` cannot batch: their per-example gradients run one example at a time); in a
-  graph, parameters consumed by other normalisation or elementwise ops. Before fitting, a
-  hook check
+  cross terms): every other selected parameter, with the reason: embedding tables looked up
+  with indices shared by the batch whose per-example gradients no other table's output
+  carries, tables with ``max_norm`` or ``scale_grad_by_freq``; attention key/value biases
+  and cross-attention projections; PReLU slopes; a Linear/Conv the forward never calls as a
+  module or one EK-FAC cannot factor (grouped, non-zero-padded, transposed or 3-D
+  convolutions); the weights of recurrent layers (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``,
+  whose native kernels ``vmap`` cannot batch: their per-example gradients run one example
+  at a time); parameters of any other module (``nn.Bilinear``, custom modules holding raw
+  parameters: a ViT's class token or position table); in a graph, every parameter no
+  factored call uses, named with the ops that use it. Before fitting, a hook check
   (:mod:`~infgate.influence.backends.layer_check`) compares every hooked layer's per-example
   gradients with autograd's on two examples and moves any that disagree (tied weights,
   shared rows) here, with the reason.
-* **Refused**: a parameter of any other kind (custom modules holding raw parameters,
-  unknown graph ops): :class:`~infgate.errors.InvalidInputError` naming the
-  module and suggesting ``params=`` to leave it out on purpose. Nothing is dropped silently.
+
+Nothing is dropped silently: ``CurvatureChoice.own_block`` (the scan report, the MLflow
+run, the store) names every parameter of the diagonal block and why it is there;
+``params=`` leaves parameters out on purpose.
 """
 
 from __future__ import annotations
 
 import torch
-from infgate.errors import InvalidInputError
 from infgate.influence.backends.graph_plan import graph_plan
 from infgate.influence.backends.layer_spec import (
     _NORMS,
@@ -85,7 +86,6 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
     selected = set(engine.names)
     layers: list[LayerSpec] = []
     own: dict[str, str] = {}
-    refused: list[str] = []
     tapped = tap_attention(engine.model)
     model, in_taps = tapped if tapped is not None else (engine.model, {})
     for path, module in model.named_modules():
@@ -112,7 +112,7 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
         elif _factorable_conv(module) and set(mine) <= {w, b}:
             kind = "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
             layers.append(_conv_spec(path or "<root>", module, kind, w, b, module.weight.shape))
-        elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+        elif isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
             own.update({n: f"{label}: a convolution EK-FAC cannot factor" for n in mine})
         elif isinstance(module, _NORMS):
             own.update({n: f"{label}: normalisation scale/shift" for n in mine})
@@ -146,14 +146,7 @@ def _module_plan(engine: GradientEngine) -> LayerPlan:
         elif isinstance(module, nn.RNNBase):
             own.update({n: f"{label}: recurrent weights (no Kronecker factors)" for n in mine})
         else:
-            refused.append(f"{label} holding {mine[:3]}")
-    if refused:
-        raise InvalidInputError(
-            f"method='ekfac'/'auto' cannot handle the parameters of {refused[0]}"
-            f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}: select the "
-            f"parameters to differentiate with params= (e.g. params=['fc', 'conv1']) or use "
-            f"method='arnoldi'"
-        )
+            own.update({n: f"{label}: a module EK-FAC has no Kronecker factors for" for n in mine})
     return LayerPlan(layers, own, model=model if tapped is not None else None)
 
 

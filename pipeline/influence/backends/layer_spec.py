@@ -27,44 +27,6 @@ _GRAPH_FACTORED = {
 }
 #: Defaults of aten.conv*d's stride, padding and dilation arguments.
 _GEO: tuple[list[int], ...] = ([1], [0], [1])
-#: Graph ops whose parameter inputs get a diagonal block (name prefixes of aten overloads).
-_GRAPH_DIAGONAL = (
-    "layer_norm",
-    "native_layer_norm",
-    "batch_norm",
-    "_native_batch_norm_legit_no_training",
-    "group_norm",
-    "native_group_norm",
-    "rms_norm",
-    "embedding",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "prelu",
-    "linear",
-    "conv1d",
-    "conv2d",
-    "addmm",
-    "mm",
-    "matmul",
-    "t",
-    "transpose",
-    "view",
-    "reshape",
-    "expand",
-    "unsqueeze",
-    "squeeze",
-    "permute",
-    "split",
-    "chunk",
-    "_native_multi_head_attention",
-    # recurrent layers (their weights get a diagonal block, as in an nn.Module's plan)
-    "lstm",
-    "gru",
-    "rnn_tanh",
-    "rnn_relu",
-)
 
 
 @dataclass(frozen=True)
