@@ -85,11 +85,12 @@ _WARNED_FALLBACK: set[str] = set()
 
 
 def _no_batching_rule(exc: BaseException) -> bool:
-    """Whether ``exc`` is ``torch.func.vmap`` failing on an op, not the model failing.
+    """Whether ``exc`` says ``torch.func.vmap`` failed on an op, not the model failing.
 
     Recurrent layers are the common case: the native RNN/GRU/LSTM kernels write their
     hidden state in place (``output with shape [1, H] doesn't match the broadcast shape
-    [B, 1, H]``) and some kernels have no batching rule at all."""
+    [B, 1, H]``) and some kernels have no batching rule at all. Other errors are told
+    apart by running one example unbatched (:meth:`GradientEngine._per_example`)."""
     text = str(exc)
     return isinstance(exc, NotImplementedError) or any(
         k in text
@@ -285,7 +286,12 @@ class GradientEngine:
                 return out
             except (RuntimeError, NotImplementedError) as exc:
                 if not _no_batching_rule(exc):
-                    raise
+                    # vmap's own bugs read like shape errors (PReLU under vmap(jacrev)):
+                    # if one example runs unbatched the model is fine and vmap is not
+                    try:
+                        fn(self.params, *(t[0] for t in batch))
+                    except Exception:
+                        raise exc from None
                 self.vmap_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                 kind = type(self.model).__name__
                 if kind in _WARNED_FALLBACK:

@@ -123,16 +123,18 @@ class _RawParam(nn.Module):
 
 
 class _Transposed(nn.Module):
-    """A transposed convolution and a bilinear head: layers EK-FAC has no factors for."""
+    """A transposed convolution, a PReLU (whose Jacobian ``vmap`` cannot batch: the
+    per-example fallback) and a bilinear head: layers EK-FAC has no factors for."""
 
     def __init__(self) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(1, 2, 2, stride=2).double()
+        self.act = nn.PReLU(2).double()
         self.mix = nn.Bilinear(8, 8, 4).double()
         self.head = nn.Linear(8, 4).double()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x.reshape(-1, 1, 2, 4)).mean(1).reshape(-1, 4, 8).mean(1)
+        h = self.act(self.up(x.reshape(-1, 1, 2, 4))).mean(1).reshape(-1, 4, 8).mean(1)
         return self.head(h) + self.mix(h, h)
 
 
@@ -149,12 +151,13 @@ def test_parameters_without_factors_get_their_own_exact_diagonal_block(mlp_case,
     names = [n for n, _ in model.named_parameters() if not n.startswith("head.")]
     assert sorted(own) == sorted(names)
     owner = {n: type(model.get_submodule(n.rpartition(".")[0])).__name__ for n in names}
-    assert all(f"({owner[n]}): a " in own[n] for n in names), own  # names the module
+    assert all(f"({owner[n]}): " in own[n] for n in names), own  # names the module
     assert "head.weight" in scorer.choice.covered
     exact = InfluenceScorer(model, (x, y), method="exact", params=names, progress=False)
     d = torch.diagonal(exact.backend.h)  # type: ignore[attr-defined]
     block = scorer.backend.block  # type: ignore[attr-defined]
     np.testing.assert_allclose(block.diag.numpy(), d.numpy(), rtol=1e-9, atol=1e-15)
+    assert (block.engine.vmap_fallback is not None) == (cls is _Transposed)  # PReLU's
     assert np.isfinite(scorer.self_influence().scores).all()
 
 
