@@ -244,6 +244,8 @@ def load_training_data(
         name=f"{mv.name}-v{mv.version}-train",
     )
     frame = table.to_pandas()
+    if "example_id" not in frame.columns:  # row positions, as TrainingData numbered them
+        frame.insert(0, "example_id", data.example_ids.astype(str))
     log.info(
         "training data for %s: %s (%s), %d rows, %s",
         mv.uri,

@@ -95,3 +95,23 @@ def test_scan_through_the_flow(run: Run, where: dict[str, str], prefect_harness:
     doc = json.loads(res.out)
     assert doc["verdict"] == "blocked" and doc["top_suspects"]
     assert "scan: gate done" in res.err
+
+
+def test_scan_of_a_file_without_an_id_column_numbers_the_rows(
+    run: Run, where: dict[str, str], noisy_version: NoisyVersion, tmp_path: Path
+) -> None:
+    """A Parquet file with no ``example_id`` column: rows are ids ``"0".."n-1"`` in file
+    order, through the findings, the gate and the top suspects."""
+    import pandas as pd
+
+    frame = pd.read_parquet(noisy_version.data_path).drop(columns=["example_id"])
+    path = tmp_path / "no_ids.parquet"
+    frame.to_parquet(path)
+    res = _scan(run, where, "--data", str(path), "--json", "--top", "5")
+    assert res.code == 2, res
+    doc = json.loads(res.out)
+    assert "suspect_rate" in {r["check"] for r in doc["reasons"]}
+    top = doc["top_suspects"]
+    assert len(top) == 5
+    for t in top:  # the id is the row position: its label is that row's
+        assert int(frame["label"].iloc[int(t["example_id"])]) == int(t["given_label"]), t
