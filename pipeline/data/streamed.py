@@ -38,7 +38,7 @@ import numpy as np
 from infgate.data.columns import ColumnPlan
 from infgate.data.decode import decode_features
 from infgate.data.readers import data_file, iter_parquet, read_columns
-from infgate.data.training import _as_ids, _check_labels, display_shape
+from infgate.data.training import _as_ids, _check_labels, display_shape, labels_from_column
 from infgate.data.validation import token_extremes
 from infgate.errors import InvalidInputError, NonFiniteError
 
@@ -113,7 +113,10 @@ class StreamedTrainingData:
         n = table.num_rows
         if n == 0:
             raise InvalidInputError(f"{name} is empty (0 rows)")
-        labels = _check_labels(np.array(table.column(plan.label_column).to_numpy()), n)
+        raw, _ = labels_from_column(
+            table.column(plan.label_column), classes, name=plan.label_column, what=name
+        )
+        labels = _check_labels(raw, n)
         ids = _as_ids(table.column(plan.id_column).to_pylist() if len(small) == 2 else None, n, "")
         if classes is not None and int(labels.max()) >= len(classes):
             raise InvalidInputError(

@@ -21,7 +21,14 @@ from infgate.data.columns import ColumnOptions, ColumnPlan, ModelInputSpec, reso
 from infgate.data.decode import decode_features
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 
-__all__ = ["EvalData", "TrainingData", "display_shape", "flip_labels", "frame_table"]
+__all__ = [
+    "EvalData",
+    "TrainingData",
+    "display_shape",
+    "flip_labels",
+    "frame_table",
+    "labels_from_column",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,48 @@ def _check_labels(labels: Any, n: int, what: str = "labels") -> np.ndarray:
     return lab.astype(np.int64, copy=False)
 
 
+def labels_from_column(
+    column: pa.ChunkedArray | pa.Array,
+    classes: Sequence[str] | None,
+    *,
+    name: str = "label",
+    what: str = "labels",
+) -> tuple[np.ndarray, bool]:
+    """``(indices, were_names)``: a table's label column as class indices.
+
+    Integer (or integral float) columns are the indices. String and dictionary
+    (categorical) columns hold class names, mapped through ``classes`` (the model's output
+    order, from the version's ``infgate.classes`` tag); without it, or for a name not in it,
+    the column is refused naming what to do. Missing labels are refused naming the rows.
+    """
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if col.null_count:
+        rows = np.flatnonzero(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))
+        raise InvalidInputError(
+            f"{what}: the label column {name!r} is missing in {col.null_count:,} row(s), "
+            f"first at positions {rows[:5].tolist()}"
+        )
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return np.array(col.to_numpy(zero_copy_only=False)), False
+    values = np.asarray(col.to_pylist(), dtype=object)
+    if not classes:
+        raise InvalidInputError(
+            f"{what}: the label column {name!r} holds class names (e.g. {values[0]!r}); tag the "
+            f"model version `infgate.classes` with the names in the order of the model's "
+            f"outputs (a JSON list) to map them to indices, or store class indices"
+        )
+    index = {str(c): i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise InvalidInputError(
+            f"{what}: the label column {name!r} holds {unknown[:5]}, not among the model's "
+            f"classes {list(index)[:10]} (tag `infgate.classes`)"
+        )
+    return np.fromiter((index[str(v)] for v in values), np.int64, len(values)), True
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """Labelled training examples.
@@ -88,6 +137,8 @@ class TrainingData:
         image_shape: ``(h, w)`` when each row is an image, so people see a picture.
         source_uri: where the data came from (file, MLflow dataset source).
         name: a short human name.
+        label_names: the source stored class names, not indices: :meth:`to_frame` (the
+            corrected version's file) writes names back.
     """
 
     features: np.ndarray
@@ -98,6 +149,7 @@ class TrainingData:
     image_shape: tuple[int, int] | None = None
     source_uri: str | None = None
     name: str = "train"
+    label_names: bool = False
 
     def __post_init__(self) -> None:
         feats = _check_features(self.features, "features")
@@ -163,15 +215,20 @@ class TrainingData:
             image_shape=self.image_shape,
             source_uri=None,
             name=self.name,
+            label_names=self.label_names,
         )
 
     def to_frame(self, *, label_column: str = "label") -> pd.DataFrame:
-        """One row per example: ``example_id``, feature columns, ``label``."""
+        """One row per example: ``example_id``, feature columns, ``label`` (class names
+        when the source stored names)."""
         flat = self.features.reshape(len(self), -1)
         names = self.feature_names or tuple(f"f{i}" for i in range(flat.shape[1]))
         df = pd.DataFrame(flat, columns=list(names))
         df.insert(0, "example_id", self.example_ids.astype(str))
-        df[label_column] = self.labels
+        if self.label_names and self.classes:
+            df[label_column] = np.asarray(self.classes, dtype=object)[self.labels]
+        else:
+            df[label_column] = self.labels
         return df
 
     @classmethod
@@ -247,9 +304,13 @@ class TrainingData:
         feats, _ = decode_features(table, plan, ids=ids, what=name)
         if image_shape is None:
             image_shape = display_shape(feats.shape[1:], plan)
+        labels, as_names = labels_from_column(
+            table.column(plan.label_column), classes, name=plan.label_column, what=name
+        )
         return cls(
             features=feats,
-            labels=np.array(table.column(plan.label_column).to_numpy(zero_copy_only=False)),
+            labels=labels,
+            label_names=as_names,
             example_ids=ids,  # type: ignore[arg-type]
             classes=tuple(classes) if classes is not None else None,
             feature_names=plan.columns
@@ -305,8 +366,16 @@ class EvalData:
         return int(self.features.shape[0])
 
     @classmethod
-    def from_table(cls, table: pa.Table, plan: ColumnPlan, *, name: str = "eval") -> EvalData:
-        """Evaluation rows read with the training data's plan (labels used when present)."""
+    def from_table(
+        cls,
+        table: pa.Table,
+        plan: ColumnPlan,
+        *,
+        name: str = "eval",
+        classes: Sequence[str] | None = None,
+    ) -> EvalData:
+        """Evaluation rows read with the training data's plan (labels used when present;
+        class names mapped through ``classes``, as for the training data)."""
         missing = [c for c in plan.columns if c not in table.column_names]
         if missing:
             raise DatasetMismatchError(
@@ -320,7 +389,9 @@ class EvalData:
         )
         feats, _ = decode_features(table, plan, ids=ids, what=f"{name} data")
         labels = (
-            np.array(table.column(plan.label_column).to_numpy(zero_copy_only=False))
+            labels_from_column(
+                table.column(plan.label_column), classes, name=plan.label_column, what=name
+            )[0]
             if plan.label_column in table.column_names
             else None
         )

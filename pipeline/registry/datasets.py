@@ -246,6 +246,8 @@ def load_training_data(
     frame = table.to_pandas()
     if "example_id" not in frame.columns:  # row positions, as TrainingData numbered them
         frame.insert(0, "example_id", data.example_ids.astype(str))
+    if data.label_names:  # the gate checks indices against the model's outputs
+        frame[plan.label_column] = data.labels
     log.info(
         "training data for %s: %s (%s), %d rows, %s",
         mv.uri,
@@ -333,7 +335,7 @@ def load_eval_data(
             ColumnOptions(label_column=train.label_column),
             what="training data",
         )
-    return EvalData.from_table(table, plan, name="eval")
+    return EvalData.from_table(table, plan, name="eval", classes=display_tags(mv)[0])
 
 
 def train_schema(train: ResolvedData) -> Any:

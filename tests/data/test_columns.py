@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from infgate.data.columns import ColumnOptions, ModelInputSpec, resolve_columns
-from infgate.data.training import TrainingData
+from infgate.data.training import EvalData, TrainingData
 from infgate.errors import DataResolutionError, DatasetMismatchError, InvalidInputError
 
 
@@ -143,3 +143,52 @@ def test_demo_output_reads_back_with_the_same_hash() -> None:
     again = TrainingData.from_frame(frame, classes=data.classes, image_shape=(8, 8))
     assert again.features.shape == (20, 64)
     assert again.content_hash == data.content_hash
+
+
+_NAMES = ("cat", "dog", "fox")
+
+
+@pytest.mark.parametrize("categorical", [False, True])
+def test_class_name_labels_map_through_the_classes(categorical: bool) -> None:
+    """A label column of class names (strings, or a pandas categorical: an Arrow
+    dictionary) is mapped to indices in the order of ``classes``; the corrected file
+    written from it holds names again."""
+    df = _team_frame()
+    idx = df["label"].to_numpy()
+    names = np.asarray(_NAMES, dtype=object)[idx]
+    df["label"] = pd.Categorical(names, categories=["fox", "dog", "cat"]) if categorical else names
+    data = TrainingData.from_frame(df, classes=_NAMES)
+    assert data.labels.tolist() == idx.tolist() and data.label_names
+    same = TrainingData.from_frame(_team_frame(), classes=_NAMES)
+    assert data.content_hash == same.content_hash  # the labels, not their spelling
+    flipped = data.with_labels(np.where(idx == 0, 1, idx))
+    out = flipped.to_frame()
+    assert out["label"].tolist() == [_NAMES[1] if i == 0 else _NAMES[i] for i in idx]
+    assert TrainingData.from_frame(out, classes=_NAMES).labels.tolist() == flipped.labels.tolist()
+    ev = EvalData.from_table(pa.Table.from_pandas(df), data_plan(df), classes=_NAMES)
+    assert ev.labels is not None and ev.labels.tolist() == idx.tolist()
+
+
+def data_plan(df: pd.DataFrame):  # type: ignore[no-untyped-def]
+    return resolve_columns(pa.Table.from_pandas(df).schema, ColumnOptions(), what="training")
+
+
+def test_class_name_labels_without_classes_or_unknown_are_refused() -> None:
+    df = _team_frame()
+    df["label"] = np.asarray(_NAMES, dtype=object)[df["label"].to_numpy()]
+    with pytest.raises(
+        InvalidInputError, match=r"holds class names \(e\.g\. '\w+'\).*infgate\.classes"
+    ):
+        TrainingData.from_frame(df)
+    with pytest.raises(InvalidInputError, match=r"holds \['fox'\], not among the model's classes"):
+        TrainingData.from_frame(df, classes=("cat", "dog", "wolf"))
+
+
+def test_missing_labels_are_refused_naming_the_rows() -> None:
+    df = _team_frame()
+    df["label"] = df["label"].astype("float64")
+    df.loc[[4, 9], "label"] = np.nan
+    with pytest.raises(
+        InvalidInputError, match=r"missing in 2 row\(s\), first at positions \[4, 9\]"
+    ):
+        TrainingData.from_frame(df)
