@@ -60,18 +60,28 @@ def forward_mode_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
 
 
-def model_logits(out: Any) -> torch.Tensor:
+def model_logits(out: Any, *, binary: bool = True) -> torch.Tensor:
     """The logits in a model's output: the tensor itself, the first item of a tuple or
     list, or the ``"logits"`` entry of a dict or of a Hugging Face ``ModelOutput``
-    (``out.logits``). Anything else is refused naming what the model returned."""
-    if isinstance(out, torch.Tensor):
-        return out
+    (``out.logits``). Anything else is refused naming what the model returned.
+
+    With ``binary`` (classification), a single logit per example (``(B, 1)`` or ``(B,)``,
+    a model trained with ``BCEWithLogitsLoss``) becomes the two-class logits ``[0, z]``:
+    their softmax cross-entropy is the logistic loss of ``z`` exactly, so every influence,
+    curvature and probability is the model's own (class 1 = the positive class)."""
     if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
-        return out["logits"]
-    if isinstance(getattr(out, "logits", None), torch.Tensor):
-        return out.logits  # type: ignore[no-any-return]
-    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
+        out = out["logits"]
+    elif not isinstance(out, torch.Tensor) and isinstance(
+        getattr(out, "logits", None), torch.Tensor
+    ):
+        out = out.logits
+    elif isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if isinstance(out, torch.Tensor):
+        if binary and (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+            z = out.reshape(-1, 1)
+            return torch.cat([torch.zeros_like(z), z], dim=1)
+        return out
     keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
     raise InvalidInputError(
         f"the model returned a {type(out).__name__}{keys}; infgate needs its logits: a "
@@ -218,7 +228,8 @@ class GradientEngine:
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return model_logits(functional_call(self.model, {**self.fixed, **params}, (x,)))
+        out = functional_call(self.model, {**self.fixed, **params}, (x,))
+        return model_logits(out, binary=self.objective.name == "cross_entropy")
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> torch.Tensor:

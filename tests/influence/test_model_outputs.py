@@ -109,3 +109,44 @@ def test_other_outputs_are_refused_naming_them(wrap, match, data) -> None:  # ty
     x, y = data
     with pytest.raises(InvalidInputError, match=match):
         InfluenceScorer(_net(wrap), (x, y), method="exact", progress=False)
+
+
+@pytest.mark.parametrize("squeeze", [False, True])
+def test_single_logit_binary_model_is_its_logistic_loss(squeeze: bool) -> None:
+    """A binary classifier with one logit (``(B, 1)`` or ``(B,)``, trained with
+    ``BCEWithLogitsLoss``): infgate scores it as two-class logits ``[0, z]``, whose softmax
+    cross-entropy is the logistic loss; exact self-influence equals ``g_i^T (H + lambda
+    I)^{-1} g_i`` with the gradients and Hessian of the logistic loss, by hand."""
+    from torch.func import grad, hessian, vmap
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * torch.randn(80, generator=g, dtype=torch.float64) > 0).long()
+    lin = nn.Linear(6, 1).double()
+    model: nn.Module = nn.Sequential(lin, nn.Flatten(0)) if squeeze else lin
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = lin(x).squeeze(1)
+        loss = nn.functional.binary_cross_entropy_with_logits(z, y.double())
+        loss = loss + 5e-3 * sum((p**2).sum() for p in lin.parameters())
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    lam = 1e-2
+    got = InfluenceScorer(model.eval(), (x, y), method="exact", damping=lam, progress=False)
+    flat = torch.cat([lin.weight.detach().flatten(), lin.bias.detach()])
+
+    def logistic(f: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        z = xi @ f[:6] + f[6]
+        return nn.functional.binary_cross_entropy_with_logits(z, yi.double())
+
+    grads = vmap(grad(logistic), in_dims=(None, 0, 0))(flat, x, y)
+    h = hessian(lambda f: vmap(logistic, in_dims=(None, 0, 0))(f, x, y).mean())(flat)
+    inv = torch.linalg.inv(h + lam * torch.eye(7, dtype=torch.float64))
+    want = torch.einsum("ip,pq,iq->i", grads, inv, grads).numpy()
+    np.testing.assert_allclose(got.self_influence().scores, want, rtol=1e-9)
+    df = find_label_errors(model, (x, y), eval_data=(x[:20], y[:20]), progress=False)
+    assert set(df["predicted_label"].astype(int)) <= {0, 1} and df["score"].notna().all()

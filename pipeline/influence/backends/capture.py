@@ -70,7 +70,8 @@ class LayerCapture:
                 self.output = eng.forward(params, self.x)
             else:
                 self.output = model_logits(
-                    functional_call(self.model, {**eng.fixed, **params}, (self.x,))
+                    functional_call(self.model, {**eng.fixed, **params}, (self.x,)),
+                    binary=eng.objective.name == "cross_entropy",
                 )
         eng.objective.check_targets(self.output, self.targets)
         finite = torch.isfinite(self.output.reshape(self.output.shape[0], -1)).all(dim=1)
