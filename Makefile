@@ -62,6 +62,7 @@ bench: install
 	$(PY) benchmarks/bench_mismatch.py
 	$(PY) benchmarks/bench_flow.py
 	$(PY) benchmarks/bench_queue.py
+	$(PY) benchmarks/bench_model_zoo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
