@@ -139,7 +139,11 @@ class Conv1dNet(nn.Module):
 
 class TransformerClassifier(nn.Module):
     """Token ids ``(B, L)`` int64 -> embeddings + positions -> TransformerEncoder -> LayerNorm
-    -> mean over positions -> Linear."""
+    -> mean over positions -> Linear.
+
+    With ``pad_id`` the model takes padded sequences: ``pad_id`` is the embedding's
+    ``padding_idx``, padded positions are masked out of attention (a key padding mask) and
+    out of the mean, so the logits do not depend on how far a sequence is padded."""
 
     def __init__(
         self,
@@ -152,9 +156,11 @@ class TransformerClassifier(nn.Module):
         layers: int = 2,
         ff: int = 128,
         dropout: float = 0.1,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab, d_model, padding_idx=pad_id)
         self.pos = nn.Embedding(max_len, d_model)
         layer = nn.TransformerEncoderLayer(
             d_model, heads, ff, dropout=dropout, batch_first=True, activation="relu"
@@ -166,7 +172,12 @@ class TransformerClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(tokens.shape[1], device=tokens.device)
         h = self.embed(tokens) + self.pos(pos).unsqueeze(0)
-        return self.head(self.norm(self.encoder(h)).mean(1))
+        if self.pad_id is None:
+            return self.head(self.norm(self.encoder(h)).mean(1))
+        pad = tokens == self.pad_id
+        out = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).to(out.dtype)
+        return self.head((out * keep).sum(1) / keep.sum(1).clamp_min(1.0))
 
 
 def make_network(kind: str, *, seed: int = 0, **kwargs: object) -> nn.Module:
@@ -210,6 +221,25 @@ def token_sequences(
     noise = rng.integers(0, vocab, (n, length))
     tokens = np.where(rng.random((n, length)) < 0.4, own, noise) % vocab
     return torch.as_tensor(tokens, dtype=torch.int64), torch.as_tensor(y, dtype=torch.int64)
+
+
+def ragged_token_sequences(
+    n: int,
+    *,
+    vocab: int = 50,
+    min_length: int = 6,
+    max_length: int = 24,
+    classes: int = 4,
+    seed: int = 0,
+) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Like :func:`token_sequences`, but each row's length is drawn from ``min_length`` to
+    ``max_length`` and token 0 is never used (it is left for padding): a list of int64
+    arrays (as a Parquet list column stores them) and the labels."""
+    rng = np.random.default_rng(seed)
+    tokens, y = token_sequences(n, vocab=vocab - 1, length=max_length, classes=classes, seed=seed)
+    lengths = rng.integers(min_length, max_length + 1, n)
+    rows = [t[:k].numpy() + 1 for t, k in zip(tokens, lengths, strict=True)]
+    return rows, y
 
 
 def wave_sequences(

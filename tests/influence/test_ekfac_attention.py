@@ -224,3 +224,34 @@ def test_batched_output_gradients_equal_one_backward_pass_per_row(transformer_ca
             one = cap.output_grads(cap.output, probes[k])
             for a, b in zip(one, many[k], strict=True):
                 torch.testing.assert_close(b[0], a[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["exact", "kfac", "ekfac"])
+def test_scores_do_not_depend_on_how_far_sequences_are_padded(method):
+    """A transformer that masks its pad id (embedding ``padding_idx``, key padding mask,
+    masked mean) gives the same logits however far sequences are padded; the scores must
+    not move either. For K-FAC/EK-FAC this needs padded positions (zero output gradient for
+    every sampled output) left out of the input factor and the location count."""
+    from infgate.examples.networks import TransformerClassifier, ragged_token_sequences
+
+    torch.manual_seed(0)
+    model = TransformerClassifier(
+        vocab=12, classes=3, max_len=16, d_model=8, heads=2, layers=1, ff=16, pad_id=0
+    ).double()
+    model.eval()
+    rows, y = ragged_token_sequences(30, vocab=12, min_length=2, max_length=9, classes=3, seed=1)
+
+    def padded(length: int) -> torch.Tensor:
+        x = torch.zeros(len(rows), length, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            x[i, : len(r)] = torch.as_tensor(r)
+        return x
+
+    short, long = padded(9), padded(15)
+    with torch.no_grad():
+        torch.testing.assert_close(model(long), model(short), rtol=1e-12, atol=1e-12)
+    a = InfluenceScorer(model, (short, y), method=method, damping=DAMPING, progress=False)
+    b = InfluenceScorer(model, (long, y), method=method, damping=DAMPING, progress=False)
+    sa, sb = a.self_influence().scores, b.self_influence().scores
+    assert np.isfinite(sa).all() and sa.std() > 0
+    np.testing.assert_allclose(sb, sa, rtol=1e-6)

@@ -7,6 +7,12 @@ A captured layer is seen as a matrix product at ``T`` locations: inputs ``a`` of
 matrix is ``ds_b^T a_b``. Dense layers on ``(B, ..., in)`` inputs use every leading position
 as a location; convolutions unfold their input into patches (``F.unfold``), one location per
 output pixel (Grosse & Martens 2016).
+
+A dense layer's position whose output gradient is zero for every sampled output of an
+example (a padded token masked out of attention and pooling, a position nothing reads)
+adds nothing to that example's gradient, so it is left out of the input factor ``A`` and
+of the location count: the factors, and the scores, do not depend on how far sequences are
+padded (Kronfluence excludes padding the same way, from the attention mask).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ class KronLayer:
         self.n_params = self.out_dim * self.in_aug
         self.a_sum: torch.Tensor | None = None
         self.s_sum: torch.Tensor | None = None
-        self.locations = 1
+        self.locations: float = 1.0
+        self.live_sum = 0.0
+        self.rows_seen = 0
         self.eig_sum: torch.Tensor | None = None
         self.eigenvalues = torch.empty(0)
         self.shapes: dict[str, torch.Size] = {}
@@ -85,7 +93,13 @@ class KronLayer:
 
     # -- fitting ---------------------------------------------------------------------------
     def accumulate_factors(self, acts: torch.Tensor, grads: list[torch.Tensor]) -> None:
-        a = acts.reshape(-1, self.in_aug).double()
+        a = acts
+        live = float(acts.shape[0] * acts.shape[1])
+        if acts.shape[1] > 1 and self.kind not in ("conv1d", "conv2d") and grads:
+            reached = torch.stack([g.abs().amax(-1) for g in grads]).amax(0) > 0  # (B, T)
+            a = acts * reached.unsqueeze(-1).to(acts.dtype)
+            live = float(reached.sum())
+        a = a.reshape(-1, self.in_aug).double()
         self.a_sum = a.T @ a + (0 if self.a_sum is None else self.a_sum)
         s = self.s_sum if self.s_sum is not None else 0
         for g in grads:
@@ -93,7 +107,9 @@ class KronLayer:
             s = s + g2.T @ g2
         assert isinstance(s, torch.Tensor)
         self.s_sum = s
-        self.locations = max(1, acts.shape[1])
+        self.live_sum += live
+        self.rows_seen += acts.shape[0]
+        self.locations = max(1.0, self.live_sum / max(self.rows_seen, 1))
 
     def eigendecompose(self, n: int) -> None:
         if self.a_sum is None or self.s_sum is None:
