@@ -82,6 +82,9 @@ class DataConfig:
         label_column: the class-index column (``None``: the tag, else ``label``).
         image_scale: divide decoded pixels by this (e.g. 255); ``None`` keeps them as stored.
         input_dtype: ``"auto"`` (int64 for tokens, else float32), ``"float32"`` or ``"int64"``.
+        pad_token_id: pad one list column of token sequences of different lengths with this
+            id, to ``input_shape`` or the longest training sequence (``None``: the tag
+            ``infgate.pad_token_id``, else the ``padding_idx`` of the model's embeddings).
         use_signature: read columns and shape from the model's MLflow signature.
         stream: ``"auto"`` (default: stream a Parquet training file with more than
             1,000,000 rows or whose columns exceed ``Settings.memory_budget_mb``, see
@@ -97,6 +100,7 @@ class DataConfig:
     label_column: str | None = None
     image_scale: float | None = None
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
+    pad_token_id: int | None = None
     use_signature: bool = True
     stream: Literal["auto", "always", "never"] = "auto"
 
@@ -127,6 +131,9 @@ class DataConfig:
             raise ConfigError(
                 f"data `input_dtype` must be auto, float32 or int64, got {self.input_dtype!r}"
             )
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+            raise ConfigError(f"data `pad_token_id` must be an int >= 0, got {pad!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -143,6 +150,7 @@ class DataConfig:
             "token_columns": self.token_columns,
             "image_scale": self.image_scale,
             "input_dtype": self.input_dtype,
+            "pad_token_id": self.pad_token_id,
         }
         if self.label_column:
             d["label_column"] = self.label_column

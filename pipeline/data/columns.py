@@ -17,6 +17,7 @@ that the decoders in :mod:`infgate.data.decode` apply to a table or to streamed 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "ModelInputSpec",
     "column_kind",
     "resolve_columns",
+    "with_sequence_length",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 PlanKind = Literal["columns", "image", "array"]
 FIX_COLUMNS = "option `feature_columns` or model-version tag `infgate.feature_columns`"
 FIX_SHAPE = "option `input_shape` or model-version tag `infgate.input_shape` (e.g. '1x8x8')"
+FIX_PAD = "option `pad_token_id` or model-version tag `infgate.pad_token_id`"
 
 
 def _names(value: Sequence[str] | None, what: str) -> tuple[str, ...] | None:
@@ -70,6 +73,11 @@ class ColumnOptions:
         image_scale: divide decoded pixels (and array images) by this, e.g. ``255``;
             ``None`` keeps the values as stored.
         input_dtype: ``"auto"`` (int64 for tokens, else float32), or force one.
+        pad_token_id: the id the model pads token sequences with: one list column of token
+            sequences of different lengths is padded at the end with it, to ``input_shape``
+            (the model's longest input) or else to the longest training sequence. The model
+            must mask that id itself (e.g. ``nn.Embedding(padding_idx=...)`` and a key
+            padding mask computed from it).
     """
 
     feature_columns: tuple[str, ...] | None = None
@@ -81,6 +89,7 @@ class ColumnOptions:
     true_label_column: str | None = "true_label"
     image_scale: float | None = None
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
+    pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns"))
@@ -107,6 +116,9 @@ class ColumnOptions:
             )
         if not self.label_column or not self.id_column:
             raise InvalidInputError("`label_column` and `id_column` must be non-empty names")
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+            raise InvalidInputError(f"`pad_token_id` must be an int >= 0 or None, got {pad!r}")
 
 
 def _row_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
@@ -163,6 +175,11 @@ class ColumnPlan:
         true_label_column: the clean-label column, if the table has one.
         metadata_columns: declared metadata present in the table.
         image_scale: pixel divisor, or ``None``.
+        pad_token_id: pad id of ragged token sequences (``kind="array"``, int64), or
+            ``None``; sequences are padded to ``input_shape[0]``
+            (:func:`with_sequence_length` sets it from the training data when nothing
+            else did).
+        pad_origin: where ``pad_token_id`` came from.
     """
 
     kind: PlanKind
@@ -177,6 +194,8 @@ class ColumnPlan:
     true_label_column: str | None
     metadata_columns: tuple[str, ...]
     image_scale: float | None = None
+    pad_token_id: int | None = None
+    pad_origin: str | None = None
 
     def describe(self) -> str:
         """The columns in a few words, for one-line messages."""
@@ -184,7 +203,12 @@ class ColumnPlan:
         shown = (
             ", ".join(cols) if len(cols) <= 4 else f"{cols[0]}..{cols[-1]} ({len(cols)} columns)"
         )
-        return f"columns [{shown}] (from {self.origin})"
+        padded = (
+            f", padded with id {self.pad_token_id} (from {self.pad_origin})"
+            if self.pad_token_id is not None
+            else ""
+        )
+        return f"columns [{shown}] (from {self.origin}){padded}"
 
     def fix_hint(self) -> str:
         """Which option fixes a mismatch."""
@@ -273,6 +297,18 @@ def resolve_columns(
     shape_origin = named.get("input_shape", "option input_shape") if shape else None
     if shape is None and spec is not None and spec.row_shape is not None:
         shape, shape_origin = spec.row_shape, "the model signature"
+    pad, pad_origin = opts.pad_token_id, named.get("pad_token_id", "option pad_token_id")
+    if pad is not None:
+        if kind != "array" or dtype != "int64":
+            raise DataResolutionError(
+                f"{what}: {FIX_PAD} ({pad_origin}) pads one list column of token ids, but "
+                f"{origin} gives {'a list of floats' if kind == 'array' else kind} {cols[:5]}"
+            )
+        if shape is not None and len(shape) != 1:
+            raise DataResolutionError(
+                f"{what}: padded token sequences are 1-D, but the input shape {shape} (from "
+                f"{shape_origin}) is not; set {FIX_SHAPE} to the model's longest input"
+            )
     ignored = tuple(c for c in names if c not in cols and c not in reserved)
     if ignored:
         log.info("%s: not features, ignored: %s", what, ", ".join(ignored))
@@ -289,6 +325,20 @@ def resolve_columns(
         true_label_column=true_col,
         metadata_columns=metadata,
         image_scale=opts.image_scale,
+        pad_token_id=pad,
+        pad_origin=pad_origin if pad is not None else None,
+    )
+
+
+def with_sequence_length(plan: ColumnPlan, longest: int) -> ColumnPlan:
+    """``plan`` with ragged token sequences padded to ``longest`` (the longest training
+    sequence) when nothing set ``input_shape``; unchanged otherwise."""
+    if plan.pad_token_id is None or plan.input_shape is not None:
+        return plan
+    if longest < 1:
+        raise DataResolutionError(f"column {plan.columns[0]!r} holds no tokens in any row")
+    return dataclasses.replace(
+        plan, input_shape=(int(longest),), shape_origin="the longest training sequence"
     )
 
 

@@ -14,10 +14,10 @@ from typing import Any, TypeAlias
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from infgate.data.columns import ColumnPlan
+from infgate.data.columns import FIX_PAD, FIX_SHAPE, ColumnPlan
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 
-__all__ = ["decode_features", "fit_shape"]
+__all__ = ["decode_features", "fit_shape", "longest_sequence"]
 
 Batch: TypeAlias = Any  # a pyarrow Table or RecordBatch (pyarrow ships no type stubs)
 
@@ -162,6 +162,8 @@ def _arrays(
         raise InvalidInputError(
             f"{what} column {name!r}: {_row_name(first_row + bad, ids)} is null"
         )
+    if plan.pad_token_id is not None:
+        return _padded(arr, plan, first_row, ids, what)
     dims: list[int] = []
     rows_per_item = 1  # how many top-level rows each element at this depth spans
     while isinstance(arr.type, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
@@ -171,8 +173,8 @@ def _arrays(
             bad = first_row + item // rows_per_item
             raise InvalidInputError(
                 f"{what} column {name!r}: {_row_name(bad, ids)} holds an array of length "
-                f"{int(lens[item])} but row {first_row} holds {int(lens[0])}; "
-                f"store (or pad) every example at one size"
+                f"{int(lens[item])} but row {first_row} holds {int(lens[0])}; store every "
+                f"example at one size, or pad token sequences with {FIX_PAD}"
             )
         dims.append(int(lens[0]) if len(lens) else 0)
         rows_per_item *= dims[-1] or 1
@@ -184,3 +186,52 @@ def _arrays(
     if plan.dtype == "int64" and out.dtype.kind == "f":
         return _exact_ints(out.reshape(n, -1), f"{what} token column {name!r}").reshape(out.shape)
     return out.astype(plan.dtype, copy=False)
+
+
+def longest_sequence(col: Any) -> int:
+    """The most items any row of a list column holds (0 for an empty column)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not len(arr):
+        return 0
+    top = pc.max(pc.list_value_length(arr)).as_py()
+    return int(top or 0)
+
+
+def _padded(
+    arr: Any, plan: ColumnPlan, first_row: int, ids: np.ndarray | None, what: str
+) -> np.ndarray:
+    """Token sequences of any length, padded at the end with ``plan.pad_token_id`` to
+    ``plan.input_shape[0]`` (else to the batch's longest)."""
+    name = plan.columns[0]
+    if not isinstance(arr.type, pa.ListType | pa.LargeListType | pa.FixedSizeListType) or (
+        isinstance(arr.type.value_type, pa.ListType | pa.LargeListType | pa.FixedSizeListType)
+    ):
+        raise InvalidInputError(
+            f"{what} column {name!r}: {FIX_PAD} pads flat lists of token ids, got {arr.type}"
+        )
+    lens = np.asarray(pc.list_value_length(arr), dtype=np.int64)
+    n = len(lens)
+    length = plan.input_shape[0] if plan.input_shape else int(lens.max(initial=0))
+    if n and lens.min() < 1:
+        bad = int(np.flatnonzero(lens < 1)[0])
+        raise InvalidInputError(
+            f"{what} column {name!r}: {_row_name(first_row + bad, ids)} holds no tokens"
+        )
+    if n and lens.max() > length:
+        bad = int(np.flatnonzero(lens > length)[0])
+        raise InvalidInputError(
+            f"{what} column {name!r}: {_row_name(first_row + bad, ids)} holds {int(lens[bad])} "
+            f"tokens, more than the {length} every sequence is padded to (from "
+            f"{plan.shape_origin or 'the longest row'}); truncate when tokenizing, or set "
+            f"{FIX_SHAPE} to the model's longest input"
+        )
+    flat = arr.flatten()
+    values = np.asarray(flat.to_numpy(zero_copy_only=False))
+    if values.dtype == object or values.dtype.kind not in "iu":
+        if values.dtype.kind == "f":
+            values = _exact_ints(values, f"{what} token column {name!r}")
+        else:
+            raise InvalidInputError(f"{what} column {name!r} must hold token ids, got {arr.type}")
+    out = np.full((n, length), plan.pad_token_id, dtype=np.int64)
+    out[np.arange(length)[None, :] < lens[:, None]] = values
+    return out

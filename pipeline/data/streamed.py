@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from infgate.data.columns import ColumnPlan
-from infgate.data.decode import decode_features
+from infgate.data.columns import ColumnPlan, with_sequence_length
+from infgate.data.decode import decode_features, longest_sequence
 from infgate.data.readers import data_file, iter_parquet, read_columns
 from infgate.data.training import _as_ids, _check_labels, display_shape, labels_from_column
 from infgate.data.validation import token_extremes
@@ -121,6 +121,11 @@ class StreamedTrainingData:
         if classes is not None and int(labels.max()) >= len(classes):
             raise InvalidInputError(
                 f"labels contain {int(labels.max())} but only {len(classes)} classes are named"
+            )
+        if plan.pad_token_id is not None and plan.input_shape is None:  # one pass for L
+            batches = iter_parquet(path, plan.columns[:1], batch_rows=batch_rows)
+            plan = with_sequence_length(
+                plan, max((longest_sequence(b.column(0)) for b in batches), default=0)
             )
         h = hashlib.sha256()
         row_shape: tuple[int, ...] | None = None

@@ -17,8 +17,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from infgate.data.columns import ColumnOptions, ColumnPlan, ModelInputSpec, resolve_columns
-from infgate.data.decode import decode_features
+from infgate.data.columns import (
+    ColumnOptions,
+    ColumnPlan,
+    ModelInputSpec,
+    resolve_columns,
+    with_sequence_length,
+)
+from infgate.data.decode import decode_features, longest_sequence
 from infgate.errors import DatasetMismatchError, InvalidInputError, NonFiniteError
 
 __all__ = [
@@ -272,6 +278,8 @@ class TrainingData:
             )
         table = frame_table(df)
         plan = resolve_columns(table.schema, options, spec, what=name)
+        if plan.pad_token_id is not None:
+            plan = with_sequence_length(plan, longest_sequence(table.column(plan.columns[0])))
         read_ids = id_column is not None
         return cls.from_table(
             table,

@@ -17,11 +17,14 @@ then every numeric column but label, id, true label and metadata. Tags
 ``infgate.label_column``, ``infgate.classes`` (JSON list), ``infgate.image_shape``
 (``"8x8"``, for pictures), ``infgate.image_scale`` and ``infgate.true_label_column``
 (known clean labels, e.g. in a benchmark: kept out of the features and used only for the
-recall curve) refine how they are read.
+recall curve) refine how they are read. One list column of token sequences of different
+lengths is padded with ``infgate.pad_token_id`` (else the ``padding_idx`` of the model's
+embeddings, when a model is given) to ``input_shape`` or the longest training sequence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -31,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from infgate.data.columns import ColumnOptions, ColumnPlan, ModelInputSpec, resolve_columns
+from infgate.data.columns import (
+    ColumnOptions,
+    ColumnPlan,
+    ModelInputSpec,
+    resolve_columns,
+    with_sequence_length,
+)
+from infgate.data.decode import longest_sequence
 from infgate.data.readers import data_file, read_frame, read_schema, read_table
 from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
@@ -42,7 +52,12 @@ from infgate.registry.inputs import TAG_CLASSES as TAG_CLASSES
 from infgate.registry.inputs import TAG_IMAGE_SHAPE as TAG_IMAGE_SHAPE
 from infgate.registry.inputs import TAG_LABEL_COLUMN as TAG_LABEL_COLUMN
 from infgate.registry.inputs import TAG_TRUE_LABEL_COLUMN as TAG_TRUE_LABEL_COLUMN
-from infgate.registry.inputs import column_options, display_tags, model_input_spec
+from infgate.registry.inputs import (
+    column_options,
+    display_tags,
+    embedding_padding_idx,
+    model_input_spec,
+)
 from torch import nn
 
 if TYPE_CHECKING:
@@ -195,11 +210,43 @@ def _plan(
     label_column: str | None,
     use_signature: bool,
     tracking_uri: str | None,
+    model: nn.Module | None = None,
 ) -> tuple[ColumnPlan, ModelInputSpec | None]:
     options, origins = column_options(mv, columns, label_column=label_column)
     spec = model_input_spec(mv, tracking_uri=tracking_uri) if use_signature else None
     plan = resolve_columns(schema, options, spec, origins=origins, what=f"training data {uri!r}")
-    return plan, spec
+    return _model_padding(plan, schema, model), spec
+
+
+def _model_padding(plan: ColumnPlan, schema: Any, model: nn.Module | None) -> ColumnPlan:
+    """A flat list column of token ids with no pad id set takes the ``padding_idx`` of the
+    model's embeddings (so ragged sequences pad with what the model masks)."""
+    if model is None or plan.pad_token_id is not None or plan.kind != "array":
+        return plan
+    import pyarrow as pa
+
+    t = schema.field(plan.columns[0]).type
+    flat = pa.types.is_list(t) or pa.types.is_large_list(t)
+    if flat:
+        flat = not pa.types.is_nested(t.value_type)
+    if plan.dtype != "int64" or not flat or (plan.input_shape and len(plan.input_shape) != 1):
+        return plan
+    pad = embedding_padding_idx(model)
+    if pad is None:
+        return plan
+    return dataclasses.replace(
+        plan, pad_token_id=pad, pad_origin="the padding_idx of the model's embeddings"
+    )
+
+
+def _padded_plan(plan: ColumnPlan, column: Any) -> ColumnPlan:
+    """``plan`` with its padded length fixed from the training rows' token ``column`` when
+    ``input_shape`` did not fix it."""
+    if plan.pad_token_id is None or plan.input_shape is not None:
+        return plan
+    plan = with_sequence_length(plan, longest_sequence(column))
+    log.info("token sequences padded to %s with id %s", plan.input_shape, plan.pad_token_id)
+    return plan
 
 
 def load_training_data(
@@ -210,6 +257,7 @@ def load_training_data(
     columns: ColumnOptions | None = None,
     use_signature: bool = True,
     tracking_uri: str | None = None,
+    model: nn.Module | None = None,
 ) -> ResolvedData:
     """Resolve and read the version's training data whole (explicit URI > tag > run input).
 
@@ -220,6 +268,8 @@ def load_training_data(
         columns: explicit column options (win over the version's tags).
         use_signature: read feature columns / input shape from the model's signature.
         tracking_uri: MLflow tracking URI.
+        model: the loaded model, whose embeddings' ``padding_idx`` pads ragged token
+            sequences when no option or tag names a pad id.
 
     Raises:
         DataResolutionError: nothing resolvable, unreadable file, no label column, or
@@ -229,7 +279,10 @@ def load_training_data(
     uri, origin, registered_rows = _locate(mv, data_uri, tracking_uri)
     path = data_file(_download(uri))
     table = read_table(path)
-    plan, spec = _plan(mv, table.schema, uri, columns, label_column, use_signature, tracking_uri)
+    plan, spec = _plan(
+        mv, table.schema, uri, columns, label_column, use_signature, tracking_uri, model
+    )
+    plan = _padded_plan(plan, table.column(plan.columns[0]))
     true_labels = None
     if plan.true_label_column:
         true_labels = table.column(plan.true_label_column).to_numpy(zero_copy_only=False)
@@ -283,6 +336,7 @@ def stream_training_data(
     use_signature: bool = True,
     batch_rows: int = 65_536,
     tracking_uri: str | None = None,
+    model: nn.Module | None = None,
 ) -> StreamedData:
     """Like :func:`load_training_data`, but the features stream from Parquet in batches of
     ``batch_rows`` rows (see :mod:`infgate.data.streamed` for what still loads whole).
@@ -293,7 +347,7 @@ def stream_training_data(
     uri, origin, registered_rows = _locate(mv, data_uri, tracking_uri)
     path = data_file(_download(uri))
     plan, spec = _plan(
-        mv, read_schema(path), uri, columns, label_column, use_signature, tracking_uri
+        mv, read_schema(path), uri, columns, label_column, use_signature, tracking_uri, model
     )
     classes, image_shape = display_tags(mv)
     data = StreamedTrainingData.from_parquet(
@@ -305,6 +359,7 @@ def stream_training_data(
         source_uri=uri,
         name=f"{mv.name}-v{mv.version}-train",
     )
+    plan = data.plan  # ragged token sequences: with the padded length fixed
     true_labels = None
     if plan.true_label_column:
         true_labels = read_table(path, [plan.true_label_column]).column(0).to_numpy()

@@ -3,9 +3,10 @@
 Tags (JSON lists or comma-separated names): ``infgate.feature_columns``,
 ``infgate.token_columns``, ``infgate.metadata_columns``; ``infgate.input_shape``
 (``"1x8x8"`` or a JSON list); ``infgate.label_column``, ``infgate.true_label_column``,
-``infgate.image_scale``; for people: ``infgate.classes`` (JSON list) and
-``infgate.image_shape`` (``"8x8"``). Explicit :class:`~infgate.data.columns.ColumnOptions`
-win over tags; tags win over the signature (:func:`model_input_spec`).
+``infgate.image_scale``, ``infgate.pad_token_id`` (ragged token sequences); for people:
+``infgate.classes`` (JSON list) and ``infgate.image_shape`` (``"8x8"``). Explicit
+:class:`~infgate.data.columns.ColumnOptions` win over tags; tags win over the signature
+(:func:`model_input_spec`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TAG_TOKEN_COLUMNS = "infgate.token_columns"
 TAG_METADATA_COLUMNS = "infgate.metadata_columns"
 TAG_INPUT_SHAPE = "infgate.input_shape"
 TAG_IMAGE_SCALE = "infgate.image_scale"
+TAG_PAD_TOKEN_ID = "infgate.pad_token_id"
 
 
 def _tag_names(tags: dict[str, str], key: str) -> tuple[str, ...] | None:
@@ -62,6 +64,34 @@ def _tag_shape(tags: dict[str, str], key: str) -> tuple[int, ...] | None:
         ) from e
 
 
+def _tag_int(tags: dict[str, str], key: str) -> int | None:
+    raw = (tags.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise InvalidInputError(f"tag {key} must be an integer, got {raw!r}") from e
+
+
+def embedding_padding_idx(model: Any) -> int | None:
+    """The ``padding_idx`` the model's token embeddings share (``nn.Embedding`` modules, or
+    ``aten.embedding`` calls of a pt2 graph), or ``None`` when none sets one or they differ."""
+    import torch
+
+    found: set[int] = set()
+    for m in model.modules() if isinstance(model, torch.nn.Module) else ():
+        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+            found.add(int(m.padding_idx) % m.num_embeddings)
+        graph = getattr(m, "graph", None)
+        for node in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
+            if node.op == "call_function" and node.target is torch.ops.aten.embedding.default:
+                pad = node.args[2] if len(node.args) > 2 else node.kwargs.get("padding_idx", -1)
+                if isinstance(pad, int) and pad >= 0:
+                    found.add(pad)
+    return found.pop() if len(found) == 1 else None
+
+
 def column_options(
     mv: ModelVersionRef,
     explicit: ColumnOptions | None = None,
@@ -83,6 +113,7 @@ def column_options(
         "label_column": tags.get(TAG_LABEL_COLUMN) or None,
         "true_label_column": tags.get(TAG_TRUE_LABEL_COLUMN) or None,
         "image_scale": float(tags[TAG_IMAGE_SCALE]) if tags.get(TAG_IMAGE_SCALE) else None,
+        "pad_token_id": _tag_int(tags, TAG_PAD_TOKEN_ID),
     }
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}

@@ -84,6 +84,7 @@ def load_stage(
                 columns=columns,
                 use_signature=data_cfg.use_signature,
                 tracking_uri=tracking_uri,
+                model=model,
             )
         )
     else:
@@ -93,6 +94,7 @@ def load_stage(
             columns=columns,
             use_signature=data_cfg.use_signature,
             tracking_uri=tracking_uri,
+            model=model,
         )
     n_classes = check_data_fits(model, _fit_rows(train.data), train.data.labels, plan=train.plan)
     eval_data = load_eval_data(mv, eval_uri, train)

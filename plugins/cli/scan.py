@@ -80,6 +80,7 @@ def build_scan_config(
     feature_columns: list[str] | None = None,
     label_column: str | None = None,
     stream: str | None = None,
+    pad_token_id: int | None = None,
 ) -> Any:
     """The one ScanConfig of a scan: the YAML (or defaults), the gate YAML's keys as the
     ``gate`` section, then every flag that was given (``None`` = not given)."""
@@ -102,6 +103,7 @@ def build_scan_config(
             "data.feature_columns": _split_params(feature_columns),
             "data.label_column": label_column,
             "data.stream": stream,
+            "data.pad_token_id": pad_token_id,
         }
     )
     return base.with_overrides(**overrides)
@@ -274,6 +276,14 @@ def scan(
             "or never. Same findings either way."
         ),
     ] = None,
+    pad_token_id: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Pad token sequences of different lengths (one list column) with this id "
+            "(default: tag infgate.pad_token_id, else the model embeddings' padding_idx).",
+        ),
+    ] = None,
     gate_config: Annotated[
         str | None,
         typer.Option(
@@ -321,6 +331,7 @@ def scan(
         feature_columns=feature_columns,
         label_column=label_column,
         stream=stream,
+        pad_token_id=pad_token_id,
     )
     verbose = bool(ctx.find_root().params.get("verbose"))
     with results_only_on_stdout():

@@ -173,3 +173,91 @@ def test_wrong_width_for_the_model_is_one_line_naming_columns() -> None:
         "set option `feature_columns` or model-version tag `infgate.feature_columns`, or "
         "option `input_shape` or model-version tag `infgate.input_shape` (e.g. '1x8x8')"
     )
+
+
+def _ragged(lengths: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, 20, k, dtype=np.int64) for k in lengths]
+
+
+def _padded_by_hand(rows: list[np.ndarray], length: int, pad: int) -> np.ndarray:
+    out = np.full((len(rows), length), pad, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def test_ragged_token_sequences_pad_to_the_longest_or_to_input_shape() -> None:
+    """One list column of sequences of different lengths is padded at the end with the pad
+    id: to the longest training sequence, or to ``input_shape``; evaluation rows read with
+    the training plan pad to the same length."""
+    from infgate.data.training import EvalData, frame_table
+
+    rows = _ragged([3, 5, 2, 4])
+    df = pd.DataFrame({"example_id": list("abcd"), "tokens": rows, "label": [0, 1, 2, 0]})
+    data = TrainingData.from_frame(df, options=ColumnOptions(pad_token_id=0))
+    assert data.features.dtype == np.int64
+    np.testing.assert_array_equal(data.features, _padded_by_hand(rows, 5, 0))
+    wide = TrainingData.from_frame(df, options=ColumnOptions(pad_token_id=7, input_shape=(8,)))
+    np.testing.assert_array_equal(wide.features, _padded_by_hand(rows, 8, 7))
+    assert data.content_hash != wide.content_hash
+
+    from infgate.data.columns import resolve_columns, with_sequence_length
+    from infgate.data.decode import longest_sequence
+
+    table = frame_table(df)
+    plan = resolve_columns(table.schema, ColumnOptions(pad_token_id=0))
+    plan = with_sequence_length(plan, longest_sequence(table.column("tokens")))
+    assert plan.input_shape == (5,) and plan.shape_origin == "the longest training sequence"
+    assert "padded with id 0 (from option pad_token_id)" in plan.describe()
+    short = _ragged([1, 2], seed=1)
+    ev = EvalData.from_table(frame_table(pd.DataFrame({"tokens": short, "label": [1, 0]})), plan)
+    np.testing.assert_array_equal(ev.features, _padded_by_hand(short, 5, 0))
+    long = pd.DataFrame({"example_id": ["e0", "e1"], "tokens": _ragged([2, 6]), "label": [0, 1]})
+    with pytest.raises(InvalidInputError) as err:
+        EvalData.from_table(frame_table(long), plan)
+    msg = str(err.value)
+    assert "'e1'" in msg and "holds 6 tokens" in msg and "the longest training sequence" in msg
+    assert "input_shape" in msg and "\n" not in msg
+
+
+def test_ragged_tokens_without_a_pad_id_name_the_option() -> None:
+    df = pd.DataFrame({"tokens": _ragged([3, 5]), "label": [0, 1]})
+    with pytest.raises(InvalidInputError, match="pad token sequences with option `pad_token_id`"):
+        TrainingData.from_frame(df)
+
+
+@pytest.mark.parametrize(
+    ("column", "options", "match"),
+    [
+        ([np.array([1, 2]), np.array([], np.int64)], {}, "row 1 holds no tokens"),
+        ([[0.5, 1.0], [2.0]], {}, "gives a list of floats"),
+        ([[[1, 2]], [[3, 4], [5, 6]]], {}, "pads flat lists of token ids"),
+        ([[1, 2], [3]], {"input_shape": (2, 1)}, "padded token sequences are 1-D"),
+        ([[1, 2], [3]], {"pad_token_id": -1}, "`pad_token_id` must be an int >= 0"),
+    ],
+)
+def test_padding_refuses_what_it_cannot_pad(column: list, options: dict, match: str) -> None:
+    df = pd.DataFrame({"tokens": column, "label": [0, 1]})
+    with pytest.raises((InvalidInputError, DatasetMismatchError), match=match):
+        TrainingData.from_frame(df, options=ColumnOptions(**{"pad_token_id": 0, **options}))
+
+
+def test_pad_id_on_numeric_columns_is_refused() -> None:
+    from infgate.errors import DataResolutionError
+
+    df = pd.DataFrame({"x0": [1.0, 2.0], "x1": [3.0, 4.0], "label": [0, 1]})
+    with pytest.raises(DataResolutionError, match="pads one list column of token ids"):
+        TrainingData.from_frame(df, options=ColumnOptions(pad_token_id=0))
+
+
+def test_padding_idx_of_a_module_and_of_an_exported_graph() -> None:
+    from infgate.registry.inputs import embedding_padding_idx
+
+    model = nn.Sequential(nn.Embedding(9, 4, padding_idx=3), nn.Flatten(), nn.Linear(20, 2))
+    assert embedding_padding_idx(model) == 3
+    graph = torch.export.export(model, (torch.zeros(2, 5, dtype=torch.long),)).module()
+    assert embedding_padding_idx(graph) == 3
+    assert embedding_padding_idx(_token_model()) is None  # no padding_idx
+    two = nn.ModuleList([nn.Embedding(9, 4, padding_idx=0), nn.Embedding(9, 4, padding_idx=1)])
+    assert embedding_padding_idx(two) is None  # ambiguous: no default

@@ -121,3 +121,28 @@ def test_stream_rejects_bad_rows_with_the_row(tmp_path: Path) -> None:
 
     with pytest.raises(DataResolutionError, match="only Parquet streams in batches"):
         list(iter_parquet(csv, ["f0"], batch_rows=2))
+
+
+@pytest.mark.parametrize("input_shape", [None, (12,)])
+def test_stream_of_ragged_tokens_pads_like_in_memory(
+    tmp_path: Path, input_shape: tuple[int, ...] | None
+) -> None:
+    """The padded length is the longest sequence of the whole file (found in a first pass),
+    not of each batch: streamed batches equal the in-memory read and hash alike."""
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 10, 23)
+    lengths[17] = 11  # the longest row sits in a late batch
+    rows = [rng.integers(1, 30, k) for k in lengths]
+    df = pd.DataFrame({"tokens": rows, "label": rng.integers(0, 3, 23)})
+    path = _write(df, tmp_path / "ragged.parquet", 5)
+    opts = ColumnOptions(pad_token_id=0, input_shape=input_shape)
+    whole = TrainingData.from_frame(df, options=opts)
+    s = StreamedTrainingData.from_parquet(
+        path, resolve_columns(pq.read_schema(path), opts), batch_rows=4
+    )
+    width = input_shape[0] if input_shape else 11
+    assert s.row_shape == (width,) and s.plan.input_shape == (width,)
+    assert s.dtype == "int64" and s.content_hash == whole.content_hash
+    got = np.concatenate([x for _, x, _ in s.iter_batches(6)])
+    np.testing.assert_array_equal(got, whole.features)
+    assert got.shape == (23, width) and (got[0, lengths[0] :] == 0).all()

@@ -1,0 +1,159 @@
+"""Token sequences stored as a Parquet list column of different lengths, scanned through the
+registry: padded with the id the model masks (its embedding's ``padding_idx`` when no option
+or tag names one) to the length the model's signature gives; bad input refused in one line
+with nothing stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from infgate.examples.networks import (
+    TrainOptions,
+    flip_labels,
+    make_network,
+    ragged_token_sequences,
+    train_network,
+)
+from infgate.examples.registry_models import FamilyData, RegisteredNetwork, register_network
+
+from tests.models.test_bad_models import _one_line_error, _scan, _untouched
+from tests.services import MlflowServer
+
+N_TRAIN, N_EVAL, LENGTH = 240, 60, 24
+
+
+def _padded(rows: list[np.ndarray], pad: int) -> torch.Tensor:
+    out = torch.full((len(rows), LENGTH), pad, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r)
+    return out
+
+
+def _ragged_data(seed: int) -> FamilyData:
+    rows, y = ragged_token_sequences(N_TRAIN + N_EVAL, max_length=LENGTH, seed=seed)
+    noisy, flipped = flip_labels(y[:N_TRAIN], 0.1, classes=4, seed=seed + 1)
+    train = pd.DataFrame(
+        {
+            "example_id": [f"text-{i:04d}" for i in range(N_TRAIN)],
+            "tokens": rows[:N_TRAIN],
+            "source": ["forum"] * N_TRAIN,  # a string metadata column: not a feature
+            "label": noisy.numpy(),
+            "true_label": y[:N_TRAIN].numpy(),
+        }
+    )
+    ev = pd.DataFrame(
+        {
+            "example_id": [f"text-eval-{i:04d}" for i in range(N_EVAL)],
+            "tokens": rows[N_TRAIN:],
+            "label": y[N_TRAIN:].numpy(),
+        }
+    )
+    x = _padded(rows[:N_TRAIN], 0)
+    network = {"vocab": 50, "classes": 4, "max_len": LENGTH}
+    return FamilyData(
+        "transformer",
+        train,
+        ev,
+        flipped,
+        x,
+        noisy,
+        network,
+        {"infgate.true_label_column": "true_label"},
+    )
+
+
+Versions = Callable[..., tuple[FamilyData, RegisteredNetwork]]
+
+
+@pytest.fixture(scope="module")
+def versions(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    """``versions("pickle", pad_id=0)``: that version trained and registered once."""
+    cache: dict[tuple[str, int | None], tuple[FamilyData, RegisteredNetwork]] = {}
+
+    def get(flavour: str, *, pad_id: int | None = 0) -> tuple[FamilyData, RegisteredNetwork]:
+        if (flavour, pad_id) not in cache:
+            workdir = tmp_path_factory.mktemp(f"ragged-{flavour}")
+            cache[(flavour, pad_id)] = _register(flavour, mlflow_server, workdir, pad_id=pad_id)
+        return cache[(flavour, pad_id)]
+
+    return get
+
+
+def _register(
+    flavour: str, server: MlflowServer, tmp_path: Path, *, pad_id: int | None = 0
+) -> tuple[FamilyData, RegisteredNetwork]:
+    data = _ragged_data(seed=3)
+    model = make_network(
+        "transformer", seed=0, pad_id=pad_id, d_model=32, heads=2, layers=1, ff=64, **data.network
+    )
+    opts = TrainOptions(optimizer="adam", lr=3e-3, epochs=6, weight_decay=1e-3, batch_size=32)
+    train_network(model, data.x, data.y, opts)
+    reg = register_network(
+        data,
+        name=f"ragged-{flavour}-{'pad' if pad_id is not None else 'nopad'}",
+        workdir=tmp_path / "data",
+        tracking_uri=server.uri,
+        options=opts,
+        serialization_format=None if flavour == "pt2" else "pickle",
+        data_link="input" if flavour == "pt2" else "tag",
+        model=model,
+    )
+    return data, reg
+
+
+@pytest.mark.parametrize("flavour", ["pt2", "pickle"])
+def test_ragged_token_sequences_scan_padded_with_the_models_padding_idx(
+    flavour: str, cli, versions: Versions, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """No tag names a pad id: the scan pads with the embedding's ``padding_idx`` (found in
+    the module, or in the pt2 graph's ``aten.embedding`` call) to the signature's 24
+    positions, scores every row, and the mismatch test reads the evaluation rows the same
+    way."""
+    from infgate.store import Store
+
+    data, reg = versions(flavour)
+    assert data.train["tokens"].map(len).nunique() > 5  # really ragged
+    res = _scan(cli, reg.uri, mlflow_server, tmp_path, "--eval", reg.eval_path)
+    assert res.code in (0, 2), res
+    store = Store.from_url(f"sqlite:///{tmp_path / 'infgate.db'}")
+    (info,) = store.list_scans()
+    assert info.n_rows == N_TRAIN
+    findings = store.findings_frame(info.id)
+    labels = findings[findings["kind"] == "label_error"]
+    assert 0 < len(labels) < N_TRAIN
+    assert set(labels["example_id"]) <= set(data.train["example_id"])
+    assert info.mismatch is not None
+
+
+def test_eval_row_longer_than_the_model_input_is_refused(
+    cli, versions: Versions, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _, reg = versions("pickle")
+    ev = pd.read_parquet(reg.eval_path)
+    ev.at[4, "tokens"] = np.arange(1, LENGTH + 6, dtype=np.int64)
+    path = tmp_path / "long-eval.parquet"
+    ev.to_parquet(path, index=False)
+    line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path, "--eval", path))
+    assert "text-eval-0004" in line and f"{LENGTH + 5} tokens" in line, line
+    assert f"padded to ({LENGTH},)" not in line and f"the {LENGTH} every sequence" in line, line
+    assert "input_shape" in line, line
+    _untouched(tmp_path, mlflow_server, reg.name, reg.version)
+
+
+def test_ragged_tokens_without_a_pad_id_name_the_option(
+    cli, versions: Versions, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A model without ``padding_idx`` and no option or tag: the lengths differ, so the scan
+    refuses and says how to pad; with ``--pad-token-id`` it runs."""
+    _, reg = versions("pickle", pad_id=None)
+    line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path))
+    assert "pad_token_id" in line and "infgate.pad_token_id" in line, line
+    _untouched(tmp_path, mlflow_server, reg.name, reg.version)
+    (tmp_path / "again").mkdir()
+    res = _scan(cli, reg.uri, mlflow_server, tmp_path / "again", "--pad-token-id", "0")
+    assert res.code in (0, 2), res
