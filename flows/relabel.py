@@ -22,14 +22,20 @@ def apply_task(
 ) -> dict[str, Any]:
     """Corrected dataset version from the scan's resolved decisions (Parquet + MLflow)."""
     from infgate.registry import load_training_data, resolve_model_version
-    from infgate.review.queue import apply_decisions
+    from infgate.registry.datasets import training_data_path
+    from infgate.review.queue import apply_decisions, scanned_dataset
 
     store = open_store(resolve_db(db_url))
     info = store.get_scan(scan_id)
     mv = resolve_model_version(
         info.model_name, version=info.model_version, tracking_uri=tracking_uri
     )
-    data = load_training_data(mv, data_uri=info.dataset_uri, tracking_uri=tracking_uri).data
+    data: Any
+    if info.columns:  # decoded as the scan did; the corrected file keeps its layout
+        path = training_data_path(mv, data_uri=info.dataset_uri, tracking_uri=tracking_uri)
+        data = scanned_dataset(store, scan_id, path)
+    else:  # a scan stored before plans were kept: resolve the columns again
+        data = load_training_data(mv, data_uri=info.dataset_uri, tracking_uri=tracking_uri).data
     out = (
         Path(out_dir or ".")
         / f"{info.model_name}-v{info.model_version}-scan{scan_id}-corrected.parquet"

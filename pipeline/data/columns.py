@@ -197,6 +197,30 @@ class ColumnPlan:
     pad_token_id: int | None = None
     pad_origin: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly form (stored with the dataset version, so a later reader decodes
+        the file exactly as the scan did); :meth:`from_dict` reads it back."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> ColumnPlan:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            InvalidInputError: ``d`` is not a stored plan.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            kw = dict(d)
+            for key in ("columns", "ignored", "metadata_columns"):
+                kw[key] = tuple(str(c) for c in kw[key])  # type: ignore[attr-defined]
+            if kw.get("input_shape") is not None:
+                kw["input_shape"] = tuple(int(v) for v in kw["input_shape"])  # type: ignore[attr-defined]
+            return cls(**{k: v for k, v in kw.items() if k in names})  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"not a stored column plan ({exc}): {dict(d)!r:.200}") from None
+
     def describe(self) -> str:
         """The columns in a few words, for one-line messages."""
         cols = list(self.columns)

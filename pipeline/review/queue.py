@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from infgate.errors import InvalidInputError, LeaseExpiredError, NotFoundError
-from infgate.review.corrected import AppliedVersion, apply_decisions
+from infgate.review.corrected import (
+    AppliedVersion,
+    ScannedDataset,
+    apply_decisions,
+    scanned_dataset,
+)
 from infgate.review.decisions import (
     ACTIONS,
     Action,
@@ -49,6 +54,7 @@ __all__ = [
     "ClaimedItem",
     "DecisionResult",
     "QueueStats",
+    "ScannedDataset",
     "apply_decisions",
     "claim_next",
     "decide",
@@ -58,6 +64,7 @@ __all__ = [
     "list_items",
     "queue_stats",
     "reference_examples",
+    "scanned_dataset",
 ]
 
 log = logging.getLogger(__name__)

@@ -364,6 +364,7 @@ def store_stage(
         explanations=analysis.explanations,
         n_outputs=int(loaded.n_classes),
         curvature=json_safe(analysis.curvature.to_dict()),
+        columns=loaded.train.plan.to_dict() if loaded.train.plan is not None else None,
     )
     return int(store.record_scan(record))
 

@@ -62,6 +62,8 @@ class DatasetVersion(Base):
     classes: Mapped[list[Any] | None] = mapped_column(JSON)
     image_shape: Mapped[list[Any] | None] = mapped_column(JSON)
     feature_names: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: The resolved column plan (``ColumnPlan.to_dict()``): how to decode this version.
+    columns: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
     note: Mapped[str | None] = mapped_column(Text)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))

@@ -49,6 +49,8 @@ class ScanRecord:
         n_outputs: the model's output count (classes it predicts); every label that enters
             the queue later is checked against it. ``None`` = unknown (class names decide).
         curvature: a JSON-friendly summary of the fitted curvature (back-end, damping, ...).
+        columns: how the data file was decoded (``ColumnPlan.to_dict()``), kept with the
+            dataset version so ``queue apply`` reads the file the same way.
     """
 
     model_name: str
@@ -70,6 +72,7 @@ class ScanRecord:
     explanations: pd.DataFrame | None = field(default=None)
     n_outputs: int | None = None
     curvature: dict[str, Any] | None = None
+    columns: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("model_name", "model_version", "dataset_hash", "method"):
@@ -187,3 +190,4 @@ class ScanInfo:
     updated_at: dt.datetime
     n_outputs: int | None = None
     curvature: dict[str, Any] | None = None
+    columns: dict[str, Any] | None = None

@@ -177,6 +177,7 @@ class Store:
         dv.classes = record.classes if record.classes is not None else dv.classes
         dv.image_shape = list(record.image_shape) if record.image_shape else dv.image_shape
         dv.feature_names = record.feature_names or dv.feature_names
+        dv.columns = record.columns or dv.columns
         s.flush()
         return dv
 
@@ -321,6 +322,7 @@ class Store:
             classes=dv.classes,
             image_shape=tuple(dv.image_shape) if dv.image_shape else None,  # type: ignore[arg-type]
             feature_names=dv.feature_names,
+            columns=dv.columns,
             config=scan.config,
             config_hash=scan.config_hash,
             method=scan.method,

@@ -221,10 +221,9 @@ def queue_apply(
     tracking_uri: TrackingOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Write a corrected dataset version: decided labels applied, invalid examples dropped."""
-    from infgate.data.readers import read_frame
-    from infgate.data.training import TrainingData
-    from infgate.review.queue import apply_decisions
+    """Write a corrected dataset version: decided labels applied, invalid examples dropped;
+    every other column kept as the file stores it."""
+    from infgate.review.queue import apply_decisions, scanned_dataset
 
     settings = settings_from(db, tracking_uri)
     store = open_store(db)
@@ -235,12 +234,7 @@ def queue_apply(
             f"the scan's dataset URI {info.dataset_uri!r} is no file: pass --data PATH",
             param_hint="--data",
         )
-    dataset = TrainingData.from_frame(
-        read_frame(source),
-        classes=info.classes,
-        image_shape=info.image_shape,
-        source_uri=str(source),
-    )
+    dataset = scanned_dataset(store, scan, source)
     applied = apply_decisions(
         store, dataset, scan_id=scan, out_path=out, tracking_uri=settings.tracking_uri
     )

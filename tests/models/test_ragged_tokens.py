@@ -128,6 +128,19 @@ def test_ragged_token_sequences_scan_padded_with_the_models_padding_idx(
     assert 0 < len(labels) < N_TRAIN
     assert set(labels["example_id"]) <= set(data.train["example_id"])
     assert info.mismatch is not None
+    assert info.columns is not None and info.columns["pad_token_id"] == 0
+    # queue apply reads the file back with the stored plan (same dataset version) and the
+    # corrected file keeps the ragged token lists and the metadata column as stored
+    db = f"sqlite:///{tmp_path / 'infgate.db'}"
+    res = cli("queue", "enqueue", str(info.id), "--db", db)
+    assert res.code == 0, res
+    out = tmp_path / "corrected.parquet"
+    res = cli("queue", "apply", "--scan", str(info.id), "--out", out, "--db", db)
+    assert res.code == 0, res
+    corrected = pd.read_parquet(out)
+    assert list(corrected.columns) == list(pd.read_parquet(reg.train_path).columns)
+    assert corrected["tokens"].map(len).tolist() == data.train["tokens"].map(len).tolist()
+    assert (corrected["source"] == "forum").all()
 
 
 def test_eval_row_longer_than_the_model_input_is_refused(

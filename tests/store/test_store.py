@@ -23,7 +23,7 @@ def test_refuses_unknown_schema_until_upgrade(db_url: str) -> None:
     with pytest.raises(SchemaVersionError, match="infgate db upgrade") as err:
         st.get_scan(1)
     assert "no infgate schema" in str(err.value)
-    assert st.upgrade() == "0002"
+    assert st.upgrade() == "0003"
     with pytest.raises(NotFoundError, match="no scan with id 1"):
         st.get_scan(1)
     with st.engine.begin() as conn:
