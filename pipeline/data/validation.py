@@ -13,23 +13,30 @@ __all__ = ["check_token_ids", "embedding_size", "token_extremes"]
 def embedding_size(model: nn.Module) -> int | None:
     """``num_embeddings`` of the model's first embedding, or ``None`` if it has none.
 
-    Finds an ``nn.Embedding`` submodule, or in an exported (``pt2``) graph the weight of the
-    first ``aten.embedding`` call, since exported modules no longer hold ``nn.Embedding``.
+    Finds an ``nn.Embedding`` or ``nn.EmbeddingBag`` submodule, or in an exported (``pt2``)
+    graph the weight of the first ``aten.embedding`` / ``aten.embedding_bag`` call, since
+    exported modules no longer hold the modules.
     """
     for module in model.modules():
-        if isinstance(module, nn.Embedding):
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
             return int(module.num_embeddings)
     graph = getattr(model, "graph", None)
     if graph is None:
         return None
+    aten = torch.ops.aten
+    weight_first = (
+        aten.embedding.default,
+        aten.embedding_bag.default,
+        aten.embedding_bag.padding_idx,
+        aten._embedding_bag.default,
+    )
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in (
-            torch.ops.aten.embedding.default,
-            torch.nn.functional.embedding,
+        if node.op == "call_function" and (
+            node.target in weight_first or node.target is torch.nn.functional.embedding
         ):
             weight = (
                 node.args[0]
-                if node.target is torch.ops.aten.embedding.default
+                if node.target in weight_first
                 else (node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"))
             )
             if getattr(weight, "op", None) == "get_attr":

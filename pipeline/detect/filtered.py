@@ -38,8 +38,6 @@ import torch
 from infgate.errors import InvalidInputError
 from infgate.influence import InfluenceScorer
 from infgate.influence.backends.base import CanFilter
-from infgate.influence.gradients import forward_mode_kernels
-from torch.func import jvp
 
 __all__ = [
     "FILTER_STRENGTH",
@@ -251,15 +249,13 @@ def filtered_logits_linearized(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(z, J step)`` for every training example, each ``(n, C)`` float64: the fitted
     model's logits and their first-order change along the flat parameter ``step``
-    (one ``torch.func.jvp`` per batch, no per-example Jacobian)."""
+    (one ``torch.func.jvp`` per batch, no per-example Jacobian; per-example Jacobians only
+    for a model with an op that has no forward-mode rule, see
+    :meth:`~infgate.influence.gradients.GradientEngine.output_jvp`)."""
     engine = scorer.engine
     tangent = engine.unflatten(step.to(engine.device, engine.dtype))
-    with torch.no_grad(), forward_mode_kernels():  # fused kernels lack jvp rules
-        batches = (
-            (s, tuple(t.cpu() for t in jvp(
-                lambda p, x=x: engine.forward(p, x), (engine.params,), (tangent,)
-            )))
-            for s, x, _ in scorer.train
-        )  # fmt: skip
-        z, dz = _filled(scorer, batches, 2)
-    return z, dz
+    batches = (
+        (s, tuple(t.detach().cpu() for t in engine.output_jvp(x, tangent)))
+        for s, x, _ in scorer.train
+    )
+    return _filled(scorer, batches, 2)  # type: ignore[return-value]

@@ -17,7 +17,7 @@ import torch
 from infgate.errors import InvalidInputError, ModelStateError, NonFiniteError
 from infgate.influence.objective import Objective
 from torch import nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
@@ -207,6 +207,9 @@ class GradientEngine:
         self.n_params = sum(self.sizes)
         #: why per-example passes run one example at a time (``None``: batched with vmap)
         self.vmap_fallback: str | None = None
+        #: why output Jacobian-vector products use per-example Jacobians (``None``: forward
+        #: mode); an op without a forward-mode rule (``nn.EmbeddingBag``) sets it
+        self.jvp_fallback: str | None = None
         if device.type != "cpu" and next(iter(model.parameters())).device != device:
             # Constants of a GraphModule live on the module; run a copy on the device.
             import copy
@@ -230,6 +233,51 @@ class GradientEngine:
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, {**self.fixed, **params}, (x,))
         return model_logits(out, binary=self.objective.name == "cross_entropy")
+
+    def output_jvp(
+        self, x: torch.Tensor, tangent: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, J t)``: the batch's outputs and their directional derivative along the
+        parameter ``tangent``. One forward-mode ``torch.func.jvp``; a model with an op that
+        has no forward-mode rule (``nn.EmbeddingBag``'s kernel, some custom ops) gets the
+        same numbers from reverse-mode per-example Jacobians, in row chunks (slower; warns
+        once per model class; ``jvp_fallback`` says why)."""
+        if self.jvp_fallback is None:
+            try:
+                with torch.no_grad(), forward_mode_kernels():  # fused kernels lack jvp rules
+                    z, dz = jvp(lambda p: self.forward(p, x), (self.params,), (tangent,))[:2]
+                return z, dz
+            except NotImplementedError as exc:
+                if "forward ad" not in str(exc).lower() and "forward-mode" not in str(exc).lower():
+                    raise
+                self.jvp_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                kind = type(self.model).__name__
+                if "jvp:" + kind not in _WARNED_FALLBACK:
+                    _WARNED_FALLBACK.add("jvp:" + kind)
+                    warnings.warn(
+                        f"forward-mode autodiff cannot run this model ({self.jvp_fallback}); "
+                        f"Jacobian-vector products use per-example Jacobians instead (same "
+                        f"results, slower)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        return self.output_jvp_by_jacobians(x, tangent)
+
+    def output_jvp_by_jacobians(
+        self, x: torch.Tensor, tangent: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`output_jvp` by reverse mode: ``J_b t`` from each example's output
+        Jacobian ``J_b`` (``(C, P)``), a few rows at a time (at most ~2^24 Jacobian entries)."""
+        t = self.flatten(tangent).to(self.dtype)
+        z = self.outputs(x)
+        per_row = max(int(z[:1].numel()) * self.n_params, 1)
+        step = max(1, (1 << 24) // per_row)
+        parts = []
+        for i in range(0, x.shape[0], step):
+            jac = self.output_jacobians(x[i : i + step]).detach()  # (b, C, P)
+            parts.append((jac @ t).reshape(jac.shape[0], *z.shape[1:]))
+        dz = torch.cat(parts) if parts else torch.zeros_like(z)
+        return z, dz.to(z.dtype)
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -75,18 +75,22 @@ def _tag_int(tags: dict[str, str], key: str) -> int | None:
 
 
 def embedding_padding_idx(model: Any) -> int | None:
-    """The ``padding_idx`` the model's token embeddings share (``nn.Embedding`` modules, or
-    ``aten.embedding`` calls of a pt2 graph), or ``None`` when none sets one or they differ."""
+    """The ``padding_idx`` the model's token embeddings share (``nn.Embedding`` /
+    ``nn.EmbeddingBag`` modules, or ``aten.embedding`` / ``aten.embedding_bag`` calls of a
+    pt2 graph), or ``None`` when none sets one or they differ."""
     import torch
 
     found: set[int] = set()
+    aten = torch.ops.aten
+    where = {aten.embedding.default: 2, aten.embedding_bag.padding_idx: 8}  # arg index
     for m in model.modules() if isinstance(model, torch.nn.Module) else ():
-        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
-            found.add(int(m.padding_idx) % m.num_embeddings)
+        if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.padding_idx is not None:
+            found.add(int(m.padding_idx) % int(m.num_embeddings))
         graph = getattr(m, "graph", None)
         for node in graph.nodes if isinstance(graph, torch.fx.Graph) else ():
-            if node.op == "call_function" and node.target is torch.ops.aten.embedding.default:
-                pad = node.args[2] if len(node.args) > 2 else node.kwargs.get("padding_idx", -1)
+            at = where.get(node.target) if node.op == "call_function" else None
+            if at is not None:
+                pad = node.args[at] if len(node.args) > at else node.kwargs.get("padding_idx", -1)
                 if isinstance(pad, int) and pad >= 0:
                     found.add(pad)
     return found.pop() if len(found) == 1 else None
