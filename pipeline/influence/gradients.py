@@ -248,19 +248,8 @@ class GradientEngine:
                     z, dz = jvp(lambda p: self.forward(p, x), (self.params,), (tangent,))[:2]
                 return z, dz
             except NotImplementedError as exc:
-                if "forward ad" not in str(exc).lower() and "forward-mode" not in str(exc).lower():
+                if not self.note_jvp_fallback(exc):
                     raise
-                self.jvp_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-                kind = type(self.model).__name__
-                if "jvp:" + kind not in _WARNED_FALLBACK:
-                    _WARNED_FALLBACK.add("jvp:" + kind)
-                    warnings.warn(
-                        f"forward-mode autodiff cannot run this model ({self.jvp_fallback}); "
-                        f"Jacobian-vector products use per-example Jacobians instead (same "
-                        f"results, slower)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
         return self.output_jvp_by_jacobians(x, tangent)
 
     def output_jvp_by_jacobians(
@@ -268,16 +257,40 @@ class GradientEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`output_jvp` by reverse mode: ``J_b t`` from each example's output
         Jacobian ``J_b`` (``(C, P)``), a few rows at a time (at most ~2^24 Jacobian entries)."""
-        t = self.flatten(tangent).to(self.dtype)
         z = self.outputs(x)
-        per_row = max(int(z[:1].numel()) * self.n_params, 1)
-        step = max(1, (1 << 24) // per_row)
-        parts = []
-        for i in range(0, x.shape[0], step):
-            jac = self.output_jacobians(x[i : i + step]).detach()  # (b, C, P)
-            parts.append((jac @ t).reshape(jac.shape[0], *z.shape[1:]))
-        dz = torch.cat(parts) if parts else torch.zeros_like(z)
-        return z, dz.to(z.dtype)
+        dz = self.jacobian_products(x, self.flatten(tangent).reshape(-1, 1))[..., 0]
+        return z, dz.reshape(z.shape).to(z.dtype)
+
+    def jacobian_products(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(B, C, k)``: each example's output Jacobian times the ``(P, k)`` columns ``v``,
+        by reverse mode, a few rows at a time (at most ~2^24 Jacobian entries held)."""
+        v = v.to(self.device, self.dtype)
+        with torch.no_grad():
+            n_out = int(self.outputs(x[:1]).numel())
+        step = max(1, (1 << 24) // max(n_out * self.n_params, 1))
+        parts = [
+            self.output_jacobians(x[i : i + step]).detach() @ v for i in range(0, x.shape[0], step)
+        ]
+        return torch.cat(parts) if parts else v.new_zeros(0, n_out, v.shape[1])
+
+    def note_jvp_fallback(self, exc: NotImplementedError) -> bool:
+        """Record (and warn once per model class) that ``exc`` came from an op without a
+        forward-mode rule; ``False`` if it is some other error."""
+        text = str(exc).lower()
+        if "forward ad" not in text and "forward-mode" not in text:
+            return False
+        self.jvp_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        kind = type(self.model).__name__
+        if "jvp:" + kind not in _WARNED_FALLBACK:
+            _WARNED_FALLBACK.add("jvp:" + kind)
+            warnings.warn(
+                f"forward-mode autodiff cannot run this model ({self.jvp_fallback}); "
+                f"Jacobian-vector products use per-example Jacobians instead (same results, "
+                f"slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return True
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -173,8 +173,16 @@ class CurvatureOperator:
         def jv(t: dict[str, torch.Tensor]) -> torch.Tensor:
             return jvp(f, (eng.params,), (t,))[1]
 
-        with forward_mode_kernels():
-            jvs = vmap(jv)(tangents)  # (k, B, C)
+        jvs: torch.Tensor | None = None
+        if eng.jvp_fallback is None:
+            try:
+                with forward_mode_kernels():
+                    jvs = vmap(jv)(tangents)  # (k, B, C)
+            except NotImplementedError as exc:  # an op without a forward-mode rule
+                if not eng.note_jvp_fallback(exc):
+                    raise
+        if jvs is None:
+            jvs = eng.jacobian_products(x, v).permute(2, 0, 1).to(out.dtype)
         hjv = torch.einsum("bcd,kbd->kbc", h_out, jvs)
         back = vmap(pullback)(hjv)[0]  # dict of (k, *shape)
         return eng.flatten(back, batch_dims=1).T
