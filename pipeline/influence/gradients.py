@@ -60,6 +60,27 @@ def forward_mode_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
 
 
+def refuse_probabilities(out: torch.Tensor, *, what: str = "the model") -> None:
+    """Raise when ``out`` (``(B, C)``, outside any ``torch.func`` transform) holds
+    probabilities, not logits: every entry in [0, 1] and every row summing to 1 (a final
+    ``nn.Softmax``). Cross-entropy on probabilities is not the model's loss, so every
+    gradient, curvature and score would be silently wrong. Log-probabilities (a final
+    ``nn.LogSoftmax``) are fine: ``log_softmax`` of log-probabilities is themselves.
+
+    Raises:
+        ModelStateError: naming the fix.
+    """
+    if out.ndim != 2 or out.shape[1] < 2 or out.shape[0] == 0 or not out.is_floating_point():
+        return
+    z = out.detach().double()
+    if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(1) - 1).abs() < 1e-4).all()):
+        raise ModelStateError(
+            f"{what} returns probabilities (every output row is in [0, 1] and sums to 1: a "
+            f"final softmax), but influence needs logits or log-probabilities: register the "
+            f"model without its final nn.Softmax, or with nn.LogSoftmax in its place"
+        )
+
+
 def model_logits(out: Any, *, binary: bool = True) -> torch.Tensor:
     """The logits in a model's output: the tensor itself, the first item of a tuple or
     list, or the ``"logits"`` entry of a dict or of a Hugging Face ``ModelOutput``
@@ -306,6 +327,8 @@ class GradientEngine:
                 f"the model cannot take inputs of shape {tuple(x.shape[1:])} per example "
                 f"(examples {start}..{start + x.shape[0] - 1}): {exc}"
             ) from exc
+        if self.objective.name == "cross_entropy":
+            refuse_probabilities(out)
         self.objective.check_targets(out, y)
         finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):

@@ -47,7 +47,7 @@ from infgate.data.streamed import StreamedTrainingData
 from infgate.data.training import EvalData, TrainingData
 from infgate.data.validation import check_token_ids, embedding_size, token_extremes
 from infgate.errors import DataResolutionError, DatasetMismatchError
-from infgate.influence.gradients import model_logits
+from infgate.influence.gradients import model_logits, refuse_probabilities
 from infgate.registry.inputs import TAG_CLASSES as TAG_CLASSES
 from infgate.registry.inputs import TAG_IMAGE_SHAPE as TAG_IMAGE_SHAPE
 from infgate.registry.inputs import TAG_LABEL_COLUMN as TAG_LABEL_COLUMN
@@ -443,6 +443,7 @@ def check_data_fits(
         raise DatasetMismatchError(
             f"model output has shape {tuple(out.shape)}; expected (n, classes)"
         )
+    refuse_probabilities(out)
     n_out = int(out.shape[1])
     if labels is not None and len(labels) and int(np.max(labels)) >= n_out:
         raise DatasetMismatchError(

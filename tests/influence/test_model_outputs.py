@@ -150,3 +150,27 @@ def test_single_logit_binary_model_is_its_logistic_loss(squeeze: bool) -> None:
     np.testing.assert_allclose(got.self_influence().scores, want, rtol=1e-9)
     df = find_label_errors(model, (x, y), eval_data=(x[:20], y[:20]), progress=False)
     assert set(df["predicted_label"].astype(int)) <= {0, 1} and df["score"].notna().all()
+
+
+def test_probability_outputs_are_refused_log_probabilities_score_like_logits() -> None:
+    """A final ``nn.Softmax`` makes the outputs probabilities: cross-entropy on them is not
+    the model's loss, so the scorer and the registry's data check refuse it naming the fix.
+    A final ``nn.LogSoftmax`` is fine: its self-influence equals the logits model's."""
+    from infgate.errors import ModelStateError
+    from infgate.registry.datasets import check_data_fits
+
+    torch.manual_seed(0)
+    base = _Net("tensor").double().eval()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(1))
+    probs = nn.Sequential(base, nn.Softmax(-1)).eval()
+    with pytest.raises(ModelStateError, match=r"returns probabilities .* without its final"):
+        InfluenceScorer(probs, (x, y), method="exact", damping=1e-2, progress=False)
+    logp = nn.Sequential(base, nn.LogSoftmax(-1)).eval()
+    a = InfluenceScorer(base, (x, y), method="exact", damping=1e-2, progress=False)
+    b = InfluenceScorer(logp, (x, y), method="exact", damping=1e-2, progress=False)
+    np.testing.assert_allclose(b.self_influence().scores, a.self_influence().scores, rtol=1e-9)
+    import copy
+
+    with pytest.raises(ModelStateError, match="returns probabilities"):  # the scan's check
+        check_data_fits(copy.deepcopy(probs).float(), x.float().numpy(), y.numpy())
