@@ -35,6 +35,7 @@ from infgate.examples.networks import (
     digits_images,
     flip_labels,
     make_network,
+    ragged_token_sequences,
     token_sequences,
     train_network,
     wave_sequences,
@@ -96,7 +97,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _raw(kind: Family, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def _raw(
+    kind: Family, n: int, seed: int, *, ragged: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``n`` inputs (as the model takes them), clean labels and the network's kwargs."""
     if kind == "mlp":
         from sklearn.datasets import load_breast_cancer
@@ -115,14 +118,20 @@ def _raw(kind: Family, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, d
     if kind == "conv1d":
         x, y = wave_sequences(n, length=64, classes=4, seed=seed)
         return x, y, {"classes": 4, "channels": 1, "width": 16}
+    if kind == "transformer" and ragged:
+        seqs, y = ragged_token_sequences(n, vocab=50, max_length=24, classes=4, seed=seed)
+        padded = torch.zeros(n, 24, dtype=torch.int64)  # padded with 0, the id the model masks
+        for i, r in enumerate(seqs):
+            padded[i, : len(r)] = torch.as_tensor(r)
+        return padded, y, {"vocab": 50, "classes": 4, "max_len": 24, "pad_id": 0}
     if kind == "transformer":
         x, y = token_sequences(n, vocab=50, length=24, classes=4, seed=seed)
         return x, y, {"vocab": 50, "classes": 4, "max_len": 24}
     raise InvalidInputError(f"kind must be one of {list(FAMILIES)}, got {kind!r}")
 
 
-def _frame(kind: Family, x: torch.Tensor, ids: list[str]) -> pd.DataFrame:
-    """The stored feature column(s) of ``x``."""
+def _frame(kind: Family, x: torch.Tensor, ids: list[str], ragged: bool = False) -> pd.DataFrame:
+    """The stored feature column(s) of ``x`` (``ragged``: token rows without their padding)."""
     if kind == "mlp":
         return pd.DataFrame(x.numpy(), columns=[f"f{j:02d}" for j in range(x.shape[1])]).assign(
             example_id=ids
@@ -130,32 +139,48 @@ def _frame(kind: Family, x: torch.Tensor, ids: list[str]) -> pd.DataFrame:
     if kind == "resnet":
         pix = (x[:, 0].numpy() * 255).round().astype(np.uint8)
         return pd.DataFrame({"example_id": ids, "image": [png_bytes(p) for p in pix]})
+    if ragged:
+        return pd.DataFrame({"example_id": ids, "tokens": [r[r != 0] for r in x.numpy()]})
     column = "signal" if kind == "conv1d" else "tokens"
     return pd.DataFrame({"example_id": ids, column: list(x.numpy())})
 
 
 def family_data(
-    kind: Family, *, n_train: int = 300, n_eval: int = 100, noise: float = 0.1, seed: int = 0
+    kind: Family,
+    *,
+    n_train: int = 300,
+    n_eval: int = 100,
+    noise: float = 0.1,
+    seed: int = 0,
+    ragged: bool = False,
 ) -> FamilyData:
     """Training rows (``noise`` of labels flipped, seeded) and evaluation rows of ``kind``.
 
+    With ``ragged`` (transformer only) the token sequences have different lengths (6 to 24)
+    and are stored as they are, unpadded; ``x`` pads them with 0 and the network masks 0
+    (``pad_id=0``), as a text pipeline stores and trains on tokenized text.
+
     Raises:
         InvalidInputError: an unknown ``kind``, non-positive sizes, or ``noise`` outside
-            ``[0, 1)``.
+            ``[0, 1)``; ``ragged`` with another kind.
     """
     if n_train < 1 or n_eval < 1:
         raise InvalidInputError(f"n_train and n_eval must be >= 1, got {n_train}, {n_eval}")
-    x, y, network = _raw(kind, n_train + n_eval, seed)
+    if ragged and kind != "transformer":
+        raise InvalidInputError(
+            f"ragged sequences are token data: kind 'transformer', not {kind!r}"
+        )
+    x, y, network = _raw(kind, n_train + n_eval, seed, ragged=ragged)
     if len(x) < n_train + n_eval:
         raise InvalidInputError(
             f"{kind}: only {len(x):,} rows available, asked for {n_train + n_eval:,}"
         )
     k = int(network["classes"])
     noisy, flipped = flip_labels(y[:n_train], noise, classes=k, seed=seed + 1)
-    train = _frame(kind, x[:n_train], [f"{kind}-{i:05d}" for i in range(n_train)])
+    train = _frame(kind, x[:n_train], [f"{kind}-{i:05d}" for i in range(n_train)], ragged)
     train["label"] = noisy.numpy().astype(np.int64)
     train["true_label"] = y[:n_train].numpy().astype(np.int64)
-    ev = _frame(kind, x[n_train:], [f"{kind}-eval-{i:05d}" for i in range(n_eval)])
+    ev = _frame(kind, x[n_train:], [f"{kind}-eval-{i:05d}" for i in range(n_eval)], ragged)
     ev["label"] = y[n_train:].numpy().astype(np.int64)
     tags = {"infgate.true_label_column": "true_label"}
     if kind == "resnet":

@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from infgate.examples.networks import (
-    TrainOptions,
-    flip_labels,
-    make_network,
-    ragged_token_sequences,
-    train_network,
+from infgate.examples.networks import TrainOptions, make_network, train_network
+from infgate.examples.registry_models import (
+    FamilyData,
+    RegisteredNetwork,
+    family_data,
+    register_network,
 )
-from infgate.examples.registry_models import FamilyData, RegisteredNetwork, register_network
 
 from tests.models.test_bad_models import _one_line_error, _scan, _untouched
 from tests.services import MlflowServer
@@ -27,44 +25,12 @@ from tests.services import MlflowServer
 N_TRAIN, N_EVAL, LENGTH = 240, 60, 24
 
 
-def _padded(rows: list[np.ndarray], pad: int) -> torch.Tensor:
-    out = torch.full((len(rows), LENGTH), pad, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r)
-    return out
-
-
 def _ragged_data(seed: int) -> FamilyData:
-    rows, y = ragged_token_sequences(N_TRAIN + N_EVAL, max_length=LENGTH, seed=seed)
-    noisy, flipped = flip_labels(y[:N_TRAIN], 0.1, classes=4, seed=seed + 1)
-    train = pd.DataFrame(
-        {
-            "example_id": [f"text-{i:04d}" for i in range(N_TRAIN)],
-            "tokens": rows[:N_TRAIN],
-            "source": ["forum"] * N_TRAIN,  # a string metadata column: not a feature
-            "label": noisy.numpy(),
-            "true_label": y[:N_TRAIN].numpy(),
-        }
+    data = family_data(
+        "transformer", n_train=N_TRAIN, n_eval=N_EVAL, noise=0.1, seed=seed, ragged=True
     )
-    ev = pd.DataFrame(
-        {
-            "example_id": [f"text-eval-{i:04d}" for i in range(N_EVAL)],
-            "tokens": rows[N_TRAIN:],
-            "label": y[N_TRAIN:].numpy(),
-        }
-    )
-    x = _padded(rows[:N_TRAIN], 0)
-    network = {"vocab": 50, "classes": 4, "max_len": LENGTH}
-    return FamilyData(
-        "transformer",
-        train,
-        ev,
-        flipped,
-        x,
-        noisy,
-        network,
-        {"infgate.true_label_column": "true_label"},
-    )
+    data.train["source"] = "forum"  # a string metadata column: not a feature
+    return data
 
 
 Versions = Callable[..., tuple[FamilyData, RegisteredNetwork]]
@@ -88,9 +54,8 @@ def _register(
     flavour: str, server: MlflowServer, tmp_path: Path, *, pad_id: int | None = 0
 ) -> tuple[FamilyData, RegisteredNetwork]:
     data = _ragged_data(seed=3)
-    model = make_network(
-        "transformer", seed=0, pad_id=pad_id, d_model=32, heads=2, layers=1, ff=64, **data.network
-    )
+    network = {**data.network, "pad_id": pad_id}
+    model = make_network("transformer", seed=0, d_model=32, heads=2, layers=1, ff=64, **network)
     opts = TrainOptions(optimizer="adam", lr=3e-3, epochs=6, weight_decay=1e-3, batch_size=32)
     train_network(model, data.x, data.y, opts)
     reg = register_network(
@@ -126,7 +91,7 @@ def test_ragged_token_sequences_scan_padded_with_the_models_padding_idx(
     findings = store.findings_frame(info.id)
     labels = findings[findings["kind"] == "label_error"]
     assert 0 < len(labels) < N_TRAIN
-    assert set(labels["example_id"]) <= set(data.train["example_id"])
+    assert set(labels["example_id"]) <= set(data.train["example_id"].astype(str))
     assert info.mismatch is not None
     assert info.columns is not None and info.columns["pad_token_id"] == 0
     # queue apply reads the file back with the stored plan (same dataset version) and the
@@ -152,7 +117,7 @@ def test_eval_row_longer_than_the_model_input_is_refused(
     path = tmp_path / "long-eval.parquet"
     ev.to_parquet(path, index=False)
     line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path, "--eval", path))
-    assert "text-eval-0004" in line and f"{LENGTH + 5} tokens" in line, line
+    assert "transformer-eval-00004" in line and f"{LENGTH + 5} tokens" in line, line
     assert f"padded to ({LENGTH},)" not in line and f"the {LENGTH} every sequence" in line, line
     assert "input_shape" in line, line
     _untouched(tmp_path, mlflow_server, reg.name, reg.version)
