@@ -228,6 +228,20 @@ def apply_decisions(
         dv = s.scalar(
             select(DatasetVersion).where(DatasetVersion.content_hash == corrected.content_hash)
         )
+        if dv is not None and dv.id == scan.dataset_version_id:
+            # no decision changes the data: the scanned version itself, left as it is (not
+            # its own parent, its source still the file the scan read)
+            log.info("the decisions of scan %d leave its dataset version unchanged", scan_id)
+            return AppliedVersion(
+                corrected,
+                dv.id,
+                corrected.content_hash,
+                path,
+                n_relabeled,
+                n_dropped,
+                n_kept,
+                run_id,
+            )
         if dv is None:
             dv = DatasetVersion(content_hash=corrected.content_hash, n_rows=len(corrected))
             s.add(dv)

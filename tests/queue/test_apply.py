@@ -227,3 +227,34 @@ def test_corrected_version_keeps_the_files_layout(
     else:  # pixels not scaled: another dataset, refused by the hash check
         with pytest.raises(DatasetMismatchError, match="content hash"):
             apply_decisions(store, scanned_dataset(store, scan_id, src), scan_id=scan_id)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_apply_without_changes_leaves_the_scanned_version_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    """Only "keep" decisions: the corrected data is the scanned version itself, which stays
+    as it was (not its own parent, its source still the scanned file)."""
+    from infgate.review.annotators import add_annotator
+
+    data = _data()
+    scan_id = _scan(store, data, 2)
+    with store.session() as s:
+        dv = s.scalar(
+            select(DatasetVersion).where(DatasetVersion.content_hash == data.content_hash)
+        )
+        assert dv is not None
+        dv.source_uri = "/data/train.parquet"
+    enqueue_scan(store, scan_id)
+    add_annotator(store, "alice")
+    item = claim_next(store, "alice")
+    assert item is not None
+    decide(store, item.item_id, "alice", "keep")
+    out = tmp_path / "same.parquet"
+    applied = apply_decisions(store, data, scan_id=scan_id, out_path=out)
+    assert (applied.n_relabeled, applied.n_dropped, applied.n_kept) == (0, 0, 1)
+    assert applied.content_hash == data.content_hash and out.exists()
+    with store.session() as s:
+        dv = s.get(DatasetVersion, applied.dataset_version_id)
+        assert dv is not None and dv.content_hash == data.content_hash
+        assert dv.parent_id is None and dv.source_uri == "/data/train.parquet"
