@@ -97,8 +97,9 @@ class KronLayer:
         live = float(acts.shape[0] * acts.shape[1])
         if acts.shape[1] > 1 and self.kind not in ("conv1d", "conv2d") and grads:
             reached = torch.stack([g.abs().amax(-1) for g in grads]).amax(0) > 0  # (B, T)
-            a = acts * reached.unsqueeze(-1).to(acts.dtype)
             live = float(reached.sum())
+            if live < reached.numel():  # some position unread: leave it out of A
+                a = acts * reached.unsqueeze(-1).to(acts.dtype)
         a = a.reshape(-1, self.in_aug).double()
         self.a_sum = a.T @ a + (0 if self.a_sum is None else self.a_sum)
         s = self.s_sum if self.s_sum is not None else 0
