@@ -132,6 +132,14 @@ def test_ragged_tokens_without_a_pad_id_name_the_option(
     line = _one_line_error(_scan(cli, reg.uri, mlflow_server, tmp_path))
     assert "pad_token_id" in line and "infgate.pad_token_id" in line, line
     _untouched(tmp_path, mlflow_server, reg.name, reg.version)
-    (tmp_path / "again").mkdir()
-    res = _scan(cli, reg.uri, mlflow_server, tmp_path / "again", "--pad-token-id", "0")
+    (tmp_path / "again").mkdir()  # streamed: the padded length from a first pass
+    res = _scan(
+        cli, reg.uri, mlflow_server, tmp_path / "again", "--pad-token-id", "0", "--stream", "always"
+    )
     assert res.code in (0, 2), res
+    from infgate.store import Store
+
+    (info,) = Store.from_url(f"sqlite:///{tmp_path / 'again' / 'infgate.db'}").list_scans()
+    assert info.n_rows == N_TRAIN and info.columns is not None
+    assert info.columns["pad_token_id"] == 0 and info.columns["pad_origin"] == "option pad_token_id"
+    assert info.columns["input_shape"] == [LENGTH]  # the signature's length
