@@ -96,6 +96,10 @@ class ClaimedItem:
     n_outputs: int | None = None
     self_influence: float | None = None
     error_probability: float | None = None
+    #: the example is a token-id sequence (the scan's column plan says int64 arrays)
+    tokens: bool = False
+    #: the id those sequences were padded with (not shown to people), if any
+    pad_token_id: int | None = None
 
 
 def _annotator_id(s: Session, annotator: str | int) -> int:
@@ -267,6 +271,8 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
     if row is None:
         raise NotFoundError(f"no queue item with id {item_id}")
     item, finding, dv, n_outputs = row
+    plan = dv.columns or {}
+    pad = plan.get("pad_token_id")
     return ClaimedItem(
         item_id=item.id,
         finding_id=finding.id,
@@ -290,6 +296,8 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
         n_outputs=n_outputs,
         self_influence=_extra_float(finding.extra, "self_influence"),
         error_probability=_extra_float(finding.extra, "error_probability"),
+        tokens=bool(plan) and plan.get("kind") == "array" and plan.get("dtype") == "int64",
+        pad_token_id=pad if isinstance(pad, int) and not isinstance(pad, bool) else None,
     )
 
 

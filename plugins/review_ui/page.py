@@ -36,6 +36,9 @@ table.features { border-collapse: collapse; width: 100%; font-variant-numeric: t
 table.features td, table.features th { border-bottom: 1px solid #e6e8ec; padding: .25rem .5rem;
                                        text-align: left; }
 table.features td { text-align: right; }
+pre.tokens { white-space: pre-wrap; word-break: break-word; font-size: .95rem; margin: 0;
+             background: #f4f5f7; border-radius: 6px; padding: .6rem .8rem; }
+.muted { color: #5b6472; font-size: .85rem; margin: 0 0 .3rem; }
 .labels { display: flex; gap: 1rem; margin-bottom: 1rem; }
 .label { flex: 1; border-radius: 8px; padding: .6rem .9rem; background: #f4f5f7; }
 .label small { color: #5b6472; display: block; }
@@ -126,6 +129,18 @@ def _example(item: ClaimedItem) -> str:
     if item.image_shape is not None:
         uri = png_data_uri(item.features, item.image_shape, scale=24)
         return f'<img id=example alt="example {escape(item.example_id)}" src="{uri}">'
+    if item.tokens:  # a token-id sequence: the ids in order, padding left out
+        ids = [int(v) for v in item.features]
+        shown = [i for i in ids if i != item.pad_token_id]
+        note = (
+            f"{len(shown)} token ids (padding id {item.pad_token_id} not shown)"
+            if item.pad_token_id is not None
+            else f"{len(shown)} token ids"
+        )
+        return (
+            f"<p class=muted>{escape(note)}</p>"
+            f"<pre id=example class=tokens>{escape(' '.join(map(str, shown)))}</pre>"
+        )
     rows = "".join(
         f"<tr><th>{escape(n)}</th><td>{v:.6g}</td></tr>"
         for n, v in table_rows(item.features, item.feature_names)

@@ -129,3 +129,37 @@ def test_the_page_names_the_score_and_shows_self_influence_apart(
     # the explanation says what the sign of an influence means, with the roles named right
     assert "negative = it supports the given label" in page
     assert "support the given label" in page and "support the flag" not in page
+
+
+def test_token_examples_show_their_ids_without_padding(
+    store: Store, annotators: dict[str, str]
+) -> None:
+    """A scan of padded token sequences (its dataset version keeps the column plan): the
+    page shows each example's ids in order with the padding id left out, not a table of
+    numbered columns."""
+    import numpy as np
+    from infgate.store.models import DatasetVersion
+
+    record = make_record(3, image=False)
+    seqs = [[5, 9, 2], [7, 7, 1, 3, 4], [11]]
+    feats = [np.array(s + [0] * (6 - len(s)), dtype=float) for s in seqs]
+    plan = {"kind": "array", "dtype": "int64", "columns": ["tokens"], "pad_token_id": 0}
+    record = dataclasses.replace(
+        record,
+        findings=record.findings.assign(features=feats),
+        image_shape=None,
+        feature_names=None,
+        columns=plan,
+    )
+    scan_id = store.record_scan(record)
+    with store.session() as s:
+        dv = s.scalar(select(DatasetVersion))
+        assert dv is not None and dv.columns == plan
+    enqueue_scan(store, scan_id)
+    client = TestClient(create_app(store))
+    client.post("/login", data={"token": annotators["alice"]})
+    page = client.get("/").text
+    shown = re.search(r"<pre id=example class=tokens>([^<]*)</pre>", page)
+    assert shown is not None, page[:2000]
+    assert shown.group(1).split() in [[str(t) for t in s] for s in seqs]
+    assert "(padding id 0 not shown)" in page and "<table id=example" not in page
