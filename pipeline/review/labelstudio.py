@@ -68,17 +68,20 @@ def _scan_classes(store: Store, scan_id: int | None) -> tuple[list[str], bool]:
     return [str(c) for c in (row[0] or [])], bool(row[1])
 
 
-def labeling_config(classes: list[str], *, image: bool) -> str:
-    """The Label Studio labeling config (XML) matching :func:`export_tasks`."""
+def labeling_config(classes: list[str], *, image: bool, tokens: bool = False) -> str:
+    """The Label Studio labeling config (XML) matching :func:`export_tasks`: an image, the
+    token ids as text (``tokens``), or a table of feature values."""
     clash = {NOT_SURE_CHOICE, INVALID_CHOICE} & set(classes)
     if clash:
         raise InvalidInputError(f"class names {sorted(clash)} collide with infgate's choices")
     to_name = "image" if image else "example"
-    view = (
-        '  <Image name="image" value="$image"/>'
-        if image
-        else '  <Table name="example" value="$example"/>'
-    )
+    if image:
+        view = '  <Image name="image" value="$image"/>'
+    elif tokens:
+        view = '  <Text name="example" value="$example"/>'
+    else:
+        view = '  <Table name="example" value="$example"/>'
+
     choices = "\n".join(
         f"    <Choice value={quoteattr(c)}/>" for c in [*classes, NOT_SURE_CHOICE, INVALID_CHOICE]
     )
@@ -110,6 +113,9 @@ def export_tasks(store: Store, *, scan_id: int | None = None) -> list[dict[str, 
         if it.features is not None and it.image_shape is not None:
             data["image"] = png_data_uri(it.features, it.image_shape, scale=10)
             to_name = "image"
+        elif it.features is not None and it.tokens:  # the ids in order, padding left out
+            tokens = [int(v) for v in it.features]
+            data["example"] = " ".join(str(t) for t in tokens if t != it.pad_token_id)
         elif it.features is not None:
             names = it.feature_names or [f"f{i}" for i in range(len(it.features))]
             data["example"] = {str(n): float(v) for n, v in zip(names, it.features, strict=False)}

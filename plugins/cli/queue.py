@@ -182,7 +182,13 @@ def queue_export(
             return
         info = scans[0]
         config.write_text(
-            labeling_config(info.classes or [], image=info.image_shape is not None),
+            labeling_config(
+                info.classes or [],
+                image=info.image_shape is not None,
+                tokens=bool(info.columns)
+                and info.columns.get("kind") == "array"
+                and info.columns.get("dtype") == "int64",
+            ),
             encoding="utf-8",
         )
         console.print(f"wrote the labeling config to {config}")

@@ -192,3 +192,33 @@ def test_malformed_files_are_refused(store: Store, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="does not exist"):
         import_annotations(store, tmp_path / "missing.json")
     assert _n_decisions(store) == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_token_examples_export_as_text_without_padding(store: Store) -> None:
+    """Token sequences (the dataset version's plan says int64 arrays) go to Label Studio as
+    their ids in order, padding left out, with a Text view in the labeling config."""
+    import dataclasses
+
+    import numpy as np
+
+    record = make_record(2, image=False)
+    feats = [np.array([4, 8, 15, 0, 0], dtype=float), np.array([16, 23, 42, 0, 0], dtype=float)]
+    plan = {"kind": "array", "dtype": "int64", "columns": ["tokens"], "pad_token_id": 0}
+    scan_id = store.record_scan(
+        dataclasses.replace(
+            record,
+            findings=record.findings.assign(features=feats),
+            image_shape=None,
+            feature_names=None,
+            columns=plan,
+        )
+    )
+    enqueue_scan(store, scan_id)
+    tasks = export_tasks(store, scan_id=scan_id)
+    assert sorted(t["data"]["example"] for t in tasks) == ["16 23 42", "4 8 15"]
+    assert {t["predictions"][0]["result"][0]["to_name"] for t in tasks} == {"example"}
+    config = ET.fromstring(labeling_config(["a", "b"], image=False, tokens=True))
+    view = config.find("Text")
+    assert view is not None and view.get("name") == "example"
+    assert view.get("value") == "$example"
