@@ -85,6 +85,9 @@ class DataConfig:
         pad_token_id: pad one list column of token sequences of different lengths with this
             id, to ``input_shape`` or the longest training sequence (``None``: the tag
             ``infgate.pad_token_id``, else the ``padding_idx`` of the model's embeddings).
+        model_inputs: the list columns a model with several inputs takes, in the order of
+            its arguments (``None``: the tag ``infgate.model_inputs``, else the signature's
+            input names); see :class:`infgate.data.columns.ColumnOptions`.
         use_signature: read columns and shape from the model's MLflow signature.
         stream: ``"auto"`` (default: stream a Parquet training file with more than
             1,000,000 rows or whose columns exceed ``Settings.memory_budget_mb``, see
@@ -101,13 +104,14 @@ class DataConfig:
     image_scale: float | None = None
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
     pad_token_id: int | None = None
+    model_inputs: tuple[str, ...] | None = None
     use_signature: bool = True
     stream: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         if self.stream not in ("auto", "always", "never"):
             raise ConfigError(f"data `stream` must be auto, always or never, got {self.stream!r}")
-        for name in ("feature_columns", "token_columns"):
+        for name in ("feature_columns", "token_columns", "model_inputs"):
             object.__setattr__(self, name, _names_or_none("data", name, getattr(self, name)))
         object.__setattr__(
             self,
@@ -137,7 +141,13 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("feature_columns", "input_shape", "metadata_columns", "token_columns"):
+        for k in (
+            "feature_columns",
+            "input_shape",
+            "metadata_columns",
+            "token_columns",
+            "model_inputs",
+        ):
             d[k] = list(d[k]) if d[k] is not None else None
         return d
 
@@ -151,6 +161,7 @@ class DataConfig:
             "image_scale": self.image_scale,
             "input_dtype": self.input_dtype,
             "pad_token_id": self.pad_token_id,
+            "model_inputs": self.model_inputs,
         }
         if self.label_column:
             d["label_column"] = self.label_column

@@ -41,6 +41,7 @@ PlanKind = Literal["columns", "image", "array"]
 FIX_COLUMNS = "option `feature_columns` or model-version tag `infgate.feature_columns`"
 FIX_SHAPE = "option `input_shape` or model-version tag `infgate.input_shape` (e.g. '1x8x8')"
 FIX_PAD = "option `pad_token_id` or model-version tag `infgate.pad_token_id`"
+FIX_INPUTS = "option `model_inputs` or model-version tag `infgate.model_inputs`"
 
 
 def _names(value: Sequence[str] | None, what: str) -> tuple[str, ...] | None:
@@ -78,6 +79,12 @@ class ColumnOptions:
             (the model's longest input) or else to the longest training sequence. The model
             must mask that id itself (e.g. ``nn.Embedding(padding_idx=...)`` and a key
             padding mask computed from it).
+        model_inputs: for a model that takes several inputs (``forward(input_ids,
+            attention_mask)``): the list columns of integers that are its inputs, in the
+            order of its arguments. Each row's sequences must have one length; padded, the
+            first column takes ``pad_token_id`` and the others 0 (an attention mask's
+            "not a token", token type 0). The model gets them stacked, see
+            :class:`infgate.influence.SplitInputs`.
     """
 
     feature_columns: tuple[str, ...] | None = None
@@ -90,9 +97,22 @@ class ColumnOptions:
     image_scale: float | None = None
     input_dtype: Literal["auto", "float32", "int64"] = "auto"
     pad_token_id: int | None = None
+    model_inputs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_columns", _names(self.feature_columns, "feature_columns"))
+        object.__setattr__(self, "model_inputs", _names(self.model_inputs, "model_inputs"))
+        if self.model_inputs is not None and (
+            len(self.model_inputs) < 2 or len(set(self.model_inputs)) != len(self.model_inputs)
+        ):
+            raise InvalidInputError(
+                f"`model_inputs` names two or more distinct columns, got {list(self.model_inputs)}"
+            )
+        if self.model_inputs is not None and (self.feature_columns or self.token_columns):
+            raise InvalidInputError(
+                "`model_inputs` are the feature columns: leave `feature_columns` and "
+                "`token_columns` unset"
+            )
         object.__setattr__(self, "token_columns", _names(self.token_columns, "token_columns"))
         object.__setattr__(
             self, "metadata_columns", _names(self.metadata_columns, "metadata_columns") or ()
@@ -142,11 +162,15 @@ class ModelInputSpec:
         shape: tensor shape of a tensor-based signature, batch dimension included
             (e.g. ``(-1, 1, 8, 8)``).
         dtype: numpy dtype name of a tensor-based signature (``"float32"``, ``"int64"``).
+        inputs: how many input tensors the signature has (``shape`` and ``dtype`` are the
+            first's); ``input_names`` their names where the signature names them.
     """
 
     columns: tuple[str, ...] | None = None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+    inputs: int = 1
+    input_names: tuple[str, ...] | None = None
 
     @property
     def row_shape(self) -> tuple[int, ...] | None:
@@ -180,6 +204,8 @@ class ColumnPlan:
             (:func:`with_sequence_length` sets it from the training data when nothing
             else did).
         pad_origin: where ``pad_token_id`` came from.
+        n_inputs: how many model inputs ``columns`` are (``model_inputs``): each decoded as
+            a token column of ``input_shape``, stacked along dimension 1; 1 = one input.
     """
 
     kind: PlanKind
@@ -196,6 +222,7 @@ class ColumnPlan:
     image_scale: float | None = None
     pad_token_id: int | None = None
     pad_origin: str | None = None
+    n_inputs: int = 1
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly form (stored with the dataset version, so a later reader decodes
@@ -294,8 +321,19 @@ def resolve_columns(
     reserved = {opts.label_column, opts.id_column, *(c for c in [true_col] if c)}
     metadata = tuple(c for c in opts.metadata_columns if c in kinds)
     reserved |= set(metadata)
-    declared = opts.token_columns or opts.feature_columns
-    if declared is not None:
+    declared = opts.model_inputs or opts.token_columns or opts.feature_columns
+    if opts.model_inputs is None and spec is not None and spec.inputs > 1:
+        if spec.input_names and all(n in kinds for n in spec.input_names):
+            opts = dataclasses.replace(opts, model_inputs=spec.input_names)
+            named["model_inputs"] = "the model signature"
+        else:
+            raise DataResolutionError(
+                f"{what}: the model's signature takes {spec.inputs} input tensors; name the "
+                f"columns that are its inputs, in order, with {FIX_INPUTS}"
+            )
+    if opts.model_inputs is not None:
+        cols, origin = list(opts.model_inputs), named.get("model_inputs", "option model_inputs")
+    elif declared is not None:
         field = "token_columns" if opts.token_columns else "feature_columns"
         cols, origin = list(declared), named.get(field, f"option {field}")
     elif spec is not None and spec.columns:
@@ -316,7 +354,10 @@ def resolve_columns(
     clash = sorted(set(cols) & {opts.label_column, opts.id_column})
     if clash:
         raise DataResolutionError(f"{what}: {clash} cannot be both a feature and label/id")
-    kind, dtype = _kind_and_dtype(cols, kinds, schema, opts, spec, origin, what)
+    if opts.model_inputs is not None:
+        kind, dtype = _inputs_kind(cols, kinds, schema, origin, what)
+    else:
+        kind, dtype = _kind_and_dtype(cols, kinds, schema, opts, spec, origin, what)
     shape = opts.input_shape
     shape_origin = named.get("input_shape", "option input_shape") if shape else None
     if shape is None and spec is not None and spec.row_shape is not None:
@@ -351,7 +392,28 @@ def resolve_columns(
         image_scale=opts.image_scale,
         pad_token_id=pad,
         pad_origin=pad_origin if pad is not None else None,
+        n_inputs=len(cols) if opts.model_inputs is not None else 1,
     )
+
+
+def _inputs_kind(
+    cols: list[str], kinds: dict[str, str], schema: pa.Schema, origin: str, what: str
+) -> tuple[PlanKind, Literal["float32", "int64"]]:
+    """Several model inputs: each a list column of integers (token ids, masks, types)."""
+
+    def integers(c: str) -> bool:
+        return kinds[c] == "list" and column_kind(_list_leaf(schema.field(c).type)) in (
+            "int",
+            "bool",
+        )
+
+    bad = {c: str(schema.field(c).type) for c in cols if not integers(c)}
+    if bad:
+        raise DataResolutionError(
+            f"{what}: the model inputs from {origin} must be list columns of integers (token "
+            f"ids, attention masks); {bad} are not"
+        )
+    return "array", "int64"
 
 
 def with_sequence_length(plan: ColumnPlan, longest: int) -> ColumnPlan:

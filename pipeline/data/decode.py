@@ -8,6 +8,7 @@ image or array sizes, nulls and undecodable bytes fail with the first offending 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any, TypeAlias
 
@@ -58,6 +59,8 @@ def decode_features(
         arr = _columns(batch, plan, what)
     elif plan.kind == "image":
         arr = _images(batch.column(plan.columns[0]), plan, first_row, ids, what)
+    elif plan.n_inputs > 1:
+        arr = _inputs(batch, plan, first_row, ids, what)
     else:
         arr = _arrays(batch.column(plan.columns[0]), plan, first_row, ids, what)
     raw = tuple(int(d) for d in arr.shape[1:])
@@ -70,7 +73,39 @@ def decode_features(
         arr = arr / np.float32(plan.image_scale)
     if not arr.flags.writeable:  # zero-copy Arrow buffers; torch wants writable memory
         arr = arr.copy()
+    if plan.n_inputs > 1:  # each input already fit to input_shape
+        return arr, raw
     return fit_shape(arr, plan, what=what), raw
+
+
+def _inputs(
+    batch: Batch, plan: ColumnPlan, first_row: int, ids: np.ndarray | None, what: str
+) -> np.ndarray:
+    """The model's inputs, one token column each, decoded (and padded: the first with the
+    pad id, the others with 0) to one shape and stacked along dimension 1."""
+    lengths = [_lengths(batch.column(name)) for name in plan.columns]
+    for name, lens in zip(plan.columns[1:], lengths[1:], strict=True):
+        differ = np.flatnonzero(lens != lengths[0])
+        if len(differ):
+            i = int(differ[0])
+            raise InvalidInputError(
+                f"{what}: {_row_name(first_row + i, ids)} has {int(lengths[0][i])} values in "
+                f"{plan.columns[0]!r} but {int(lens[i])} in {name!r}; every input of a row "
+                f"must have one length"
+            )
+    parts: list[np.ndarray] = []
+    for j, name in enumerate(plan.columns):
+        pad = None if plan.pad_token_id is None else (plan.pad_token_id if j == 0 else 0)
+        one = dataclasses.replace(plan, columns=(name,), n_inputs=1, pad_token_id=pad)
+        parts.append(
+            fit_shape(_arrays(batch.column(name), one, first_row, ids, what), one, what=what)
+        )
+    return np.stack(parts, axis=1)
+
+
+def _lengths(col: Any) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return np.asarray(pc.list_value_length(arr).fill_null(-1), dtype=np.int64)
 
 
 def fit_shape(arr: np.ndarray, plan: ColumnPlan, *, what: str = "training data") -> np.ndarray:
@@ -227,6 +262,8 @@ def _padded(
         )
     flat = arr.flatten()
     values = np.asarray(flat.to_numpy(zero_copy_only=False))
+    if values.dtype.kind == "b":  # a boolean attention mask
+        values = values.astype(np.int64)
     if values.dtype == object or values.dtype.kind not in "iu":
         if values.dtype.kind == "f":
             values = _exact_ints(values, f"{what} token column {name!r}")

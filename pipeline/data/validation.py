@@ -20,9 +20,15 @@ def embedding_size(model: nn.Module) -> int | None:
     for module in model.modules():
         if isinstance(module, nn.Embedding | nn.EmbeddingBag):
             return int(module.num_embeddings)
-    graph = getattr(model, "graph", None)
-    if graph is None:
-        return None
+    for module in model.modules():  # the model, or a graph inside a wrapper (SplitInputs)
+        if isinstance(getattr(module, "graph", None), torch.fx.Graph):
+            return _graph_embedding_size(module)
+    return None
+
+
+def _graph_embedding_size(model: nn.Module) -> int | None:
+    graph = getattr(model, "graph")  # noqa: B009  (a torch.fx.Graph, checked by the caller)
+    assert isinstance(graph, torch.fx.Graph)
     aten = torch.ops.aten
     weight_first = (
         aten.embedding.default,

@@ -29,6 +29,7 @@ from infgate.errors import InvalidInputError
 from torch import nn
 
 __all__ = [
+    "AttentionMaskClassifier",
     "Conv1dNet",
     "ResNetCNN",
     "TabularMLP",
@@ -175,6 +176,22 @@ class TransformerClassifier(nn.Module):
         if self.pad_id is None:
             return self.head(self.norm(self.encoder(h)).mean(1))
         pad = tokens == self.pad_id
+        out = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        keep = (~pad).unsqueeze(-1).to(out.dtype)
+        return self.head((out * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+
+
+class AttentionMaskClassifier(TransformerClassifier):
+    """:class:`TransformerClassifier` called as a Hugging Face-style text model is:
+    ``forward(input_ids, attention_mask)``, masked where ``attention_mask`` is 0 (attention
+    and the mean), so the logits do not depend on the padding."""
+
+    def forward(  # type: ignore[override]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.embed(input_ids) + self.pos(pos).unsqueeze(0)
+        pad = attention_mask == 0
         out = self.norm(self.encoder(h, src_key_padding_mask=pad))
         keep = (~pad).unsqueeze(-1).to(out.dtype)
         return self.head((out * keep).sum(1) / keep.sum(1).clamp_min(1.0))

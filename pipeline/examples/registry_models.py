@@ -229,6 +229,7 @@ def register_network(
     data_link: Literal["input", "tag"] = "input",
     model: nn.Module | None = None,
     extra_tags: dict[str, str] | None = None,
+    input_names: tuple[str, ...] | None = None,
 ) -> RegisteredNetwork:
     """Train ``make_network(data.kind)`` (or ``model``) on ``data`` and register a version.
 
@@ -244,6 +245,10 @@ def register_network(
         model: a network to train instead of ``make_network(data.kind, **data.network)``
             (it is logged in whatever mode it is in after training).
         extra_tags: more model-version tags.
+        input_names: for a model with several inputs (``forward(input_ids,
+            attention_mask)``): their names, in order; ``data.x`` holds them stacked along
+            dimension 1. The pt2 signature names them (so a scan finds the columns without
+            a tag); a pickled model gets the tag ``infgate.model_inputs``.
     """
     import mlflow
     import mlflow.pytorch
@@ -255,14 +260,34 @@ def register_network(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     net = model if model is not None else make_network(data.kind, seed=opts.seed, **data.network)
+    called: nn.Module = net
+    if input_names is not None:
+        from infgate.influence.inputs import SplitInputs
+
+        called = SplitInputs(net, len(input_names))
     if model is None:
-        train_network(net, data.x, data.y, opts)
+        train_network(called, data.x, data.y, opts)
     train_path = (workdir / f"{name}-train.parquet").resolve()
     eval_path = (workdir / f"{name}-eval.parquet").resolve()
     data.train.to_parquet(train_path, index=False)
     data.eval.to_parquet(eval_path, index=False)
     with torch.no_grad():
-        accuracy = float((net(data.x).argmax(1) == data.y).float().mean())
+        accuracy = float((called(data.x).argmax(1) == data.y).float().mean())
+    example: Any = data.x[:2].numpy()
+    signature = None
+    if input_names is not None:
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        example = tuple(t.numpy() for t in data.x[:2].unbind(1))
+        signature = ModelSignature(
+            inputs=Schema(
+                [
+                    TensorSpec(np.dtype(e.dtype), (-1, *e.shape[1:]), name=n)
+                    for n, e in zip(input_names, example, strict=True)
+                ]
+            )
+        )
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment(f"infgate-{name}")
@@ -286,7 +311,8 @@ def register_network(
         info = mlflow.pytorch.log_model(
             net,
             name="model",
-            input_example=data.x[:2].numpy(),
+            input_example=example,
+            signature=signature,
             serialization_format=serialization_format,
             pip_requirements=["torch"],  # skips MLflow's slow requirement inference
         )
@@ -297,6 +323,8 @@ def register_network(
     }
     if data_link == "tag":
         tags["infgate.train_data"] = str(train_path)
+    if input_names is not None and serialization_format == "pickle":
+        tags["infgate.model_inputs"] = ",".join(input_names)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         client.get_registered_model(name)

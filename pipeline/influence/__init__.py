@@ -21,6 +21,7 @@ from infgate.influence.backends.base import (
     register_backend,
 )
 from infgate.influence.gradients import GradientEngine
+from infgate.influence.inputs import SplitInputs
 from infgate.influence.objective import CrossEntropyObjective, MSEObjective, Objective
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "InfluenceScorer",
     "MSEObjective",
     "Objective",
+    "SplitInputs",
     "available_backends",
     "influence",
     "register_backend",

@@ -3,7 +3,8 @@
 Tags (JSON lists or comma-separated names): ``infgate.feature_columns``,
 ``infgate.token_columns``, ``infgate.metadata_columns``; ``infgate.input_shape``
 (``"1x8x8"`` or a JSON list); ``infgate.label_column``, ``infgate.true_label_column``,
-``infgate.image_scale``, ``infgate.pad_token_id`` (ragged token sequences); for people:
+``infgate.image_scale``, ``infgate.pad_token_id`` (ragged token sequences),
+``infgate.model_inputs`` (the columns of a model with several inputs); for people:
 ``infgate.classes`` (JSON list) and ``infgate.image_shape`` (``"8x8"``). Explicit
 :class:`~infgate.data.columns.ColumnOptions` win over tags; tags win over the signature
 (:func:`model_input_spec`).
@@ -36,6 +37,7 @@ TAG_METADATA_COLUMNS = "infgate.metadata_columns"
 TAG_INPUT_SHAPE = "infgate.input_shape"
 TAG_IMAGE_SCALE = "infgate.image_scale"
 TAG_PAD_TOKEN_ID = "infgate.pad_token_id"
+TAG_MODEL_INPUTS = "infgate.model_inputs"
 
 
 def _tag_names(tags: dict[str, str], key: str) -> tuple[str, ...] | None:
@@ -118,6 +120,7 @@ def column_options(
         "true_label_column": tags.get(TAG_TRUE_LABEL_COLUMN) or None,
         "image_scale": float(tags[TAG_IMAGE_SCALE]) if tags.get(TAG_IMAGE_SCALE) else None,
         "pad_token_id": _tag_int(tags, TAG_PAD_TOKEN_ID),
+        "model_inputs": _tag_names(tags, TAG_MODEL_INPUTS),
     }
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -154,10 +157,15 @@ def model_input_spec(
     inputs = signature.inputs
     if inputs.is_tensor_spec():
         specs = inputs.inputs
-        if len(specs) != 1:
-            log.info("%s: signature has %d input tensors; not used", mv.uri, len(specs))
+        if not specs:
             return None
-        return ModelInputSpec(shape=tuple(int(d) for d in specs[0].shape), dtype=str(specs[0].type))
+        named = tuple(str(t.name) for t in specs if t.name)
+        return ModelInputSpec(
+            shape=tuple(int(d) for d in specs[0].shape),
+            dtype=str(specs[0].type),
+            inputs=len(specs),
+            input_names=named if len(named) == len(specs) else None,
+        )
     names = [n for n in inputs.input_names() if isinstance(n, str)]
     return ModelInputSpec(columns=tuple(names)) if names else None
 

@@ -114,8 +114,7 @@ def export_tasks(store: Store, *, scan_id: int | None = None) -> list[dict[str, 
             data["image"] = png_data_uri(it.features, it.image_shape, scale=10)
             to_name = "image"
         elif it.features is not None and it.tokens:  # the ids in order, padding left out
-            tokens = [int(v) for v in it.features]
-            data["example"] = " ".join(str(t) for t in tokens if t != it.pad_token_id)
+            data["example"] = " ".join(str(t) for t in it.token_ids())
         elif it.features is not None:
             names = it.feature_names or [f"f{i}" for i in range(len(it.features))]
             data["example"] = {str(n): float(v) for n, v in zip(names, it.features, strict=False)}

@@ -100,6 +100,15 @@ class ClaimedItem:
     tokens: bool = False
     #: the id those sequences were padded with (not shown to people), if any
     pad_token_id: int | None = None
+    #: how many model inputs ``features`` holds one after another (the first is the tokens)
+    n_inputs: int = 1
+
+    def token_ids(self) -> list[int]:
+        """A token example's ids in order, padding and any further model inputs (an
+        attention mask) left out."""
+        values = [int(v) for v in (self.features or [])]
+        first = values[: len(values) // max(self.n_inputs, 1)]
+        return [t for t in first if t != self.pad_token_id]
 
 
 def _annotator_id(s: Session, annotator: str | int) -> int:
@@ -298,6 +307,7 @@ def _load(s: Session, item_id: int) -> ClaimedItem:
         error_probability=_extra_float(finding.extra, "error_probability"),
         tokens=bool(plan) and plan.get("kind") == "array" and plan.get("dtype") == "int64",
         pad_token_id=pad if isinstance(pad, int) and not isinstance(pad, bool) else None,
+        n_inputs=max(1, int(plan.get("n_inputs") or 1)),
     )
 
 

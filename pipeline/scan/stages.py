@@ -96,6 +96,10 @@ def load_stage(
             tracking_uri=tracking_uri,
             model=model,
         )
+    if train.plan is not None and train.plan.n_inputs > 1:  # forward(input_ids, mask, ...)
+        from infgate.influence import SplitInputs
+
+        model = SplitInputs(model, train.plan.n_inputs)
     n_classes = check_data_fits(model, _fit_rows(train.data), train.data.labels, plan=train.plan)
     eval_data = load_eval_data(mv, eval_uri, train)
     if eval_data is not None:

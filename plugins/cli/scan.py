@@ -81,6 +81,7 @@ def build_scan_config(
     label_column: str | None = None,
     stream: str | None = None,
     pad_token_id: int | None = None,
+    model_inputs: list[str] | None = None,
 ) -> Any:
     """The one ScanConfig of a scan: the YAML (or defaults), the gate YAML's keys as the
     ``gate`` section, then every flag that was given (``None`` = not given)."""
@@ -104,6 +105,7 @@ def build_scan_config(
             "data.label_column": label_column,
             "data.stream": stream,
             "data.pad_token_id": pad_token_id,
+            "data.model_inputs": _split_params(model_inputs),
         }
     )
     return base.with_overrides(**overrides)
@@ -276,13 +278,13 @@ def scan(
             "or never. Same findings either way."
         ),
     ] = None,
+    model_inputs: Annotated[
+        list[str] | None,
+        typer.Option(help="A model's several inputs' list columns, in argument order."),
+    ] = None,
     pad_token_id: Annotated[
         int | None,
-        typer.Option(
-            min=0,
-            help="Pad token sequences of different lengths (one list column) with this id "
-            "(default: tag infgate.pad_token_id, else the model embeddings' padding_idx).",
-        ),
+        typer.Option(min=0, help="Pad token sequences of different lengths with this id."),
     ] = None,
     gate_config: Annotated[
         str | None,
@@ -332,6 +334,7 @@ def scan(
         label_column=label_column,
         stream=stream,
         pad_token_id=pad_token_id,
+        model_inputs=model_inputs,
     )
     verbose = bool(ctx.find_root().params.get("verbose"))
     with results_only_on_stdout():

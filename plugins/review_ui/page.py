@@ -130,8 +130,7 @@ def _example(item: ClaimedItem) -> str:
         uri = png_data_uri(item.features, item.image_shape, scale=24)
         return f'<img id=example alt="example {escape(item.example_id)}" src="{uri}">'
     if item.tokens:  # a token-id sequence: the ids in order, padding left out
-        ids = [int(v) for v in item.features]
-        shown = [i for i in ids if i != item.pad_token_id]
+        shown = item.token_ids()
         note = (
             f"{len(shown)} token ids (padding id {item.pad_token_id} not shown)"
             if item.pad_token_id is not None

@@ -261,3 +261,65 @@ def test_padding_idx_of_a_module_and_of_an_exported_graph() -> None:
     assert embedding_padding_idx(_token_model()) is None  # no padding_idx
     two = nn.ModuleList([nn.Embedding(9, 4, padding_idx=0), nn.Embedding(9, 4, padding_idx=1)])
     assert embedding_padding_idx(two) is None  # ambiguous: no default
+
+
+def test_model_inputs_decode_stacked_and_padded() -> None:
+    """Several model inputs (ids and an attention mask, stored ragged): each padded, the ids
+    with the pad id and the mask with 0, stacked along dimension 1; a boolean mask reads as
+    0/1; evaluation rows read the same way."""
+    from infgate.data.training import EvalData, frame_table
+
+    ids = _ragged([3, 5, 2])
+    mask = [np.ones(len(r), dtype=bool) for r in ids]
+    df = pd.DataFrame({"input_ids": ids, "attention_mask": mask, "label": [0, 1, 2]})
+    opts = ColumnOptions(model_inputs=("input_ids", "attention_mask"), pad_token_id=7)
+    data = TrainingData.from_frame(df, options=opts)
+    assert data.features.shape == (3, 2, 5) and data.features.dtype == np.int64
+    np.testing.assert_array_equal(data.features[:, 0], _padded_by_hand(ids, 5, 7))
+    np.testing.assert_array_equal(data.features[:, 1], _padded_by_hand(mask, 5, 0))
+    from infgate.data.columns import resolve_columns, with_sequence_length
+
+    plan = with_sequence_length(resolve_columns(frame_table(df).schema, opts), 5)
+    assert plan.n_inputs == 2 and plan.columns == ("input_ids", "attention_mask")
+    ev = EvalData.from_table(frame_table(df.iloc[:2]), plan)
+    np.testing.assert_array_equal(ev.features, data.features[:2])
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (
+            {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1, 1]]},
+            r"row 1 has 1 values in 'input_ids' but 2 in 'attention_mask'",
+        ),
+        (
+            {"input_ids": [[1, 2], [3, 4]], "attention_mask": [0.5, 1.0]},
+            "must be list columns of integers",
+        ),
+    ],
+)
+def test_model_inputs_refuse_what_does_not_line_up(frame: dict, match: str) -> None:
+    from infgate.errors import DataResolutionError
+
+    df = pd.DataFrame({**frame, "label": [0, 1]})
+    opts = ColumnOptions(model_inputs=("input_ids", "attention_mask"), pad_token_id=0)
+    with pytest.raises((InvalidInputError, DataResolutionError), match=match):
+        TrainingData.from_frame(df, options=opts)
+    with pytest.raises(InvalidInputError, match="two or more distinct columns"):
+        ColumnOptions(model_inputs=("input_ids",))
+
+
+def test_a_signature_of_several_tensors_names_its_columns_or_asks() -> None:
+    from infgate.data.columns import resolve_columns
+    from infgate.data.training import frame_table
+    from infgate.errors import DataResolutionError
+
+    df = pd.DataFrame({"ids": [[1, 2], [3, 4]], "mask": [[1, 1], [1, 0]], "label": [0, 1]})
+    schema = frame_table(df).schema
+    named = ModelInputSpec(shape=(-1, 2), dtype="int64", inputs=2, input_names=("ids", "mask"))
+    plan = resolve_columns(schema, ColumnOptions(), named)
+    assert plan.n_inputs == 2 and plan.origin == "the model signature"
+    assert plan.input_shape == (2,)
+    unnamed = ModelInputSpec(shape=(-1, 2), dtype="int64", inputs=2)
+    with pytest.raises(DataResolutionError, match="option `model_inputs` or model-version tag"):
+        resolve_columns(schema, ColumnOptions(), unnamed)

@@ -146,3 +146,27 @@ def test_stream_of_ragged_tokens_pads_like_in_memory(
     got = np.concatenate([x for _, x, _ in s.iter_batches(6)])
     np.testing.assert_array_equal(got, whole.features)
     assert got.shape == (23, width) and (got[0, lengths[0] :] == 0).all()
+
+
+def test_stream_of_several_model_inputs_equals_in_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 8, 19)
+    ids = [rng.integers(1, 30, k) for k in lengths]
+    df = pd.DataFrame(
+        {
+            "input_ids": ids,
+            "attention_mask": [np.ones(k, dtype=np.int64) for k in lengths],
+            "label": rng.integers(0, 3, 19),
+        }
+    )
+    path = _write(df, tmp_path / "two.parquet", 4)
+    opts = ColumnOptions(model_inputs=("input_ids", "attention_mask"), pad_token_id=0)
+    whole = TrainingData.from_frame(df, options=opts)
+    s = StreamedTrainingData.from_parquet(
+        path, resolve_columns(pq.read_schema(path), opts), batch_rows=5
+    )
+    width = int(lengths.max())
+    assert s.row_shape == (2, width) and s.content_hash == whole.content_hash
+    np.testing.assert_array_equal(
+        np.concatenate([x for _, x, _ in s.iter_batches(7)]), whole.features
+    )

@@ -143,3 +143,52 @@ def test_ragged_tokens_without_a_pad_id_name_the_option(
     assert info.n_rows == N_TRAIN and info.columns is not None
     assert info.columns["pad_token_id"] == 0 and info.columns["pad_origin"] == "option pad_token_id"
     assert info.columns["input_shape"] == [LENGTH]  # the signature's length
+
+
+@pytest.mark.parametrize("flavour", ["pt2", "pickle"])
+def test_a_model_with_input_ids_and_attention_mask_scans(
+    flavour: str, cli, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``forward(input_ids, attention_mask)``, both stored as ragged list columns: the pt2
+    signature names its two inputs (the pickled version has the tag
+    ``infgate.model_inputs``), the scan pads the ids with the embedding's ``padding_idx``
+    and the mask with 0, feeds them as two arguments and stores a plan of two inputs."""
+    import dataclasses
+
+    import torch
+    from infgate.examples.networks import AttentionMaskClassifier
+    from infgate.store import Store
+
+    data = _ragged_data(seed=5)
+    data.train["attention_mask"] = data.train["tokens"].map(lambda r: [1] * len(r))
+    data.eval["attention_mask"] = data.eval["tokens"].map(lambda r: [1] * len(r))
+    data.train.rename(columns={"tokens": "input_ids"}, inplace=True)
+    data.eval.rename(columns={"tokens": "input_ids"}, inplace=True)
+    data = dataclasses.replace(data, x=torch.stack([data.x, (data.x != 0).long()], dim=1))
+    net = AttentionMaskClassifier(d_model=32, heads=2, layers=1, ff=64, **data.network)
+    reg = register_network(
+        data,
+        name=f"two-inputs-{flavour}",
+        workdir=tmp_path / "data",
+        tracking_uri=mlflow_server.uri,
+        options=TrainOptions(optimizer="adam", lr=3e-3, epochs=4, weight_decay=1e-3),
+        serialization_format=None if flavour == "pt2" else "pickle",
+        data_link="tag",
+        model=_trained(net, data),
+        input_names=("input_ids", "attention_mask"),
+    )
+    res = _scan(cli, reg.uri, mlflow_server, tmp_path, "--eval", reg.eval_path)
+    assert res.code in (0, 2), res
+    (info,) = Store.from_url(f"sqlite:///{tmp_path / 'infgate.db'}").list_scans()
+    assert info.n_rows == N_TRAIN and info.columns is not None
+    assert info.columns["n_inputs"] == 2
+    assert info.columns["columns"] == ["input_ids", "attention_mask"]
+    assert info.columns["pad_token_id"] == 0 and info.mismatch is not None
+
+
+def _trained(net, data: FamilyData):  # type: ignore[no-untyped-def]
+    from infgate.influence import SplitInputs
+
+    opts = TrainOptions(optimizer="adam", lr=3e-3, epochs=4, weight_decay=1e-3, batch_size=32)
+    train_network(SplitInputs(net, 2), data.x, data.y, opts)
+    return net.eval()
