@@ -222,3 +222,28 @@ def test_token_examples_export_as_text_without_padding(store: Store) -> None:
     view = config.find("Text")
     assert view is not None and view.get("name") == "example"
     assert view.get("value") == "$example"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_two_input_example_exports_its_token_ids_only(store: Store) -> None:
+    """Stored features of a model of two inputs hold the ids, then the attention mask: only
+    the ids go out, padding left out."""
+    import dataclasses
+
+    import numpy as np
+
+    record = make_record(1, image=False)
+    feats = [np.array([4, 8, 0, 0, 1, 1, 0, 0], dtype=float)]  # ids (pad 0), then the mask
+    plan = {"kind": "array", "dtype": "int64", "pad_token_id": 0, "n_inputs": 2}
+    scan_id = store.record_scan(
+        dataclasses.replace(
+            record,
+            findings=record.findings.assign(features=feats),
+            image_shape=None,
+            feature_names=None,
+            columns=plan,
+        )
+    )
+    enqueue_scan(store, scan_id)
+    (task,) = export_tasks(store, scan_id=scan_id)
+    assert task["data"]["example"] == "4 8"
