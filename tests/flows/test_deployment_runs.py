@@ -171,10 +171,11 @@ def stored(db_url: str, scan_id: int) -> tuple[pd.DataFrame, dict[str, Any], dic
     return findings, {str(e): x for e, x in rows if x}, store.get_scan(scan_id).timings
 
 
-def assert_same_ranking(a: pd.DataFrame, b: pd.DataFrame, atol: float = 1e-5) -> None:
+def assert_same_ranking(a: pd.DataFrame, b: pd.DataFrame, atol: float = 5e-5) -> None:
     """Same rows, scores within ``atol``, and the same order and suspects up to rows whose
     scores tie within ``atol`` (a child process computes in float32 with its own thread
-    count: scores agree to ~1e-6, so two rows that close may swap places)."""
+    count: scores, margins in [-1, 1], agree to ~1e-6 typically and differed by up to
+    1.7e-5 on 7 of 500 rows in one CI run, so two rows that close may swap places)."""
     sa = a.set_index(a["example_id"].astype(str))["score"].astype(float)
     sb = b.set_index(b["example_id"].astype(str))["score"].astype(float)
     assert sorted(sa.index) == sorted(sb.index)
