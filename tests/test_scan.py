@@ -201,3 +201,65 @@ def test_shifted_eval_data_fails_the_mismatch_check(
     assert len(mismatched) > 0.5 * len(shifted)
     assert set(mismatched["example_id"]) <= set(shifted["example_id"])
     assert np.isfinite(mismatched["score"]).all()
+
+
+def test_a_gate_that_cannot_run_blocks_the_version_and_a_rerun_recovers(
+    noisy_version: NoisyVersion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: when Great Expectations raises after the scan is stored, the version
+    does not keep the ``passed`` tag and deployment alias of an earlier gate. The newest
+    verdict in SQL is ``blocked`` with a ``gate_ran`` check naming the error, the tag says
+    blocked, the alias is withdrawn and the caller sees the error; the next run reuses the
+    stored scan and its gate records a real verdict."""
+    import great_expectations as gx
+    from infgate.config import ScanConfig
+    from infgate.examples.demo_registry import register_model_with_data
+    from infgate.scan import run_scan
+    from infgate.settings import Settings
+    from infgate.store import Store
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tests.services import small_digits
+
+    clean = small_digits(n=300, noise=0.0, seed=5)
+    uri = noisy_version.server.uri
+    own = register_model_with_data(
+        clean.data,  # type: ignore[arg-type]
+        name="gate-fault",
+        workdir=tmp_path / "model",
+        tracking_uri=uri,
+    )
+    client = MlflowClient(uri, uri)
+    client.set_model_version_tag(own.name, own.version, "infgate.gate", "passed")  # earlier gate
+    client.set_registered_model_alias(own.name, "champion", own.version)
+    store = Store.from_url(f"sqlite:///{tmp_path}/infgate.db")
+    store.upgrade()
+    config = ScanConfig().with_overrides(**{"report.log_to_mlflow": False})
+    settings = Settings(tracking_uri=uri)
+    ref = f"models:/{own.name}/{own.version}"
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("data context unavailable")
+
+    monkeypatch.setattr(gx, "get_context", broken)
+    with pytest.raises(RuntimeError, match="data context unavailable"):
+        run_scan(ref, store=store, config=config, settings=settings)
+    info = store.latest_scan(own.name, own.version)
+    assert info is not None and info.gate is not None
+    assert info.gate["verdict"] == "blocked"
+    (check,) = info.gate["reasons"]
+    assert check["name"] == "gate_ran" and "data context unavailable" in check["message"]
+    tags = client.get_model_version(own.name, own.version).tags
+    assert tags["infgate.gate"] == "blocked" and "could not run" in tags["infgate.reason"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(own.name, "champion")
+
+    monkeypatch.undo()
+    again = run_scan(ref, store=store, config=config, settings=settings)
+    assert again.reused and again.scan_id == info.id
+    assert "gate_ran" not in {c.name for c in again.verdict.checks}
+    newest = store.get_scan(info.id).gate
+    assert newest is not None and newest["verdict"] == again.verdict.verdict
+    tags = client.get_model_version(own.name, own.version).tags
+    assert tags["infgate.gate"] == again.verdict.verdict

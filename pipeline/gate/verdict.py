@@ -22,6 +22,7 @@ CHECK_NAMES: dict[str, str] = {
     "suspect_rate": "unreviewed suspected label-error rate above threshold",
     "high_confidence_suspects": "unreviewed high-confidence suspects",
     "mismatch": "dataset-level mismatch between training and evaluation data",
+    "gate_ran": "the gate itself failed to run (the version is blocked until it does)",
 }
 
 

@@ -440,7 +440,44 @@ def gate_stage(
         if not v.passed:
             withdraw_alias(mv, settings.deployment_alias, tracking_uri=settings.tracking_uri)
 
-    return run_gate(inputs, config.gate, sink=record)
+    try:
+        return run_gate(inputs, config.gate, sink=record)
+    except Exception as exc:  # fail closed: a gate that cannot run blocks the version
+        _record_gate_failure(record, exc, scan_id)
+        raise
+
+
+def _record_gate_failure(
+    record: Callable[[GateVerdict], None], exc: Exception, scan_id: int
+) -> None:
+    """Record ``blocked`` for a gate that raised before its verdict (SQL, tags, alias), so
+    a version that passed an earlier gate does not keep its ``passed`` tag and deployment
+    alias through a scan whose checks never ran. Best effort: when recording fails too
+    (the store is down), the gate's own error is what the caller sees."""
+    from infgate.gate import GateCheck
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    check = GateCheck(
+        name="gate_ran",
+        suite="gate",
+        success=False,
+        observed=type(exc).__name__,
+        threshold={},
+        message=(
+            f"the gate could not run ({type(exc).__name__}: {first}); the version stays "
+            f"blocked until a gate runs on its scan (infgate promote, or scan again)"
+        ),
+    )
+    try:
+        record(GateVerdict("blocked", (check,)))
+    except Exception as again:  # pragma: no cover - the store or registry is down as well
+        log.error(
+            "scan %d: the gate failed and its blocked verdict could not be recorded: %s",
+            scan_id,
+            again,
+        )
+    else:
+        log.error("scan %d: %s", scan_id, check.message)
 
 
 def report_stage(
