@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -60,12 +61,76 @@ def forward_mode_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
 
 
-def refuse_probabilities(out: torch.Tensor, *, what: str = "the model") -> None:
+_SHAPE_OPS = frozenset(
+    {"view", "reshape", "squeeze", "unsqueeze", "flatten", "contiguous", "clone", "alias"}
+)
+
+
+def _sigmoid_node(node: Any) -> bool:
+    """Whether an fx node computes a sigmoid, looking back through shape-only ops."""
+    for _ in range(8):
+        if not isinstance(node, torch.fx.Node):
+            return False
+        target = node.target
+        name = getattr(target, "__name__", str(target)).split(".")[0]
+        if node.op == "call_module":
+            owner = node.graph.owning_module
+            sub = owner.get_submodule(str(target)) if owner is not None else None
+            return isinstance(sub, nn.Sigmoid)
+        if name == "sigmoid" or target in (torch.sigmoid, torch.nn.functional.sigmoid):
+            return True
+        if name not in _SHAPE_OPS or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+_SIGMOID_SEEN: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def final_sigmoid(model: nn.Module) -> bool:
+    """Whether ``model``'s output is a sigmoid: its graph's output (a ``GraphModule``, e.g.
+    MLflow's pt2 flavour, or what ``torch.fx`` traces) or a Sequential's last module."""
+    if model not in _SIGMOID_SEEN:
+        _SIGMOID_SEEN[model] = _final_sigmoid(model)
+    return _SIGMOID_SEEN[model]
+
+
+def _final_sigmoid(model: nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module) and type(model).__name__ == "SplitInputs":
+        model = inner
+    while isinstance(model, nn.Sequential) and len(model):
+        model = model[-1]
+    if isinstance(model, nn.Sigmoid):
+        return True
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        try:
+            graph = torch.fx.symbolic_trace(model).graph
+        except Exception:  # control flow, custom ops...: say nothing rather than guess
+            return False
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    if not outputs or not outputs[0].args:
+        return False
+    first = outputs[0].args[0]
+    while isinstance(first, tuple | list) and first:
+        first = first[0]
+    return _sigmoid_node(first)
+
+
+def refuse_probabilities(
+    out: torch.Tensor, *, what: str = "the model", model: nn.Module | None = None
+) -> None:
     """Raise when ``out`` (``(B, C)``, outside any ``torch.func`` transform) holds
     probabilities, not logits: every entry in [0, 1] and every row summing to 1 (a final
     ``nn.Softmax``). Cross-entropy on probabilities is not the model's loss, so every
     gradient, curvature and score would be silently wrong. Log-probabilities (a final
     ``nn.LogSoftmax``) are fine: ``log_softmax`` of log-probabilities is themselves.
+
+    With ``model``, a one-logit binary model (outputs ``[0, z]`` from :func:`model_logits`)
+    whose every ``z`` is in [0, 1] and whose graph ends in a sigmoid (:func:`final_sigmoid`)
+    is refused too: those are probabilities, not the logit.
 
     Raises:
         ModelStateError: naming the fix.
@@ -73,6 +138,18 @@ def refuse_probabilities(out: torch.Tensor, *, what: str = "the model") -> None:
     if out.ndim != 2 or out.shape[1] < 2 or out.shape[0] == 0 or not out.is_floating_point():
         return
     z = out.detach().double()
+    one_logit = out.shape[1] == 2 and bool((z[:, 0] == 0).all())  # [0, z] from model_logits
+    if (
+        one_logit
+        and model is not None
+        and bool(((z[:, 1] >= 0) & (z[:, 1] <= 1)).all())
+        and final_sigmoid(model)
+    ):
+        raise ModelStateError(
+            f"{what} returns probabilities (its one output ends in a sigmoid), but influence "
+            f"needs the logit: register the model without its final sigmoid (trained with "
+            f"BCEWithLogitsLoss, not BCELoss on sigmoid outputs)"
+        )
     if bool(((z >= 0) & (z <= 1)).all()) and bool(((z.sum(1) - 1).abs() < 1e-4).all()):
         raise ModelStateError(
             f"{what} returns probabilities (every output row is in [0, 1] and sums to 1: a "
@@ -328,7 +405,7 @@ class GradientEngine:
                 f"(examples {start}..{start + x.shape[0] - 1}): {exc}"
             ) from exc
         if self.objective.name == "cross_entropy":
-            refuse_probabilities(out)
+            refuse_probabilities(out, model=self.model)
         self.objective.check_targets(out, y)
         finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):

@@ -443,7 +443,7 @@ def check_data_fits(
         raise DatasetMismatchError(
             f"model output has shape {tuple(out.shape)}; expected (n, classes)"
         )
-    refuse_probabilities(out)
+    refuse_probabilities(out, model=model)
     n_out = int(out.shape[1])
     if labels is not None and len(labels) and int(np.max(labels)) >= n_out:
         raise DatasetMismatchError(

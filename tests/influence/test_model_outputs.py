@@ -174,3 +174,44 @@ def test_probability_outputs_are_refused_log_probabilities_score_like_logits() -
 
     with pytest.raises(ModelStateError, match="returns probabilities"):  # the scan's check
         check_data_fits(copy.deepcopy(probs).float(), x.float().numpy(), y.numpy())
+
+
+class _SigmoidHead(nn.Module):
+    """A binary model whose forward applies ``torch.sigmoid`` itself (no nn.Sigmoid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x)).squeeze(-1)
+
+
+def test_sigmoid_outputs_of_a_one_logit_model_are_refused() -> None:
+    """A binary model ending in a sigmoid returns probabilities, which read as logits would
+    give a wrong loss; the scorer and the data check refuse it, whether the sigmoid is a
+    Sequential's last module, a ``torch.sigmoid`` call in ``forward`` or a node of an
+    exported (pt2) graph. The same model without the sigmoid scores."""
+    from infgate.errors import ModelStateError
+    from infgate.influence.gradients import final_sigmoid
+    from infgate.registry.datasets import check_data_fits
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 6)
+    y = (x[:, 0] > 0).long()
+    logit = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 1)).eval()
+    seq = nn.Sequential(logit, nn.Sigmoid()).eval()
+    own = _SigmoidHead().eval()
+    batch = {"x": {0: torch.export.Dim("batch")}}
+    exported = torch.export.export(own, (x[:2],), dynamic_shapes=batch).module()
+    for model in (seq, own, exported):
+        assert final_sigmoid(model)
+        with pytest.raises(ModelStateError, match="ends in a sigmoid"):
+            InfluenceScorer(model, (x, y), method="exact", damping=1e-2, progress=False)
+        with pytest.raises(ModelStateError, match="ends in a sigmoid"):
+            check_data_fits(model, x.numpy(), y.numpy())
+    assert not final_sigmoid(logit)
+    gated = nn.Sequential(nn.Linear(6, 6), nn.Sigmoid(), nn.Linear(6, 1)).eval()  # not final
+    assert not final_sigmoid(gated)
+    scores = InfluenceScorer(logit, (x, y), method="exact", damping=1e-2, progress=False)
+    assert np.isfinite(scores.self_influence().scores).all()
