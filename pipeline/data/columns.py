@@ -416,16 +416,18 @@ def _inputs_kind(
     return "array", "int64"
 
 
-def with_sequence_length(plan: ColumnPlan, longest: int) -> ColumnPlan:
+def with_sequence_length(plan: ColumnPlan, longest: int, elsewhere: int = 0) -> ColumnPlan:
     """``plan`` with ragged token sequences padded to ``longest`` (the longest training
-    sequence) when nothing set ``input_shape``; unchanged otherwise."""
+    sequence), or to ``elsewhere`` (the longest evaluation sequence) when that is longer,
+    when nothing set ``input_shape``; unchanged otherwise."""
     if plan.pad_token_id is None or plan.input_shape is not None:
         return plan
     if longest < 1:
         raise DataResolutionError(f"column {plan.columns[0]!r} holds no tokens in any row")
-    return dataclasses.replace(
-        plan, input_shape=(int(longest),), shape_origin="the longest training sequence"
-    )
+    origin = "the longest training sequence"
+    if elsewhere > longest:
+        longest, origin = elsewhere, "the longest evaluation sequence"
+    return dataclasses.replace(plan, input_shape=(int(longest),), shape_origin=origin)
 
 
 def _default_columns(kinds: dict[str, str], reserved: set[str]) -> list[str]:

@@ -96,8 +96,12 @@ class StreamedTrainingData:
         image_shape: tuple[int, int] | None = None,
         source_uri: str | None = None,
         name: str = "train",
+        min_length: int = 0,
     ) -> StreamedTrainingData:
         """Open ``path``: read labels and ids whole, check and hash the features in one pass.
+
+        ``min_length``: ragged token sequences pad to at least this (the longest evaluation
+        sequence, so evaluation rows fit the same length).
 
         Raises:
             InvalidInputError: bad labels or ids, mixed image/array sizes, an empty file.
@@ -125,7 +129,9 @@ class StreamedTrainingData:
         if plan.pad_token_id is not None and plan.input_shape is None:  # one pass for L
             batches = iter_parquet(path, plan.columns[:1], batch_rows=batch_rows)
             plan = with_sequence_length(
-                plan, max((longest_sequence(b.column(0)) for b in batches), default=0)
+                plan,
+                max((longest_sequence(b.column(0)) for b in batches), default=0),
+                min_length,
             )
         h = hashlib.sha256()
         row_shape: tuple[int, ...] | None = None

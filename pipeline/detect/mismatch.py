@@ -126,6 +126,10 @@ class MismatchDetector:
             rows: ``None`` (default) = only when the model is a GLM in its parameters
             (:func:`glm_reason`); ``True`` = always (approximate for networks; the report
             says so); ``False`` = never (only exactly valid tests).
+        pad_token_id: the id token sequences are padded with, left out of the bag of
+            tokens (default: the streamed data's column plan, else none).
+        n_inputs: model inputs stacked per row (``(n_inputs, L)``: ids, attention mask...);
+            the bag is of the first (default: the column plan's, else 1).
 
     Raises:
         InvalidInputError: ``max_reference < 10``, ``n_permutations < 19``, ``groups`` or
@@ -147,6 +151,8 @@ class MismatchDetector:
         progress: bool = False,
         loo: LooOutputs | None = None,
         loo_outputs: bool | None = None,
+        pad_token_id: int | None = None,
+        n_inputs: int | None = None,
     ) -> None:
         if max_reference < 10 or n_permutations < 19:
             raise InvalidInputError(
@@ -155,6 +161,12 @@ class MismatchDetector:
             )
         self._scorer = scorer
         self._scorer_args = (train, damping, progress)
+        plan = getattr(train, "plan", None)  # streamed data knows how its tokens were padded
+        if pad_token_id is None and plan is not None:
+            pad_token_id = plan.pad_token_id
+        if n_inputs is None:
+            n_inputs = plan.n_inputs if plan is not None else 1
+        self._tokens: dict[str, Any] = {"pad_token_id": pad_token_id, "n_inputs": int(n_inputs)}
         self.model = model
         self.rng = np.random.default_rng(seed)
         self.n_permutations = n_permutations
@@ -175,7 +187,7 @@ class MismatchDetector:
         self.groups = self.train_labels.astype(str) if groups is None else np.asarray(groups)
         if len(self.groups) != n:
             raise InvalidInputError(f"groups has {len(self.groups):,} entries but train has {n:,}")
-        flat = input_features(x_sub)
+        flat = input_features(x_sub, **self._tokens)
         self.mean, self.std = flat.mean(0), flat.std(0) + 1e-8
         self.twin = random_twin(model, seed)
         self.n_classes = int(self.probs(x_sub[:1]).shape[1])
@@ -215,7 +227,7 @@ class MismatchDetector:
             self.outputs_validity = "exact: held-out reference rows"
         self.ref_x = x_ref  # the reference rows' features (a subsample: at most max_reference)
         self.ref_features = self.standardize(x_ref)
-        self.ref_flat = input_features(x_ref)
+        self.ref_flat = input_features(x_ref, **self._tokens)
         self.ref_random = self.random_features(x_ref)
         #: The kNN strangeness where the reference outputs are not trusted, else ``None``.
         self.knn: KnnStrangeness | None = None
@@ -250,7 +262,7 @@ class MismatchDetector:
 
     def standardize(self, x: torch.Tensor) -> np.ndarray:
         """Rows flattened and standardized with the training subsample's mean and std."""
-        return (input_features(x) - self.mean) / self.std
+        return (input_features(x, **self._tokens) - self.mean) / self.std
 
     def random_features(self, x: torch.Tensor) -> np.ndarray:
         """The random-weight twin's penultimate representation of ``x`` (float64, batched)."""
@@ -274,7 +286,7 @@ class MismatchDetector:
         x, labels, ids = parse_eval(eval_data, width=self.width, n_classes=self.n_classes)
         if x.shape[0] < 2:
             raise InvalidInputError(f"the evaluation set needs at least 2 rows, got {x.shape[0]}")
-        flat, rand = input_features(x), self.random_features(x)
+        flat, rand = input_features(x, **self._tokens), self.random_features(x)
         samples = {
             "mmd_features": pooled_standardized(self.ref_flat, flat),
             "mmd_random_features": pooled_standardized(self.ref_random, rand),
@@ -363,6 +375,8 @@ def detect_mismatch(
     seed: int = 0,
     progress: bool = False,
     loo_outputs: bool | None = None,
+    pad_token_id: int | None = None,
+    n_inputs: int | None = None,
 ) -> MismatchReport:
     """Test whether ``eval_data`` comes from the training distribution, with valid p-values.
 
@@ -380,6 +394,8 @@ def detect_mismatch(
         seed: seeds subsampling and permutations.
         progress: show progress bars.
         loo_outputs: see :class:`MismatchDetector`.
+        pad_token_id, n_inputs: how token rows were padded and stacked (see
+            :class:`MismatchDetector`).
 
     Returns:
         :class:`MismatchReport`.
@@ -409,5 +425,7 @@ def detect_mismatch(
         seed=seed,
         progress=progress,
         loo_outputs=loo_outputs,
+        pad_token_id=pad_token_id,
+        n_inputs=n_inputs,
     )
     return detector.test(eval_data, alpha=alpha)

@@ -36,16 +36,28 @@ __all__ = [
 TOKEN_BINS = 1024
 
 
-def input_features(x: torch.Tensor) -> np.ndarray:
+def input_features(
+    x: torch.Tensor, *, pad_token_id: int | None = None, n_inputs: int = 1
+) -> np.ndarray:
     """The input representation the feature tests use: float rows flattened; integer rows
-    (token ids) as their bag of tokens, the share of each id (``id mod TOKEN_BINS``) in the
-    row, a fixed function of the row alone."""
+    (token ids) as their bag of tokens, the share of each id (``id mod TOKEN_BINS``) among
+    the row's tokens, a fixed function of the row alone.
+
+    ``pad_token_id``: padding is not a token (left out of the bag and of the count), so
+    the bag does not change with the padded length. ``n_inputs > 1``: rows are
+    ``(n_inputs, L)`` stacks (input ids, attention mask...); the bag is of the first."""
     if x.is_floating_point():
         return x.reshape(x.shape[0], -1).double().cpu().numpy()
-    ids = x.reshape(x.shape[0], -1).cpu().long() % TOKEN_BINS
+    if n_inputs > 1 and x.ndim >= 3:
+        x = x[:, 0]
+    raw = x.reshape(x.shape[0], -1).cpu().long()
+    ids = raw % TOKEN_BINS
+    weight = torch.ones(ids.shape, dtype=torch.float64)
+    if pad_token_id is not None:
+        weight = (raw != pad_token_id).double()
     bag = torch.zeros(x.shape[0], TOKEN_BINS, dtype=torch.float64)
-    bag.scatter_add_(1, ids, torch.ones(ids.shape, dtype=torch.float64))
-    return (bag / max(ids.shape[1], 1)).numpy()
+    bag.scatter_add_(1, ids, weight)
+    return (bag / weight.sum(1, keepdim=True).clamp(min=1.0)).numpy()
 
 
 def pooled_standardized(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,14 +240,35 @@ def _model_padding(plan: ColumnPlan, schema: Any, model: nn.Module | None) -> Co
     )
 
 
-def _padded_plan(plan: ColumnPlan, column: Any) -> ColumnPlan:
-    """``plan`` with its padded length fixed from the training rows' token ``column`` when
-    ``input_shape`` did not fix it."""
+def _padded_plan(plan: ColumnPlan, column: Any, elsewhere: int = 0) -> ColumnPlan:
+    """``plan`` with its padded length fixed from the training rows' token ``column`` (or
+    ``elsewhere``, the evaluation rows' longest, when longer) when ``input_shape`` did not
+    fix it."""
     if plan.pad_token_id is None or plan.input_shape is not None:
         return plan
-    plan = with_sequence_length(plan, longest_sequence(column))
-    log.info("token sequences padded to %s with id %s", plan.input_shape, plan.pad_token_id)
+    plan = with_sequence_length(plan, longest_sequence(column), elsewhere)
+    log.info(
+        "token sequences padded to %s with id %s (%s)",
+        plan.input_shape,
+        plan.pad_token_id,
+        plan.shape_origin,
+    )
     return plan
+
+
+def _longest_in(plan: ColumnPlan, uris: Sequence[str]) -> int:
+    """The longest token sequence of ``plan``'s first column in the files ``uris`` (the
+    evaluation data), when the padded length is still to be fixed; files without the
+    column count 0 (reading them as evaluation data names what is missing)."""
+    if plan.pad_token_id is None or plan.input_shape is not None:
+        return 0
+    longest = 0
+    for uri in uris:
+        path = data_file(_download(uri))
+        if plan.columns[0] not in read_schema(path).names:
+            continue
+        longest = max(longest, longest_sequence(read_table(path, plan.columns[:1]).column(0)))
+    return longest
 
 
 def load_training_data(
@@ -258,6 +280,7 @@ def load_training_data(
     use_signature: bool = True,
     tracking_uri: str | None = None,
     model: nn.Module | None = None,
+    length_from: Sequence[str] = (),
 ) -> ResolvedData:
     """Resolve and read the version's training data whole (explicit URI > tag > run input).
 
@@ -270,6 +293,8 @@ def load_training_data(
         tracking_uri: MLflow tracking URI.
         model: the loaded model, whose embeddings' ``padding_idx`` pads ragged token
             sequences when no option or tag names a pad id.
+        length_from: other files (the evaluation data) whose token sequences the padded
+            length must also hold, when neither the model nor an option fixes it.
 
     Raises:
         DataResolutionError: nothing resolvable, unreadable file, no label column, or
@@ -282,7 +307,7 @@ def load_training_data(
     plan, spec = _plan(
         mv, table.schema, uri, columns, label_column, use_signature, tracking_uri, model
     )
-    plan = _padded_plan(plan, table.column(plan.columns[0]))
+    plan = _padded_plan(plan, table.column(plan.columns[0]), _longest_in(plan, length_from))
     true_labels = None
     if plan.true_label_column:
         true_labels = table.column(plan.true_label_column).to_numpy(zero_copy_only=False)
@@ -337,6 +362,7 @@ def stream_training_data(
     batch_rows: int = 65_536,
     tracking_uri: str | None = None,
     model: nn.Module | None = None,
+    length_from: Sequence[str] = (),
 ) -> StreamedData:
     """Like :func:`load_training_data`, but the features stream from Parquet in batches of
     ``batch_rows`` rows (see :mod:`infgate.data.streamed` for what still loads whole).
@@ -358,6 +384,7 @@ def stream_training_data(
         image_shape=image_shape,
         source_uri=uri,
         name=f"{mv.name}-v{mv.version}-train",
+        min_length=_longest_in(plan, length_from),
     )
     plan = data.plan  # ragged token sequences: with the padded length fixed
     true_labels = None

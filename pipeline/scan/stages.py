@@ -76,6 +76,8 @@ def load_stage(
     mv = resolve_model_version(ref, version=version, tracking_uri=tracking_uri)
     model = load_model(mv, tracking_uri=tracking_uri)
     columns = ColumnOptions(**data_cfg.column_options())
+    eval_file = eval_uri or mv.tags.get("infgate.eval_data")
+    length_from = (eval_file,) if eval_file else ()  # ragged tokens: one padded length
     if _streams(mv, data_uri, data_cfg.stream, settings):
         train = streamed_resolved(
             stream_training_data(
@@ -85,6 +87,7 @@ def load_stage(
                 use_signature=data_cfg.use_signature,
                 tracking_uri=tracking_uri,
                 model=model,
+                length_from=length_from,
             )
         )
     else:
@@ -95,6 +98,7 @@ def load_stage(
             use_signature=data_cfg.use_signature,
             tracking_uri=tracking_uri,
             model=model,
+            length_from=length_from,
         )
     if train.plan is not None and train.plan.n_inputs > 1:  # forward(input_ids, mask, ...)
         from infgate.influence import SplitInputs
@@ -291,9 +295,12 @@ def detect_stage(
     if loaded.eval_data is None:
         return None
     mm = config.mismatch
+    plan = loaded.train.plan
     detector = MismatchDetector(
         loaded.model,
         loaded.train.data,
+        pad_token_id=plan.pad_token_id if plan is not None else None,
+        n_inputs=plan.n_inputs if plan is not None else 1,
         scorer=scorer,
         max_reference=mm.max_reference,
         n_permutations=mm.n_permutations,

@@ -209,6 +209,10 @@ def test_ragged_token_sequences_pad_to_the_longest_or_to_input_shape() -> None:
     plan = resolve_columns(table.schema, ColumnOptions(pad_token_id=0))
     plan = with_sequence_length(plan, longest_sequence(table.column("tokens")))
     assert plan.input_shape == (5,) and plan.shape_origin == "the longest training sequence"
+    longer = with_sequence_length(
+        resolve_columns(table.schema, ColumnOptions(pad_token_id=0)), 5, elsewhere=7
+    )
+    assert longer.input_shape == (7,) and longer.shape_origin == "the longest evaluation sequence"
     assert "padded with id 0 (from option pad_token_id)" in plan.describe()
     short = _ragged([1, 2], seed=1)
     ev = EvalData.from_table(frame_table(pd.DataFrame({"tokens": short, "label": [1, 0]})), plan)

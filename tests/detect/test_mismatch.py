@@ -243,3 +243,28 @@ def test_reads_a_subsample_through_batches_never_all_features(
     assert det.ref_x.shape[0] == 100 and len(det.train_labels) == len(s.x_train)
     np.testing.assert_array_equal(det.train_labels, s.y_train.numpy())
     assert det.test(s.pool_x[:50]).details["n_reference"] == 100
+
+
+def test_bag_of_tokens_leaves_padding_and_the_mask_out() -> None:
+    """The input test's bag of tokens counts real tokens only: the same sequences padded to
+    two lengths give the same bag with the pad id, different bags without it; of a stacked
+    ``(input_ids, attention_mask)`` row only the ids count."""
+    import torch
+    from infgate.detect.representations import TOKEN_BINS, input_features
+
+    seqs = [[5, 6, 6], [7, 1, 2, 3, 4]]
+
+    def padded(length: int) -> torch.Tensor:
+        out = torch.zeros(len(seqs), length, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.as_tensor(s)
+        return out
+
+    short, long = padded(5), padded(12)
+    a = input_features(short, pad_token_id=0)
+    np.testing.assert_array_equal(a, input_features(long, pad_token_id=0))
+    assert a.shape == (2, TOKEN_BINS) and a[0, 6] == pytest.approx(2 / 3) and a[0, 0] == 0
+    np.testing.assert_allclose(a.sum(1), 1.0)
+    assert not np.array_equal(input_features(short), input_features(long))
+    stacked = torch.stack([long, (long != 0).long()], dim=1)  # (B, 2, L)
+    np.testing.assert_array_equal(input_features(stacked, pad_token_id=0, n_inputs=2), a)

@@ -123,6 +123,43 @@ def test_eval_row_longer_than_the_model_input_is_refused(
     _untouched(tmp_path, mlflow_server, reg.name, reg.version)
 
 
+def test_eval_rows_longer_than_every_training_row_set_the_padded_length(
+    cli, versions: Versions, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """With no signature length (``data.use_signature: false``) the padded length is the
+    longest sequence of the training AND the evaluation data, so an evaluation row longer
+    than every training row (the model takes any length up to its 24 positions) is read,
+    not refused; the stored plan says where the length came from."""
+    from infgate.store import Store
+
+    _, reg = versions("pickle")
+    train = pd.read_parquet(reg.train_path)
+    train["tokens"] = train["tokens"].map(lambda t: t[:20])  # every training row <= 20
+    ev = pd.read_parquet(reg.eval_path)
+    ev["tokens"] = ev["tokens"].map(lambda t: t[:20])
+    ev.at[3, "tokens"] = np.arange(1, 24, dtype=np.int64)  # 23 tokens: the longest row
+    train.to_parquet(tmp_path / "short-train.parquet", index=False)
+    ev.to_parquet(tmp_path / "long-eval.parquet", index=False)
+    (tmp_path / "scan.yaml").write_text("data: {use_signature: false}\n")
+    res = _scan(
+        cli,
+        reg.uri,
+        mlflow_server,
+        tmp_path,
+        "--data",
+        tmp_path / "short-train.parquet",
+        "--eval",
+        tmp_path / "long-eval.parquet",
+        "--config",
+        tmp_path / "scan.yaml",
+    )
+    assert res.code in (0, 2), res
+    (info,) = Store.from_url(f"sqlite:///{tmp_path / 'infgate.db'}").list_scans()
+    assert info.columns is not None and info.columns["input_shape"] == [23]
+    assert info.columns["shape_origin"] == "the longest evaluation sequence"
+    assert info.mismatch is not None and info.n_rows == N_TRAIN
+
+
 def test_ragged_tokens_without_a_pad_id_name_the_option(
     cli, versions: Versions, mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
