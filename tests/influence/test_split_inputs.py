@@ -56,3 +56,33 @@ def test_split_inputs_keeps_the_mode_and_checks_the_stack() -> None:
         packed(x[:, 0])
     with pytest.raises(InvalidInputError, match="k >= 2"):
         SplitInputs(packed.model, 1)
+
+
+def _exported(model: torch.nn.Module, *example: torch.Tensor) -> torch.nn.Module:
+    batch = torch.export.Dim("batch")
+    shapes = tuple({0: batch} for _ in example)
+    return torch.export.export(model, example, dynamic_shapes=shapes).module()
+
+
+def test_a_pt2_model_of_two_inputs_is_kronecker_factored_like_one() -> None:
+    """A pt2 graph taking ``(input_ids, attention_mask)``, wrapped by SplitInputs: EK-FAC
+    plans the graph inside the wrapper (its linear, attention, embedding and norm calls get
+    their factors under the wrapper's ``model.`` names) and scores like the exported
+    one-input network."""
+    from infgate.influence.backends.layer_plan import plan_layers
+
+    one, packed, x, y = _case()
+    g_one = _exported(one, x[:2, 0])
+    g_two = SplitInputs(_exported(packed.model, x[:2, 0], x[:2, 1]), 2)
+    kw = {"method": "ekfac", "damping": DAMPING, "progress": False}
+    want_sc = InfluenceScorer(g_one, (x[:, 0], y), **kw)  # type: ignore[arg-type]
+    sc = InfluenceScorer(g_two, (x, y), **kw)  # type: ignore[arg-type]
+    plan = plan_layers(sc.engine)
+    want_plan = plan_layers(want_sc.engine)
+    assert len(plan.layers) == len(want_plan.layers) > 0
+    assert {s.weight for s in plan.layers} == {f"model.{s.weight}" for s in want_plan.layers}
+    assert set(plan.own_block) == {f"model.{n}" for n in want_plan.own_block}
+    assert isinstance(plan.model, SplitInputs)
+    np.testing.assert_allclose(
+        sc.self_influence().scores, want_sc.self_influence().scores, rtol=1e-8
+    )

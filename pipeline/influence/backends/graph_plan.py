@@ -9,7 +9,9 @@ rule is the one in :mod:`~infgate.influence.backends.layer_plan`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -177,8 +179,23 @@ def _tap_norm(
     return True
 
 
-def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
-    selected = set(engine.names)
+def graph_plan(
+    engine: GradientEngine,
+    gm: torch.fx.GraphModule,
+    *,
+    prefix: str = "",
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> LayerPlan:
+    """The plan of ``gm``; ``prefix`` is what the engine's parameter names carry before
+    ``gm``'s own (``"model."`` when ``gm`` sits in a wrapper, e.g.
+    :class:`~infgate.influence.SplitInputs`), and ``wrap`` rebuilds that wrapper around the
+    tapped copy, so the plan's model takes the engine's inputs and parameter names."""
+    if prefix:
+        outer = [n for n in engine.names if not n.startswith(prefix)]
+        if outer:
+            raise ValueError(f"graph_plan: parameters {outer[:3]} are not under {prefix!r}")
+    names = [n[len(prefix) :] for n in engine.names]
+    selected = set(names)
     tapped = copy.deepcopy(gm)
     graph = tapped.graph
     layers: list[LayerSpec] = []
@@ -241,7 +258,7 @@ def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
                 layers.append(spec)
                 done.update(n for n in (w, b) if n)
     factored = {n for s in layers for n in (s.weight, s.bias) if n}
-    for name in engine.names:
+    for name in names:
         if name in factored:
             continue
         if name in unbatched:
@@ -254,4 +271,16 @@ def graph_plan(engine: GradientEngine, gm: torch.fx.GraphModule) -> LayerPlan:
         ops = sorted({str(getattr(u.target, "__name__", u.target)) for u in users})
         own[name] = f"{name}: used by {', '.join(ops) or 'no op'} in the pt2 graph"
     tapped.recompile()
-    return LayerPlan(layers, own, model=tapped if layers else None)
+    if prefix:
+        layers = [
+            dataclasses.replace(
+                spec,
+                path=prefix + spec.path,
+                weight=prefix + spec.weight if spec.weight else None,
+                bias=prefix + spec.bias if spec.bias else None,
+            )
+            for spec in layers
+        ]
+        own = {prefix + k: v for k, v in own.items()}
+    model = (wrap(tapped) if wrap is not None else tapped) if layers else None
+    return LayerPlan(layers, own, model=model)

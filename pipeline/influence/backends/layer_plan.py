@@ -154,4 +154,10 @@ def plan_layers(engine: GradientEngine) -> LayerPlan:
     """Split the engine's selected parameters by the rule in the module docstring."""
     if isinstance(engine.model, torch.fx.GraphModule):
         return graph_plan(engine, engine.model)
+    from infgate.influence.inputs import SplitInputs
+
+    outer = engine.model
+    if isinstance(outer, SplitInputs) and isinstance(outer.model, torch.fx.GraphModule):
+        k = outer.k  # a pt2 model of several inputs: plan its graph, keep the wrapper
+        return graph_plan(engine, outer.model, prefix="model.", wrap=lambda gm: SplitInputs(gm, k))
     return _module_plan(engine)
