@@ -58,7 +58,7 @@ def decode_features(
     if plan.kind == "columns":
         arr = _columns(batch, plan, what)
     elif plan.kind == "image":
-        arr = _images(batch.column(plan.columns[0]), plan, first_row, ids, what)
+        arr = _images(batch.column(plan.columns[0]), plan, first_row, ids, what, expect)
     elif plan.n_inputs > 1:
         arr = _inputs(batch, plan, first_row, ids, what)
     else:
@@ -144,15 +144,39 @@ def _exact_ints(values: np.ndarray, what: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
+_MODE_OF = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _image_channels(plan: ColumnPlan, expect: tuple[int, ...] | None) -> tuple[int | None, bool]:
+    """``(channels, from the model)``: the channel count images are converted to, from the
+    plan's ``(C, H, W)`` input shape (the model's), else from earlier batches' rows."""
+    shape = plan.input_shape
+    if shape is not None and len(shape) == 3 and int(shape[0]) in _MODE_OF:
+        return int(shape[0]), True
+    if expect is not None and len(expect) == 3:
+        return int(expect[0]), False
+    return None, False
+
+
 def _images(
-    col: Any, plan: ColumnPlan, first_row: int, ids: np.ndarray | None, what: str
+    col: Any,
+    plan: ColumnPlan,
+    first_row: int,
+    ids: np.ndarray | None,
+    what: str,
+    expect: tuple[int, ...] | None = None,
 ) -> np.ndarray:
+    """PNG/JPEG bytes as ``(C, H, W)``. Palette, CMYK and YCbCr images become L/RGB(A).
+    Images of fewer channels than the model's input (a grayscale JPEG among colour ones)
+    are converted up to it; down (colour to gray, alpha dropped) only when the model's
+    input shape asks for it, never on the first row's word alone."""
     from PIL import Image, UnidentifiedImageError
 
     name = plan.columns[0]
     values = col.to_pylist()
     out: list[np.ndarray] = []
     first: tuple[int, ...] | None = None
+    want, from_model = _image_channels(plan, expect)
     for i, raw in enumerate(values):
         row = _row_name(first_row + i, ids)
         if raw is None:
@@ -162,6 +186,17 @@ def _images(
                 img: Image.Image = opened
                 if img.mode in ("P", "1", "LA", "PA"):
                     img = img.convert("RGBA" if "A" in img.mode else "L")
+                elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                target = want if want is not None else (first[0] if first else None)
+                bands = len(img.getbands())
+                if (
+                    target in _MODE_OF
+                    and bands != target
+                    and img.mode in _MODE_OF.values()
+                    and (from_model or bands < target)
+                ):
+                    img = img.convert(_MODE_OF[target])
                 pix = np.asarray(img)
         except (UnidentifiedImageError, OSError) as e:
             raise InvalidInputError(
@@ -171,9 +206,14 @@ def _images(
         if first is None:
             first = chw.shape
         elif chw.shape != first:
+            fix = (
+                "resize the images to one size before the scan"
+                if chw.shape[1:] != first[1:]
+                else f"set {FIX_SHAPE} to the model's (C, H, W) to convert them to C channels"
+            )
             raise InvalidInputError(
                 f"{what} image column {name!r}: {row} is {_size(chw.shape)} but row {first_row} "
-                f"is {_size(first)}; resize the images to one size before the scan"
+                f"is {_size(first)}; {fix}"
             )
         out.append(chw)
     if not out:

@@ -71,6 +71,32 @@ def test_mixed_image_sizes_name_the_first_offending_row() -> None:
         TrainingData.from_frame(bad)
 
 
+def test_grayscale_and_cmyk_images_among_colour_ones_become_rgb() -> None:
+    """A grayscale PNG among RGB ones (as real photo sets hold) is replicated to RGB, a CMYK
+    JPEG converted to RGB; colour rows after a grayscale first row are converted down only
+    when the input shape asks for 1 channel, else refused naming the option."""
+    rgb = _pixels(3, (6, 6, 3), 5)
+    gray = _pixels(1, (6, 6), 6)[0]
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb[1]).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    imgs = [_encode(rgb[0]), _encode(gray), cmyk.getvalue(), _encode(rgb[2])]
+    df = pd.DataFrame({"example_id": list("abcd"), "image": imgs, "label": [0, 1, 0, 1]})
+    data = TrainingData.from_frame(df)
+    assert data.features.shape == (4, 3, 6, 6)
+    np.testing.assert_array_equal(data.features[1], np.stack([gray] * 3))
+    np.testing.assert_allclose(data.features[2], rgb[1].transpose(2, 0, 1), atol=12)
+    gray_first = df.assign(image=[imgs[1], imgs[0], imgs[3], imgs[1]])
+    with pytest.raises(InvalidInputError) as err:
+        TrainingData.from_frame(gray_first)
+    msg = str(err.value)
+    assert "row 1 (example_id 'b') is 6x6 with 3 channels but row 0 is 6x6" in msg
+    assert "input_shape" in msg and "\n" not in msg
+    one = TrainingData.from_frame(gray_first, options=ColumnOptions(input_shape=(1, 6, 6)))
+    assert one.features.shape == (4, 1, 6, 6)
+    want = np.asarray(Image.fromarray(rgb[0]).convert("L"))
+    np.testing.assert_array_equal(one.features[1, 0], want)
+
+
 def test_fixed_size_array_images_flat_and_nested() -> None:
     pix = _pixels(4, (8, 8), 4)
     flat = pd.DataFrame({"pixels": [p.reshape(-1) for p in pix], "label": [0, 1, 2, 3]})

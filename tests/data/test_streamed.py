@@ -170,3 +170,26 @@ def test_stream_of_several_model_inputs_equals_in_memory(tmp_path: Path) -> None
     np.testing.assert_array_equal(
         np.concatenate([x for _, x, _ in s.iter_batches(7)]), whole.features
     )
+
+
+def test_a_grayscale_image_opening_a_later_batch_streams_like_in_memory(tmp_path: Path) -> None:
+    """Batches decode alone: a grayscale PNG as the first row of a later batch is converted
+    to the channels earlier batches had, as the in-memory reader converts it."""
+    rng = np.random.default_rng(3)
+
+    def png(pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    imgs = [png(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)) for _ in range(8)]
+    imgs[4] = png(rng.integers(0, 256, (5, 5), dtype=np.uint8))  # opens the second batch
+    df = pd.DataFrame({"image": imgs, "label": rng.integers(0, 2, 8)})
+    path = _write(df, tmp_path / "images.parquet", 4)
+    whole = TrainingData.from_frame(pd.read_parquet(path))
+    streamed = StreamedTrainingData.from_parquet(
+        path, resolve_columns(pq.read_schema(path)), batch_rows=4
+    )
+    assert streamed.row_shape == (3, 5, 5) and streamed.content_hash == whole.content_hash
+    got = np.concatenate([x for _, x, _ in streamed.iter_batches(3)])
+    np.testing.assert_array_equal(got, whole.features)
