@@ -267,7 +267,9 @@ class GradientEngine:
         params: names (exact or module prefix) or modules whose parameters are selected;
             ``None`` selects every parameter with ``requires_grad``.
         device: where to compute.
-        dtype: floating dtype for parameters and features (default: the model's).
+        dtype: floating dtype for parameters and features (default: the model's; float32
+            for float16 / bfloat16 weights, whose values float32 holds exactly: curvature
+            and solves in half precision are not positive definite even when H is).
     """
 
     def __init__(
@@ -291,7 +293,10 @@ class GradientEngine:
         self.names = _select(model, params)
         named = dict(model.named_parameters())
         first = named[self.names[0]]
-        self.dtype = dtype or (first.dtype if first.is_floating_point() else torch.float32)
+        if dtype is None:  # half-precision weights (AMP, bf16 checkpoints): maths in float32
+            dtype = first.dtype if first.is_floating_point() else torch.float32
+            dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        self.dtype = dtype
         self.device = device
         self.params = {n: named[n].detach().to(device, self.dtype) for n in self.names}
         fixed: dict[str, torch.Tensor] = {

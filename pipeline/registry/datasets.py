@@ -455,7 +455,12 @@ def check_data_fits(
             lo, lo_row, hi, hi_row = extremes
             check_token_ids(lo, hi, n_emb, low_row=lo_row, high_row=hi_row, what=what)
     x = torch.as_tensor(np.asarray(head))
-    x = x.float() if x.is_floating_point() else x.long()
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    x = (
+        x.to(weight.dtype if weight is not None else torch.float32)
+        if x.is_floating_point()
+        else x.long()
+    )
     try:
         with torch.no_grad():
             out = model_logits(model(x))
