@@ -293,20 +293,22 @@ def should_stream(path: str | Path, budget_mb: float) -> tuple[bool, str]:
     touching the rows; encoded images decode to more than that, so this is a lower bound of
     the in-memory size). CSV is always read whole.
     """
-    from infgate.data.readers import is_parquet
+    from infgate.data.readers import is_parquet, parquet_parts
 
     path = data_file(path)
     if not is_parquet(path):
         return False, f"{path.name} is CSV (only Parquet streams)"
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
-    rows = int(meta.num_rows)
-    size = sum(
-        meta.row_group(i).column(j).total_uncompressed_size
-        for i in range(meta.num_row_groups)
-        for j in range(meta.num_columns)
-    )
+    rows = size = 0
+    for part in parquet_parts(path) if path.is_dir() else [path]:
+        meta = pq.ParquetFile(part).metadata
+        rows += int(meta.num_rows)
+        size += sum(
+            meta.row_group(i).column(j).total_uncompressed_size
+            for i in range(meta.num_row_groups)
+            for j in range(meta.num_columns)
+        )
     mb = size / 2**20
     if rows > STREAM_ROWS:
         return True, f"{rows:,} rows > {STREAM_ROWS:,}"

@@ -115,3 +115,28 @@ def test_scan_of_a_file_without_an_id_column_numbers_the_rows(
     assert len(top) == 5
     for t in top:  # the id is the row position: its label is that row's
         assert int(frame["label"].iloc[int(t["example_id"])]) == int(t["given_label"]), t
+
+
+@pytest.mark.parametrize("stream", ["never", "always"])
+def test_scan_of_a_folder_of_parquet_parts_equals_the_file(
+    stream: str, run: Run, where: dict[str, str], noisy_version: NoisyVersion, tmp_path: Path
+) -> None:
+    """The version's training file split into Spark-style part files in one folder: the
+    scan reads them in order (whole or streamed) and finds the same top suspects as the
+    single file."""
+    import pandas as pd
+
+    frame = pd.read_parquet(noisy_version.data_path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, start in enumerate(range(0, len(frame), 128)):
+        frame.iloc[start : start + 128].to_parquet(folder / f"part-{i:05d}.parquet")
+    (folder / "_SUCCESS").write_text("")
+    one = _scan(run, where, "--data", noisy_version.data_path, "--json", "--top", "8")
+    where = {**where, "db": f"sqlite:///{tmp_path / 'parts.db'}"}
+    parts = _scan(run, where, "--data", str(folder), "--json", "--top", "8", "--stream", stream)
+    assert one.code == parts.code == 2, (one, parts)
+    a, b = json.loads(one.out), json.loads(parts.out)
+    assert [t["example_id"] for t in a["top_suspects"]] == [
+        t["example_id"] for t in b["top_suspects"]
+    ]

@@ -193,3 +193,47 @@ def test_a_grayscale_image_opening_a_later_batch_streams_like_in_memory(tmp_path
     assert streamed.row_shape == (3, 5, 5) and streamed.content_hash == whole.content_hash
     got = np.concatenate([x for _, x, _ in streamed.iter_batches(3)])
     np.testing.assert_array_equal(got, whole.features)
+
+
+def test_a_folder_of_parquet_parts_reads_like_one_file(tmp_path: Path) -> None:
+    """A Spark-style folder (``part-*.parquet``, ``_SUCCESS``, ``.crc`` files) and a
+    hive-partitioned one (``pandas.to_parquet(partition_cols=["source"])``) read as one
+    dataset: rows in the sorted order of the parts, in memory and streamed alike, the
+    partition key a string column (a metadata column the features leave out)."""
+    from infgate.data.readers import data_file, read_frame, read_schema
+    from infgate.data.streamed import should_stream
+
+    df = _frame(23, seed=4).drop(columns=["source"])
+    spark = tmp_path / "spark"
+    spark.mkdir()
+    for i, start in enumerate(range(0, 23, 8)):
+        df.iloc[start : start + 8].to_parquet(spark / f"part-{i:05d}-c000.snappy.parquet")
+    (spark / "_SUCCESS").write_text("")
+    (spark / ".part-00000-c000.snappy.parquet.crc").write_bytes(b"\0")
+    assert data_file(spark) == spark
+    whole = TrainingData.from_frame(df)
+    plan = resolve_columns(read_schema(spark))
+    assert plan.columns == tuple(f"f{i}" for i in range(6))
+    streamed = StreamedTrainingData.from_parquet(spark, plan, batch_rows=5)
+    assert streamed.content_hash == whole.content_hash
+    got = np.concatenate([x for _, x, _ in streamed.iter_batches(4)])
+    np.testing.assert_array_equal(got, whole.features)
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    assert should_stream(spark, budget_mb=1e-6)[0] and not should_stream(spark, 1e6)[0]
+    pd.testing.assert_frame_equal(read_frame(spark), df)
+
+    hive = tmp_path / "hive"
+    parted = df.assign(source=["forum"] * 11 + ["vendor"] * 12)
+    parted.to_parquet(hive, partition_cols=["source"], index=False)
+    plan = resolve_columns(read_schema(hive))
+    assert "source" not in plan.columns and "source" in plan.ignored
+    streamed = StreamedTrainingData.from_parquet(hive, plan, batch_rows=4)
+    assert streamed.content_hash == whole.content_hash  # forum rows first, as written
+    frame = read_frame(hive)
+    assert frame["source"].tolist() == parted["source"].tolist()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    df.to_parquet(mixed / "a.parquet")
+    df.to_csv(mixed / "b.csv")
+    with pytest.raises(DataResolutionError, match="holds 1 parquet and 1 csv files"):
+        data_file(mixed)
