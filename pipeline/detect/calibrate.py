@@ -136,6 +136,14 @@ class NoiseModelOptions:
             training-label calibration: there the temperature absorbs what the channel would
             explain, the two hypotheses are barely distinguishable (MASS biopsy, 68 flips of
             683: P(any label wrong) 0.71), and averaging would only shrink the count.
+        posterior: what the clean posterior of the TRAINING rows is, with the evaluation
+            calibration. ``"model"``: the model's approximate leave-one-out probabilities.
+            ``"neighbours"``: the votes of each row's nearest labelled evaluation rows
+            (:class:`~infgate.detect.neighbour_posterior.NeighbourPosterior`), calibrated
+            on the evaluation rows' own left-out votes. ``"auto"``: ``"model"`` for a
+            model linear in its parameters (softmax regression: its leave-one-out step is
+            accurate), ``"neighbours"`` for a network (its step is not, and its
+            representation has memorized its flips).
     """
 
     min_temperature: float = 0.2
@@ -149,6 +157,7 @@ class NoiseModelOptions:
     beta_penalty: float = 1.0
     min_reference_rows: int = 30
     compare_clean: bool = True
+    posterior: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 < self.min_temperature <= self.max_temperature:
@@ -167,6 +176,10 @@ class NoiseModelOptions:
         if self.calibration not in CALIBRATIONS:
             raise InvalidInputError(
                 f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}"
+            )
+        if self.posterior not in ("auto", "model", "neighbours"):
+            raise InvalidInputError(
+                f"posterior must be 'auto', 'model' or 'neighbours', got {self.posterior!r}"
             )
         if not self.bias_penalty >= 0:
             raise InvalidInputError(f"bias_penalty must be >= 0, got {self.bias_penalty!r}")
@@ -285,6 +298,9 @@ class NoiseModel:
             hypotheses: ``noise_probability * channel posterior + (1 - noise_probability)
             * one-hot(given label)``, so the expected number of errors is the channel's
             times ``noise_probability``.
+        source: the clean posterior of the training rows: ``"model"`` (the model's
+            leave-one-out probabilities) or ``"neighbours"`` (their labelled evaluation
+            neighbours' votes, :mod:`infgate.detect.neighbour_posterior`).
     """
 
     transition: np.ndarray
@@ -297,6 +313,7 @@ class NoiseModel:
     uniform_log_likelihood: float = float("nan")
     clean_log_likelihood: float = float("nan")
     noise_probability: float = 1.0
+    source: str = "model"
 
     @property
     def channel_p_value(self) -> float:

@@ -7,6 +7,7 @@ retrains the model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -87,6 +88,10 @@ LABEL_ERROR_COLUMNS = [
 
 _EPS = 1e-12
 
+
+#: below this p-value of the neighbour-distance test the evaluation-neighbour posterior is
+#: not used (:meth:`NeighbourPosterior.exchangeability_p_value`)
+NEIGHBOUR_SHIFT_ALPHA = 0.01
 
 #: share of rows with leave-one-out leverage >= 1 above which a warning is logged
 LEVERAGE_WARNING_RATE = 0.01
@@ -248,6 +253,7 @@ def find_label_errors(
     eval_data: Any = None,
     noise_options: NoiseModelOptions | None = None,
     loo: LooOutputs | None = None,
+    pad_token_id: int | None = None,
 ) -> pd.DataFrame:
     """Rank every training example by how likely its label is wrong.
 
@@ -314,12 +320,20 @@ def find_label_errors(
             within +-25% in 0.81 of development runs against 0.58 without, clean data
             flagged 0.1% against 0.9%, class-conditional counts 0.98x against 0.57x).
             Evaluation labels with the training data's own noise make the count fall
-            short: pass ``NoiseModelOptions(calibration="train")`` for them.
+            short: pass ``NoiseModelOptions(calibration="train")`` for them. For a model
+            that is not linear in its parameters (a network), the clean posterior of the
+            training rows behind the count, the error probabilities and the suggestions is
+            the votes of their nearest evaluation rows
+            (:mod:`infgate.detect.neighbour_posterior`; ``NoiseModelOptions(posterior=)``),
+            not the model's leave-one-out outputs, which a memorizing network gets wrong.
         noise_options: how the label-noise model behind ``is_suspect`` and the suggestion
             confidence is fitted (:class:`infgate.detect.calibrate.NoiseModelOptions`).
         loo: the scorer's leave-one-out outputs for EVERY training row, already computed
             (:func:`~infgate.detect.loo.approximate_loo`): the sweep is skipped and the
             same outputs can serve the mismatch test (the scan does this).
+        pad_token_id: the id token sequences are padded with (default: the streamed
+            data's column plan, else none); the evaluation-neighbour posterior's bag of
+            tokens leaves it out.
 
     Returns:
         One row per training example, most suspicious first, with columns
@@ -344,8 +358,9 @@ def find_label_errors(
         training-label calibration), ``loo_leverage_violation_rate`` (share of rows whose
         leave-one-out leverage is 1 or more, :attr:`LooOutputs.leverage`: their count and
         confidence are unreliable; logged as a warning above 1%),
-        ``noise_diagonal_margin`` (:attr:`NoiseModel.diagonal_margin`; at 0 or below the
-        channel is not identifiable, the count is not an estimate and a warning is
+        ``noise_posterior`` (``"model"`` or ``"neighbours"``: which clean posterior the
+        count used), ``noise_diagonal_margin`` (:attr:`NoiseModel.diagonal_margin`; at 0
+        or below the channel is not identifiable, the count is not an estimate and a warning is
         logged) and, for the filtered
         rankings, ``filter_step_fraction`` (how far along the filter step the trust region
         let the ranking go; 1 = all of it, 0 = none).
@@ -408,7 +423,8 @@ def find_label_errors(
         nb = neighbour_disagreement(penultimate_features(model, scorer.train), out.labels)
     reference = None if eval_data is None else eval_probabilities(scorer, eval_data)
     noise = fit_noise_model(out.loo_probs, out.labels, options=noise_options, reference=reference)
-    if out.leverage_violation_rate > LEVERAGE_WARNING_RATE:
+    count = _count_noise(model, scorer, train, eval_data, noise, out, noise_options, pad_token_id)
+    if out.leverage_violation_rate > LEVERAGE_WARNING_RATE and count.source == "model":
         log.warning(
             "leave-one-out leverage is 1 or more for %.0f%% of the rows with back-end %r: the "
             "fitted curvature under-represents their own directions, so their leave-one-out "
@@ -419,7 +435,7 @@ def find_label_errors(
             100 * out.leverage_violation_rate,
             scorer.backend.name,
         )
-    if noise.diagonal_margin <= 0.0:
+    if count.diagonal_margin <= 0.0:
         log.warning(
             "the fitted label-noise channel is not diagonally dominant (margin %.3g): it says "
             "some class is more often mislabelled than labelled, which a model this weak on "
@@ -428,12 +444,72 @@ def find_label_errors(
             "of the label errors and the flagged set is not to be trusted (the ranking is "
             "unaffected). Check the model's evaluation accuracy, and pass the training run's "
             "weight decay as damping",
-            noise.diagonal_margin,
-            noise.expected_errors,
+            count.diagonal_margin,
+            count.expected_errors,
             len(out.labels),
         )
     ids = example_ids(train, len(out.labels))
-    return _compute_frame(out, method, fm, ids, scorer, noise, ev, nb)
+    return _compute_frame(out, method, fm, ids, scorer, noise, ev, nb, count=count)
+
+
+def _count_noise(
+    model: nn.Module,
+    scorer: InfluenceScorer,
+    train: Any,
+    eval_data: Any,
+    noise: NoiseModel,
+    out: LooOutputs,
+    options: NoiseModelOptions | None,
+    pad_token_id: int | None,
+) -> NoiseModel:
+    """The noise model behind the count, the error probabilities and the suggestions:
+    ``noise`` (on the model's leave-one-out probabilities), or, with the evaluation
+    calibration and ``options.posterior`` saying so, the channel fitted on the training
+    rows' evaluation-neighbour posterior (:mod:`infgate.detect.neighbour_posterior`)."""
+    from infgate.detect.eval_influence import _parse
+    from infgate.detect.neighbour_posterior import NeighbourPosterior
+    from infgate.detect.output_validity import glm_reason
+
+    options = options or NoiseModelOptions()
+    if noise.calibration != "eval" or options.posterior == "model":
+        return noise
+    if options.posterior == "auto" and glm_reason(model) is None:
+        return noise
+    x_eval, y_eval = _parse(scorer, eval_data)
+    assert y_eval is not None  # the evaluation calibration ran on its labels
+    plan = getattr(train, "plan", None)  # streamed data knows how its tokens were padded
+    if pad_token_id is None and plan is not None:
+        pad_token_id = plan.pad_token_id
+    n_inputs = int(getattr(model, "k", 1)) if type(model).__name__ == "SplitInputs" else 1
+    voters = NeighbourPosterior(
+        x_eval,
+        y_eval.cpu().numpy(),
+        out.loo_probs.shape[1],
+        pad_token_id=pad_token_id,
+        n_inputs=n_inputs,
+    )
+    train_votes, eval_votes, p_value = voters.stream(scorer.train)
+    if p_value < NEIGHBOUR_SHIFT_ALPHA:
+        log.warning(
+            "the training rows sit farther from the labelled evaluation rows than these do "
+            "from each other (neighbour distances, p = %.2g): the evaluation rows' votes "
+            "cannot calibrate the training rows', so the suspect count falls back to the "
+            "model's leave-one-out posterior, which a memorizing network gets wrong; "
+            "evaluation rows drawn like the training rows (a random split) avoid this",
+            p_value,
+        )
+        return noise
+    reference = (eval_votes, y_eval.cpu().numpy().astype(np.int64))
+    count = fit_noise_model(train_votes, out.labels, options=options, reference=reference)
+    log.info(
+        "suspect count from the evaluation-neighbour posterior (%d neighbours of %d labelled "
+        "evaluation rows): %.1f expected errors (the model's leave-one-out posterior: %.1f)",
+        voters.k,
+        len(y_eval),
+        count.expected_errors,
+        noise.expected_errors,
+    )
+    return dataclasses.replace(count, source="neighbours")
 
 
 def _compute_frame(
@@ -445,9 +521,12 @@ def _compute_frame(
     noise: NoiseModel,
     ev: np.ndarray | None,
     nb: np.ndarray | None = None,
+    *,
+    count: NoiseModel | None = None,
 ) -> pd.DataFrame:
     filtered = None if fm is None else fm.probs
     scores = ranking_scores(out, method, filtered, noise=noise, eval_influence=ev, neighbours=nb)
+    ranking_noise, noise = noise, count if count is not None else noise
     n = len(scores)
     n_est = int(np.clip(round(noise.expected_errors), 0, n))
     order = np.argsort(-scores, kind="stable")
@@ -493,7 +572,8 @@ def _compute_frame(
             "noise_diagonal_margin": noise.diagonal_margin,
             "filter_step_fraction": None if fm is None else fm.step_fraction,
             "channel_p_value": noise.channel_p_value,
-            "ranking_rule": channel_rule(noise) if method == "filtered_auto" else method,
+            "noise_posterior": noise.source,
+            "ranking_rule": channel_rule(ranking_noise) if method == "filtered_auto" else method,
         }
     )
     log.info("ranked %d examples by %s; %d estimated label errors", n, method, n_est)

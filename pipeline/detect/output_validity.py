@@ -7,6 +7,7 @@ the "Validity" paragraph of :mod:`infgate.detect.mismatch`. :func:`glm_reason` i
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 __all__ = ["glm_reason"]
@@ -25,7 +26,7 @@ def glm_reason(model: nn.Module) -> str | None:
     modules = dict(model.named_modules())
     if len(owners) == 1:
         owner = modules.get(next(iter(owners)))
-        if isinstance(owner, nn.Linear):
+        if isinstance(owner, nn.Linear) or _one_graph_linear(model):
             return None
     kinds = sorted({type(modules[o]).__name__ for o in owners if o in modules})
     return (
@@ -33,3 +34,22 @@ def glm_reason(model: nn.Module) -> str | None:
         f"{', '.join(kinds[:4])}); approximate leave-one-out outputs of its training rows are "
         f"not guaranteed to be distributed like outputs on fresh rows"
     )
+
+
+def _one_graph_linear(model: nn.Module) -> bool:
+    """A ``GraphModule`` (MLflow's pt2 flavour) whose trainable parameters all feed ONE
+    ``aten.linear`` call, as its weight and bias: softmax regression, module types gone."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return False
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    users = {
+        user
+        for node in graph.nodes
+        if node.op == "get_attr" and node.target in trainable
+        for user in node.users
+    }
+    if len(users) != 1:
+        return False
+    (call,) = users
+    return call.op == "call_function" and call.target is torch.ops.aten.linear.default

@@ -107,12 +107,15 @@ def summary_markdown(
             if noise.get("noise_calibration") == "eval"
             else "fitted on the training labels alone"
         )
+        by_neighbours = noise.get("noise_posterior") == "neighbours"
+        if by_neighbours:
+            source += "; clean posterior from each row's nearest evaluation rows"
         lines.append(
             f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
             f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
         )
         bad = float(noise.get("loo_leverage_violation_rate") or 0.0)
-        if bad > 0.01:
+        if bad > 0.01 and not by_neighbours:
             lines.append(
                 f"- ⚠ leave-one-out leverage >= 1 on {bad:.0%} of the rows: the curvature "
                 "under-represents them, so the suspect count and confidence are unreliable "

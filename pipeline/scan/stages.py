@@ -243,6 +243,9 @@ def influence_stage(
         options["method"] = det.method
     if "noise_options" not in options:
         options["noise_options"] = NoiseModelOptions(calibration=det.noise_calibration)
+    plan = loaded.train.plan
+    if plan is not None and plan.pad_token_id is not None:
+        options.setdefault("pad_token_id", plan.pad_token_id)
     labelled_eval = loaded.eval_data
     if labelled_eval is not None and labelled_eval.labels is None:
         labelled_eval = None  # production data without labels: no I_up,loss on it

@@ -52,16 +52,32 @@ def test_margin_is_the_smallest_diagonal_lead() -> None:
 
 
 def test_a_weak_model_is_reported_not_counted(digits, caplog) -> None:  # type: ignore[no-untyped-def]
+    """On the model's own leave-one-out posterior (``posterior="model"``, what a GLM and a
+    scan without labelled evaluation data use) a weak model's channel is not identifiable
+    and is reported; the default count of a network, from its evaluation neighbours, does
+    not depend on the model at all and stays right."""
+    from infgate.detect import NoiseModelOptions
+
     x, y, noisy = digits
     untrained = _mlp(x, noisy, epochs=0)  # about chance on the evaluation rows
+    kw = {"eval_data": (x[600:900], y[600:900]), "damping": 1e-3, "progress": False}
     with caplog.at_level(logging.WARNING):
         df = find_label_errors(
-            untrained, (x[:600], noisy), eval_data=(x[600:900], y[600:900]), damping=1e-3,
-            progress=False,
-        )  # fmt: skip
+            untrained, (x[:600], noisy), noise_options=NoiseModelOptions(posterior="model"), **kw
+        )
     assert df.attrs["noise_diagonal_margin"] <= 0.0
     assert df.attrs["expected_errors"] > 300  # the count it would have trusted
     assert any("not diagonally dominant" in r.getMessage() for r in caplog.records)
+    # digits rows are ordered by writer: a random split, so evaluation rows are drawn like
+    # the training rows (the neighbour posterior's premise; an ordered split fails its test)
+    rows = torch.as_tensor(np.random.default_rng(1).permutation(900))
+    xs, ys = x[rows], y[rows]
+    noisy_s, _ = flip_labels(ys[:600], 0.1, classes=10, seed=0)
+    kw["eval_data"] = (xs[600:], ys[600:])
+    by_neighbours = find_label_errors(_mlp(xs, noisy_s, epochs=0), (xs[:600], noisy_s), **kw)
+    flips = int((noisy_s != ys[:600]).sum())
+    assert by_neighbours.attrs["noise_posterior"] == "neighbours"
+    assert abs(by_neighbours.attrs["expected_errors"] - flips) <= 0.25 * flips
 
 
 def test_a_trained_model_passes_the_check(digits, caplog) -> None:  # type: ignore[no-untyped-def]

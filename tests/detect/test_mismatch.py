@@ -268,3 +268,18 @@ def test_bag_of_tokens_leaves_padding_and_the_mask_out() -> None:
     assert not np.array_equal(input_features(short), input_features(long))
     stacked = torch.stack([long, (long != 0).long()], dim=1)  # (B, 2, L)
     np.testing.assert_array_equal(input_features(stacked, pad_token_id=0, n_inputs=2), a)
+
+
+def test_an_exported_softmax_regression_is_a_glm_an_exported_mlp_is_not() -> None:
+    """MLflow's pt2 flavour loses module types: the rule reads the graph instead (every
+    trainable parameter feeding one ``aten.linear``)."""
+    from infgate.detect.mismatch import glm_reason
+
+    def exported(m: torch.nn.Module) -> torch.nn.Module:
+        batch = ({0: torch.export.Dim("batch")},)
+        return torch.export.export(m.eval(), (torch.randn(2, 8),), dynamic_shapes=batch).module()
+
+    softmax = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    assert glm_reason(exported(softmax)) is None
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert glm_reason(exported(mlp)) is not None
