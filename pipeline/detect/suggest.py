@@ -70,8 +70,13 @@ def suggest_from_posterior(
     """
     idx = np.arange(len(labels))
     if wrong is not None:
-        rest = np.maximum(1.0 - posterior[idx, labels], 1e-12)
-        share = posterior / rest[:, None]
+        # the other classes' mass summed directly: 1 - posterior[given] cancels to 0 when
+        # the posterior backs the given label to within rounding, and the share with it
+        other = np.asarray(posterior, dtype=np.float64).copy()
+        other[idx, labels] = 0.0
+        rest = other.sum(axis=1, keepdims=True)
+        n_other = max(posterior.shape[1] - 1, 1)
+        share = np.where(rest > 0, other / np.where(rest > 0, rest, 1.0), 1.0 / n_other)
         posterior = np.clip(share * np.asarray(wrong, dtype=np.float64)[:, None], 0.0, 1.0)
         posterior[idx, labels] = 1.0 - np.asarray(wrong, dtype=np.float64)
     others = posterior.copy()

@@ -270,3 +270,20 @@ def test_rank_calibrated_is_monotone_and_keeps_the_sum() -> None:
         rank_calibrated(scores, e[:-1])
     with pytest.raises(InvalidInputError, match="NaN or inf"):
         rank_calibrated(np.array([0.0, np.nan]), np.array([0.1, 0.2]))
+
+
+def test_a_suspect_the_posterior_clears_keeps_its_ranked_error_probability() -> None:
+    """A row the ranking flags while the posterior backs its given label to within rounding
+    (other classes ~1e-20): the suggestion's confidence is the row's rank-calibrated error
+    probability spread over the other classes by their share, not ~0 from ``1 - p_given``
+    cancelling; an all-zero share falls back to uniform."""
+    from infgate.detect.suggest import suggest_from_posterior
+
+    posterior = np.array([[1.0, 3e-20, 1e-20], [1.0, 0.0, 0.0], [0.2, 0.5, 0.3]])
+    labels = np.array([0, 0, 0])
+    suspect = np.array([True, True, True])
+    wrong = np.array([0.8, 0.6, 0.7])
+    suggested, confidence = suggest_from_posterior(posterior, labels, suspect, wrong)
+    assert suggested[0] == 1 and confidence[0] == pytest.approx(0.8 * 0.75)
+    assert suggested[1] in (1, 2) and confidence[1] == pytest.approx(0.3)
+    assert suggested[2] == 1 and confidence[2] == pytest.approx(0.7 * 0.5 / 0.8)
