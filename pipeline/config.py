@@ -248,6 +248,10 @@ class DetectConfig:
             training labels), ``"eval"`` (require it) or ``"train"`` (for evaluation data
             labelled as noisily as the training data);
             :class:`infgate.detect.calibrate.NoiseModelOptions`.
+        noise_posterior: the clean posterior of the training rows behind the count, with
+            the evaluation calibration: ``"auto"`` (the model's leave-one-out outputs for
+            softmax regression, the nearest evaluation rows' votes for a network),
+            ``"model"`` or ``"neighbours"``.
     """
 
     method: str = "default"
@@ -257,6 +261,7 @@ class DetectConfig:
     explain_k: int = 5
     enqueue: bool = True
     noise_calibration: str = "auto"
+    noise_posterior: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -265,6 +270,11 @@ class DetectConfig:
             raise ConfigError(
                 "detect `noise_calibration` must be one of auto, eval, train, got "
                 f"{self.noise_calibration!r}"
+            )
+        if self.noise_posterior not in ("auto", "model", "neighbours"):
+            raise ConfigError(
+                "detect `noise_posterior` must be one of auto, model, neighbours, got "
+                f"{self.noise_posterior!r}"
             )
         if not isinstance(self.options, dict):
             raise ConfigError(f"detect `options` must be a mapping, got {self.options!r}")

@@ -242,7 +242,9 @@ def influence_stage(
     if det.method != "default":
         options["method"] = det.method
     if "noise_options" not in options:
-        options["noise_options"] = NoiseModelOptions(calibration=det.noise_calibration)
+        options["noise_options"] = NoiseModelOptions(
+            calibration=det.noise_calibration, posterior=det.noise_posterior
+        )
     plan = loaded.train.plan
     if plan is not None and plan.pad_token_id is not None:
         options.setdefault("pad_token_id", plan.pad_token_id)

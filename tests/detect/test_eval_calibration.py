@@ -94,6 +94,8 @@ def test_options_and_reference_are_checked() -> None:
     assert fit_noise_model(p, labels, options=forced, reference=few).calibration == "eval"
     with pytest.raises(ConfigError, match="noise_calibration"):
         DetectConfig(noise_calibration="holdout")
+    with pytest.raises(ConfigError, match="noise_posterior"):
+        DetectConfig(noise_posterior="knn")
 
 
 def _biopsy() -> tuple[np.ndarray, np.ndarray]:
