@@ -304,6 +304,8 @@ class NoiseModel:
         source: the clean posterior of the training rows: ``"model"`` (the model's
             leave-one-out probabilities) or ``"neighbours"`` (their labelled evaluation
             neighbours' votes, :mod:`infgate.detect.neighbour_posterior`).
+        source_accuracy: with ``"neighbours"``, the share of evaluation rows whose
+            left-out vote names their label (how sharp that posterior is), else ``None``.
     """
 
     transition: np.ndarray
@@ -317,6 +319,7 @@ class NoiseModel:
     clean_log_likelihood: float = float("nan")
     noise_probability: float = 1.0
     source: str = "model"
+    source_accuracy: float | None = None
 
     @property
     def channel_p_value(self) -> float:

@@ -359,7 +359,9 @@ def find_label_errors(
         leave-one-out leverage is 1 or more, :attr:`LooOutputs.leverage`: their count and
         confidence are unreliable; logged as a warning above 1%),
         ``noise_posterior`` (``"model"`` or ``"neighbours"``: which clean posterior the
-        count used), ``noise_diagonal_margin`` (:attr:`NoiseModel.diagonal_margin`; at 0
+        count used), ``neighbour_accuracy`` (with ``"neighbours"``: the share of
+        evaluation rows their left-out neighbours' vote gets right; ``None`` otherwise),
+        ``noise_diagonal_margin`` (:attr:`NoiseModel.diagonal_margin`; at 0
         or below the channel is not identifiable, the count is not an estimate and a warning is
         logged) and, for the filtered
         rankings, ``filter_step_fraction`` (how far along the filter step the trust region
@@ -509,7 +511,8 @@ def _count_noise(
         count.expected_errors,
         noise.expected_errors,
     )
-    return dataclasses.replace(count, source="neighbours")
+    accuracy = float((eval_votes.argmax(axis=1) == reference[1]).mean())
+    return dataclasses.replace(count, source="neighbours", source_accuracy=accuracy)
 
 
 def _compute_frame(
@@ -573,6 +576,7 @@ def _compute_frame(
             "filter_step_fraction": None if fm is None else fm.step_fraction,
             "channel_p_value": noise.channel_p_value,
             "noise_posterior": noise.source,
+            "neighbour_accuracy": noise.source_accuracy,
             "ranking_rule": channel_rule(ranking_noise) if method == "filtered_auto" else method,
         }
     )

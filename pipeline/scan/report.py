@@ -110,6 +110,9 @@ def summary_markdown(
         by_neighbours = noise.get("noise_posterior") == "neighbours"
         if by_neighbours:
             source += "; clean posterior from each row's nearest evaluation rows"
+            right = noise.get("neighbour_accuracy")
+            if right is not None:
+                source += f", whose vote is right on {float(right):.0%} of the evaluation rows"
         lines.append(
             f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
             f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
@@ -242,6 +245,7 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
         ("noise_probability", "noise_probability"),
         ("loo_leverage_violation_rate", "loo_leverage_violation_rate"),
         ("noise_diagonal_margin", "noise_diagonal_margin"),
+        ("neighbour_accuracy", "neighbour_accuracy"),
     ):
         if ranking.attrs.get(key) is not None:
             metrics[name] = float(ranking.attrs[key])

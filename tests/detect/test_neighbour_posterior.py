@@ -98,6 +98,7 @@ def test_a_memorising_network_counts_its_flips_from_evaluation_neighbours(
             **kw,  # type: ignore[arg-type]
         )
     assert df.attrs["noise_posterior"] == "neighbours" and own.attrs["noise_posterior"] == "model"
+    assert 0.9 <= df.attrs["neighbour_accuracy"] <= 1.0 and own.attrs["neighbour_accuracy"] is None
     n = int(df.attrs["n_estimated_errors"])
     assert int(df["is_suspect"].sum()) == n
     if flips:
