@@ -248,7 +248,9 @@ def test_influence_stage_runs_as_a_child_deployment_like_in_process(
     pd.testing.assert_frame_equal(
         explanations.drop(columns="influence"), ref_explanations.drop(columns="influence")
     )
-    np.testing.assert_allclose(explanations["influence"], ref_explanations["influence"], rtol=1e-5)
+    # float32 sums over every training gradient, reduced in another order by the child's
+    # thread count: measured up to 1.8e-4 relative on values ~100 (one CI run)
+    np.testing.assert_allclose(explanations["influence"], ref_explanations["influence"], rtol=1e-3)
     assert set(timings) == set(ref_timings) and {"influence", "explain"} <= set(timings)
 
     # and both paths store the same findings, explanations and timing keys
