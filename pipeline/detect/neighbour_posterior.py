@@ -25,6 +25,7 @@ calibrated, posterior: a wider count, not a biased one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 from infgate.detect.representations import input_features
 from infgate.errors import InvalidInputError
 
-__all__ = ["MAX_DIMS", "NEIGHBOURS", "NeighbourPosterior"]
+__all__ = ["MAX_DIMS", "NEIGHBOURS", "EvaluationNeighbours", "NeighbourPosterior"]
 
 #: Evaluation neighbours that vote for each row.
 NEIGHBOURS = 10
@@ -53,6 +54,14 @@ class NeighbourPosterior:
         pad_token_id, n_inputs: how token rows were padded and stacked (the bag of tokens
             leaves padding out and reads the first input).
         seed: seeds the projection of wide representations.
+        x_scale: training rows (a sample) whose features, pooled with the evaluation
+            rows', set each column's scale. Scaled by the evaluation rows alone, each of
+            them would be nearer the centre than a training row (it shaped its own column's
+            variance): a bias of order ``1 / m`` in every column, which with many columns
+            and few evaluation rows makes the distance test reject a random split (3,000
+            columns, 143 evaluation rows: p = 1e-4). Columns constant on the pool keep
+            scale 1 (scaled by ``1e-8`` they made a token bin or pixel the evaluation
+            rows never use dominate every distance).
 
     Raises:
         InvalidInputError: fewer than 2 evaluation rows, labels outside the classes.
@@ -68,6 +77,7 @@ class NeighbourPosterior:
         pad_token_id: int | None = None,
         n_inputs: int = 1,
         seed: int = 0,
+        x_scale: torch.Tensor | None = None,
     ) -> None:
         labels = np.asarray(y_eval, dtype=np.int64).reshape(-1)
         if len(labels) < 2 or len(labels) != x_eval.shape[0]:
@@ -80,7 +90,11 @@ class NeighbourPosterior:
         self.k = int(min(k, len(labels) - 1))
         self._tokens: dict[str, Any] = {"pad_token_id": pad_token_id, "n_inputs": int(n_inputs)}
         raw = input_features(x_eval.cpu(), **self._tokens)
-        self.mean, self.std = raw.mean(0), raw.std(0) + 1e-8
+        pool = raw
+        if x_scale is not None and len(x_scale):
+            pool = np.concatenate([raw, input_features(x_scale.cpu(), **self._tokens)])
+        std = pool.std(0)
+        self.mean, self.std = pool.mean(0), np.where(std > 1e-12, std, 1.0)
         self.projection: np.ndarray | None = None
         if raw.shape[1] > MAX_DIMS:
             rng = np.random.default_rng(seed)
@@ -157,3 +171,40 @@ class NeighbourPosterior:
             train_distances = train_distances[rows]
         result = mannwhitneyu(train_distances, eval_distances, alternative="greater")
         return float(result.pvalue)
+
+
+@dataclass(frozen=True)
+class EvaluationNeighbours:
+    """What one scan's labelled evaluation rows say about its training rows.
+
+    Attributes:
+        train_votes: ``(n, C)`` each training row's smoothed neighbour votes.
+        eval_votes: ``(m, C)`` each evaluation row's votes from the OTHER evaluation rows.
+        eval_labels: ``(m,)`` the evaluation labels (taken as correct).
+        k: neighbours per row.
+        p_value: of the calibration's premise
+            (:meth:`NeighbourPosterior.exchangeability_p_value`).
+    """
+
+    train_votes: np.ndarray
+    eval_votes: np.ndarray
+    eval_labels: np.ndarray
+    k: int
+    p_value: float
+
+    @property
+    def accuracy(self) -> float:
+        """Share of evaluation rows whose left-out vote names their label."""
+        return float((self.eval_votes.argmax(axis=1) == self.eval_labels).mean())
+
+    def calibrated(self, *, bias_penalty: float = 1.0, beta_penalty: float = 1.0) -> np.ndarray:
+        """``(n, C)`` the training rows' clean-label posterior: their votes through the
+        vector-scaling map fitted on the evaluation rows' left-out votes and labels
+        (:func:`~infgate.detect.calibrate.fit_vector_scaling`). A weak neighbour classifier
+        gets a small inverse temperature, so a flat posterior."""
+        from infgate.detect.calibrate import fit_vector_scaling
+
+        scaling = fit_vector_scaling(
+            self.eval_votes, self.eval_labels, bias_penalty=bias_penalty, beta_penalty=beta_penalty
+        )
+        return scaling.apply(self.train_votes)

@@ -117,6 +117,16 @@ def summary_markdown(
             f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
             f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
         )
+        rule = noise.get("ranking_rule")
+        if rule == "evidence":
+            right = noise.get("neighbour_accuracy")
+            lines.append(
+                "- ranking: the filtered model's posterior times the calibrated vote of each "
+                "row's nearest labelled evaluation rows"
+                + (f" (right on {float(right):.0%} of them)" if right is not None else "")
+            )
+        elif rule is not None:
+            lines.append(f"- ranking: {rule}")
         bad = float(noise.get("loo_leverage_violation_rate") or 0.0)
         if bad > 0.01 and not by_neighbours:
             lines.append(
