@@ -6,7 +6,8 @@ spam7), on which choices were made, and a HELD-OUT split reported apart (rdatase
 biopsy, palmerpenguins penguins, MASS Pima.tr + Pima.te, ISLR OJ); softmax regression and
 a 32-unit tanh MLP (L-BFGS, weight decay 1e-3 = damping); uniform 5/10/20% flips,
 class-conditional noise (cleanlab noise_generation, trace = 0.8 C) and a clean control;
-seeds 0-2. Network families (flagged-set figures only; ``--no-networks`` skips them): a
+seeds 0-2. Network families (flagged-set figures and AP of the default, the filtered margin,
+the loss and cleanlab's rankings; ``--no-networks`` skips them): a
 width-8 ResNet-style CNN on 600 digits images, a width-16 1-D CNN on 600 wave sequences and
 a 1-layer transformer on 600 token sequences (``infgate.examples.networks``, Adam, 15
 epochs, weight decay 1e-3 = damping), uniform 10/20% flips and clean, against cleanlab's
@@ -73,6 +74,7 @@ TRAININGS = {
     "self_influence": 0,
     "grad_norm": 0,
     **{m: 0 for m in OURS},
+    DEFAULT: 0,
     "error_probability": 0,
     "eval_influence": 0,
 }
@@ -141,6 +143,33 @@ def noisy_labels(y: np.ndarray, noise: str, rng: np.random.Generator, seed: int)
     return np.asarray(generate_noisy_labels(y, nm), dtype=np.int64)
 
 
+def _method_figures(flipped: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """AUROC, AP, recall after checking 5/10/20/30% and the recall curve of every ranking."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    n = len(flipped)
+    figures: dict[str, Any] = {}
+    for m, s in scores.items():
+        order = np.argsort(-s, kind="stable")
+        rec = {
+            f"recall@{int(f * 100)}": float(
+                flipped[order[: round(f * n)]].sum() / max(flipped.sum(), 1)
+            )
+            for f in FRACS
+        }
+        curve = [
+            float(flipped[order[: round(f * n)]].sum() / max(flipped.sum(), 1))
+            for f in np.linspace(0, 0.3, 31)
+        ]
+        figures[m] = {
+            "auroc": float(roc_auc_score(flipped, s)),
+            "ap": float(average_precision_score(flipped, s)),
+            **rec,
+            "curve": curve,
+        }
+    return figures
+
+
 def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """One (dataset, model, noise, seed): every method's scores and metrics."""
     import torch
@@ -152,7 +181,6 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     from infgate.detect.filtered import filtered_probabilities
     from infgate.examples.models import make_classifier, train_classifier
     from infgate.influence import CrossEntropyObjective, GradientEngine, InfluenceScorer
-    from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     torch.set_num_threads(1)
@@ -206,7 +234,10 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for m in [*OURS, "loss", "self_influence", "grad_norm"]:
         scores[m] = ranking_scores(out, m, filtered, noise=noise)  # type: ignore[arg-type]
     ids = df["example_id"].astype(int).to_numpy()
-    assert np.allclose(scores[DEFAULT][ids], df["score"].to_numpy(), atol=1e-12)
+    scores[DEFAULT] = np.empty(n)
+    scores[DEFAULT][ids] = df["score"].to_numpy()  # with the evaluation neighbours' evidence
+    if df.attrs["ranking_rule"] == "margin":  # no usable evaluation neighbours
+        assert np.allclose(scores[DEFAULT], scores["filtered_margin"], atol=1e-12)
     scores["eval_influence"] = ev
     # the noise model's P(label wrong) (calibrated on the evaluation data): channel-aware
     scores["error_probability"] = np.empty(n)
@@ -256,31 +287,14 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         **cfg,
         "split": "dev" if cfg["dataset"] in DEV else "held_out",
         "flagged_set": ours_set,
+        "ranking_rule": df.attrs["ranking_rule"],
         "n_train": n,
         "n_flipped": int(flipped.sum()),
         "timings": timings,
         "methods": {},
     }
-    for m, s in scores.items():
-        if not flipped.any():
-            continue  # clean control: only the flagged-set size is measured
-        order = np.argsort(-s, kind="stable")
-        rec = {
-            f"recall@{int(f * 100)}": float(
-                flipped[order[: round(f * n)]].sum() / max(flipped.sum(), 1)
-            )
-            for f in FRACS
-        }
-        curve = [
-            float(flipped[order[: round(f * n)]].sum() / max(flipped.sum(), 1))
-            for f in np.linspace(0, 0.3, 31)
-        ]
-        res["methods"][m] = {
-            "auroc": float(roc_auc_score(flipped, s)),
-            "ap": float(average_precision_score(flipped, s)),
-            **rec,
-            "curve": curve,
-        }
+    if flipped.any():  # clean control: only the flagged-set size is measured
+        res["methods"] = _method_figures(flipped, scores)
     cl_recall = float(flipped[ranked].sum() / max(flipped.sum(), 1))
     res["cl_find_label_issues_set"] = {
         "n_flagged": len(ranked),
@@ -331,7 +345,9 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
     ratio, precision, recall, ECE, against cleanlab's find_label_issues on 5-fold CV."""
     import torch
     from cleanlab.filter import find_label_issues
-    from infgate.detect import approximate_loo, find_label_errors
+    from cleanlab.rank import get_label_quality_scores
+    from infgate.detect import approximate_loo, find_label_errors, ranking_scores
+    from infgate.detect.filtered import filtered_model
     from infgate.examples.networks import TrainOptions, flip_labels, train_network
     from infgate.influence import InfluenceScorer
     from sklearn.model_selection import StratifiedKFold
@@ -356,6 +372,7 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
     df = find_label_errors(model, (x, y), scorer=scorer, eval_data=eval_pair, progress=False)
     ours_s = time.perf_counter() - t0
     ids = df["example_id"].astype(int).to_numpy()
+    out = approximate_loo(scorer)
     ours = {
         **_flagged_figures(
             ids,
@@ -368,7 +385,7 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
         "noise_calibration": df.attrs["noise_calibration"],
         **_variants(
             df,
-            approximate_loo(scorer).loo_probs,
+            out.loo_probs,
             scorer,
             eval_pair,
             clean,
@@ -385,8 +402,26 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
             cv[te] = torch.softmax(m(x[te]), 1).double().numpy()
     ranked = find_label_issues(labels, cv, return_indices_ranked_by="self_confidence")
     cl_s = time.perf_counter() - t0
+    n = len(labels)
+    default = np.empty(n)
+    default[ids] = df["score"].to_numpy()
+    model.eval()
+    with torch.no_grad():
+        fitted = torch.softmax(model(x).double(), 1).numpy()
+    scores = {
+        DEFAULT: default,
+        "filtered_margin": ranking_scores(out, "filtered_margin", filtered_model(scorer).probs),
+        "loss": -np.log(np.clip(fitted[np.arange(n), labels], 1e-300, 1.0)),
+        "cl_self_confidence": -get_label_quality_scores(labels, cv, method="self_confidence"),
+        "cl_normalized_margin": -get_label_quality_scores(labels, cv, method="normalized_margin"),
+    }
+    fli = scores["cl_self_confidence"] - scores["cl_self_confidence"].max() - 1.0
+    fli[ranked] = np.linspace(2.0, 1.0, len(ranked)) if len(ranked) else fli[ranked]
+    scores["cl_find_label_issues"] = fli
     res = {
         **cfg,
+        "ranking_rule": df.attrs["ranking_rule"],
+        "methods": _method_figures(flipped, scores) if flipped.any() else {},
         "n_train": len(labels),
         "n_flipped": int(flipped.sum()),
         "flagged_set": ours,
@@ -715,6 +750,18 @@ def summarize_networks(rows: list[dict[str, Any]]) -> dict[str, Any]:
         block["seconds"] = {
             k: float(np.mean([r["timings"][k] for r in sub])) for k in sub[0]["timings"]
         }
+        noisy = [r for r in sub if r["n_flipped"] > 0 and r.get("methods")]
+        if noisy:
+            block["ranking"] = {
+                "mean_ap": {
+                    m: float(np.mean([r["methods"][m]["ap"] for r in noisy]))
+                    for m in noisy[0]["methods"]
+                },
+                "default_vs_loss": _paired(noisy, DEFAULT, "loss"),
+                "default_vs_per_run_best_cleanlab": _paired(noisy, DEFAULT, None),
+                "default_vs_filtered_margin": _paired(noisy, DEFAULT, "filtered_margin"),
+                "ranking_rules": sorted({r["ranking_rule"] for r in noisy}),
+            }
         out[kind] = block
     return out
 

@@ -19,13 +19,19 @@ Commands (what ``benchmarks/RESULTS.md`` reports; 1 torch thread each)::
 ``python benchmarks/bench_network_ranking.py`` runs every family in one process and writes
 the networks alone; ``--dev`` prints the development seeds.
 
-Rankings: ``default`` (what ``find_label_errors`` ranks by, from the same pieces; the test
-``tests/detect/test_ranking_networks.py`` checks they agree), ``loss``, ``margin``,
+Every run also draws 300 clean labelled evaluation rows from the same source
+(:func:`eval_for`; the tabular check uses its 25% test split), as a scan with evaluation
+data has them. Rankings: ``default`` (what ``find_label_errors(eval_data=...)`` ranks by,
+from the same pieces: ``filtered_evidence``, the filtered model's posterior times the
+calibrated posterior of each row's nearest evaluation rows; without evaluation data it is
+``filtered_margin``, which ``tests/detect/test_ranking_networks.py`` checks against
+``find_label_errors``), ``loss``, ``margin``,
 ``self_influence``, ``loo_margin`` (approximate leave-one-out margin), ``old_default`` (the
 default before: strength 0.1, the whole step run through the network),
 ``filtered_margin_forward`` (strength 1, the whole step run through the network),
 ``filtered_margin_linearized`` (strength 1, the whole step in the linearization),
-``filtered_margin`` (the trust region; = default), ``filtered_margin_s0.1`` / ``_s10``
+``filtered_margin`` (the trust region; the default without evaluation data, and before
+the evaluation evidence), ``filtered_margin_s0.1`` / ``_s10``
 (the trust region at other strengths), ``neighbours`` (penultimate-layer kNN label
 disagreement), ``filtered_neighbours(_forward)`` / ``loss_neighbours`` (rank averages with
 it), ``filtered_loss``.
@@ -63,8 +69,14 @@ from typing import Any
 import numpy as np
 import torch
 from infgate.detect.calibrate import fit_noise_model
+from infgate.detect.eval_influence import eval_probabilities
 from infgate.detect.filtered import evaluate_filter, filter_step
-from infgate.detect.label_errors import DEFAULT_METHOD, channel_rule, ranking_scores
+from infgate.detect.label_errors import (
+    DEFAULT_METHOD,
+    _evaluation_neighbours,
+    channel_rule,
+    ranking_scores,
+)
 from infgate.detect.loo import approximate_loo
 from infgate.detect.neighbours import neighbour_disagreement, penultimate_features
 from infgate.detect.stats import rank_average
@@ -134,6 +146,40 @@ def data_for(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
     return x, y, 4
 
 
+EVAL_ROWS = 300  # labelled evaluation rows drawn beside the training rows (clean labels)
+
+
+def eval_for(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean labelled evaluation rows from the same source, disjoint from the training rows:
+    the digits rows after the training rows in the same permutation, or a fresh draw of the
+    generator (another seed)."""
+    if kind in ("resnet", "resnet64", "mlp"):
+        x, y = digits_images()
+        rows = np.random.default_rng(seed).permutation(len(x))[n : n + EVAL_ROWS]
+        x, y = x[rows], y[rows]
+        return (x if kind != "mlp" else x.flatten(1)), y
+    if kind == "transformer":
+        return token_sequences(EVAL_ROWS, vocab=50, length=24, classes=4, seed=seed + 10_000)
+    return wave_sequences(EVAL_ROWS, length=64, classes=4, seed=seed + 10_000)
+
+
+def evaluation_evidence(
+    model: torch.nn.Module, scorer: InfluenceScorer, out: Any, eval_pair: Any
+) -> tuple[np.ndarray | None, float | None]:
+    """What ``find_label_errors(eval_data=eval_pair)`` multiplies the filtered model by:
+    the training rows' calibrated evaluation-neighbour posterior (and how often the
+    evaluation rows' own left-out vote is right)."""
+    noise = fit_noise_model(
+        out.loo_probs, out.labels, reference=eval_probabilities(scorer, eval_pair)
+    )
+    nbrs = _evaluation_neighbours(
+        model, scorer, None, eval_pair, noise, out.loo_probs.shape[1], None
+    )
+    if nbrs is None:
+        return None, None
+    return nbrs.calibrated(), nbrs.accuracy
+
+
 def model_for(kind: str, classes: int, seed: int) -> torch.nn.Module:
     if kind == "transformer":
         return make_network(kind, seed=seed, vocab=50, classes=classes)
@@ -181,7 +227,10 @@ def run_one(
     seconds = time.perf_counter() - t0
     # what find_label_errors(model, (x, noisy), scorer=scorer) ranks by, from the same pieces
     # (tests/detect/test_ranking_networks.py checks the two agree)
-    default_scores = ranking_scores(out, DEFAULT_METHOD, trusted.probs, neighbours=nb)
+    evidence, nb_accuracy = evaluation_evidence(model, scorer, out, eval_for(kind, n, seed))
+    default_scores = ranking_scores(
+        out, DEFAULT_METHOD, trusted.probs, neighbours=nb, evidence=evidence
+    )
     noise = fit_noise_model(out.loo_probs, labels)  # what find_label_errors fits, no eval data
     loss = ranking_scores(out, "loss")
     scores = {
@@ -222,6 +271,8 @@ def run_one(
         "step_divergence": trusted.divergence,
         "channel_p_value": noise.channel_p_value,
         "ranking_rule": channel_rule(noise),
+        "default_rule": "evidence" if evidence is not None else "margin",
+        "neighbour_accuracy": nb_accuracy,
         "filtered_forward_p_given": float(fwd[idx, labels].mean()),
         "train_seconds": train_s,
         "rank_seconds": seconds,
@@ -239,7 +290,7 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
 
     hidden = (32,) if model == "mlp32" else ()
     x_all, y_all = ble.load(dataset)
-    xtr, _, y_clean, _ = train_test_split(
+    xtr, xte, y_clean, yte = train_test_split(
         x_all, y_all, test_size=0.25, stratify=y_all, random_state=seed
     )
     ytr = ble.noisy_labels(y_clean, noise, np.random.default_rng(seed), seed)
@@ -256,8 +307,13 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
     nb = neighbour_disagreement(penultimate_features(net, scorer.train), labels)
     old = evaluate_filter(scorer, filter_step(scorer, 0.1), mode="forward").probs
     trusted = evaluate_filter(scorer, filter_step(scorer))
+    eval_pair = (torch.as_tensor(xte), torch.as_tensor(yte))
+    evidence, _ = evaluation_evidence(net, scorer, out, eval_pair)
     scores = {
-        "default": ranking_scores(out, DEFAULT_METHOD, trusted.probs, neighbours=nb),
+        "default": ranking_scores(
+            out, DEFAULT_METHOD, trusted.probs, neighbours=nb, evidence=evidence
+        ),
+        "filtered_margin": _margin(trusted.probs, labels),
         "loss": ranking_scores(out, "loss"),
         "margin": ranking_scores(out, "margin"),
         "self_influence": out.self_influence,
@@ -284,6 +340,7 @@ def tabular_run(dataset: str, model: str, noise: str, seed: int) -> dict[str, An
 
 TABULAR_METHODS = (
     "default",
+    "filtered_margin",
     "loss",
     "margin",
     "self_influence",
@@ -308,6 +365,7 @@ def tabular_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "default_vs_loss": paired(ap["default"], ap["loss"]),
                 "default_vs_self_influence": paired(ap["default"], ap["self_influence"]),
                 "default_vs_old_default": paired(ap["default"], ap["filtered_margin_forward_s0.1"]),
+                "default_vs_filtered_margin": paired(ap["default"], ap["filtered_margin"]),
             }
     return out
 
@@ -333,6 +391,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_ap": {m: float(np.mean(v)) for m, v in ap.items()},
             "default_vs_loss": paired(ap["default"], ap["loss"]),
             "default_vs_self_influence": paired(ap["default"], ap["self_influence"]),
+            "default_vs_filtered_margin": paired(ap["default"], ap["filtered_margin"]),
         }
     return out
 
@@ -350,13 +409,18 @@ def markdown(result: dict[str, Any]) -> str:
             + " |"
         )
     lines += ["", "| family | default vs loss (W-L, mean diff, Wilcoxon p) | default vs "
-              "self-influence |", "|---|---|---|"]  # fmt: skip
+              "self-influence | default vs filtered_margin (the default without evaluation "
+              "data) |", "|---|---|---|---|"]  # fmt: skip
     for fam, v in s.items():
-        a, b = v["default_vs_loss"], v["default_vs_self_influence"]
-        lines.append(
-            f"| {fam} | {a['wins']}-{a['losses']}, {a['mean_diff']:+.3f}, p={a['wilcoxon_p']:.2g}"
-            f" | {b['wins']}-{b['losses']}, {b['mean_diff']:+.3f}, p={b['wilcoxon_p']:.2g} |"
-        )
+        cells = [
+            f"{a['wins']}-{a['losses']}, {a['mean_diff']:+.3f}, p={a['wilcoxon_p']:.2g}"
+            for a in (
+                v["default_vs_loss"],
+                v["default_vs_self_influence"],
+                v["default_vs_filtered_margin"],
+            )
+        ]
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
