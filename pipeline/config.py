@@ -249,9 +249,10 @@ class DetectConfig:
             labelled as noisily as the training data);
             :class:`infgate.detect.calibrate.NoiseModelOptions`.
         noise_posterior: the clean posterior of the training rows behind the count, with
-            the evaluation calibration: ``"auto"`` (the model's leave-one-out outputs for
-            softmax regression, the nearest evaluation rows' votes for a network),
-            ``"model"`` or ``"neighbours"``.
+            the evaluation calibration: ``"auto"`` (the model's leave-one-out outputs
+            stacked with the nearest evaluation rows' votes when those outputs look
+            out-of-sample, else the votes alone), ``"both"``, ``"model"`` or
+            ``"neighbours"``.
     """
 
     method: str = "default"
@@ -271,9 +272,9 @@ class DetectConfig:
                 "detect `noise_calibration` must be one of auto, eval, train, got "
                 f"{self.noise_calibration!r}"
             )
-        if self.noise_posterior not in ("auto", "model", "neighbours"):
+        if self.noise_posterior not in ("auto", "model", "neighbours", "both"):
             raise ConfigError(
-                "detect `noise_posterior` must be one of auto, model, neighbours, got "
+                "detect `noise_posterior` must be one of auto, model, neighbours, both, got "
                 f"{self.noise_posterior!r}"
             )
         if not isinstance(self.options, dict):

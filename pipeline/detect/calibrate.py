@@ -89,6 +89,7 @@ __all__ = [
     "NoiseModelOptions",
     "VectorScaling",
     "fit_noise_model",
+    "fit_stacked_scaling",
     "fit_vector_scaling",
     "noise_probability",
     "rank_calibrated",
@@ -98,6 +99,7 @@ log = logging.getLogger(__name__)
 
 _EPS = 1e-12
 CALIBRATIONS = ("auto", "eval", "train")
+POSTERIORS = ("auto", "model", "neighbours", "both")
 #: flips spread over a row of ``T`` by :meth:`NoiseModel.shrunk_transition` (development grid:
 #: 3, 10 and 30 within 0.004 mean AP of each other).
 CHANNEL_PSEUDO_COUNT = 10.0
@@ -143,10 +145,15 @@ class NoiseModelOptions:
             calibration. ``"model"``: the model's approximate leave-one-out probabilities.
             ``"neighbours"``: the votes of each row's nearest labelled evaluation rows
             (:class:`~infgate.detect.neighbour_posterior.NeighbourPosterior`), calibrated
-            on the evaluation rows' own left-out votes. ``"auto"``: ``"model"`` for a
-            model linear in its parameters (softmax regression: its leave-one-out step is
-            accurate), ``"neighbours"`` for a network (its step is not, and its
-            representation has memorized its flips).
+            on the evaluation rows' own left-out votes. ``"both"``: the two stacked, one
+            map ``softmax(beta_1 log p + beta_2 log v + b)`` fitted on the evaluation rows
+            (:func:`fit_stacked_scaling`), so the weight each gets is learned where neither
+            was fitted. ``"auto"``: ``"both"`` when the leave-one-out outputs look like
+            out-of-sample outputs (leverage below 1 on 99% of the rows, and
+            :func:`~infgate.detect.label_errors.loo_in_sample_p_value` at least 0.05: softmax
+            regression, a small MLP), else ``"neighbours"`` (a network that memorized its
+            flips, or whose leave-one-out step overshoots). Chosen on the development grid
+            (``benchmarks/RESULTS.md``, "One clean posterior from both views").
     """
 
     min_temperature: float = 0.2
@@ -180,9 +187,9 @@ class NoiseModelOptions:
             raise InvalidInputError(
                 f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}"
             )
-        if self.posterior not in ("auto", "model", "neighbours"):
+        if self.posterior not in POSTERIORS:
             raise InvalidInputError(
-                f"posterior must be 'auto', 'model' or 'neighbours', got {self.posterior!r}"
+                f"posterior must be one of {list(POSTERIORS)}, got {self.posterior!r}"
             )
         if not self.bias_penalty >= 0:
             raise InvalidInputError(f"bias_penalty must be >= 0, got {self.bias_penalty!r}")
@@ -203,21 +210,45 @@ class VectorScaling:
     """``q = softmax(beta * log p + b)``: the map from a model's probabilities to the clean
     label's posterior, fitted on labelled evaluation data (:func:`fit_vector_scaling`).
 
+    With several views of each row (:func:`fit_stacked_scaling`) the map is
+    ``softmax(sum_v beta_v log p_v + b)``: one inverse temperature per view, so two views
+    that say the same thing share the weight a single one would get, instead of counting it
+    twice as a product of independent posteriors would.
+
     Attributes:
-        inverse_temperature: ``beta`` (> 1 sharpens, < 1 softens).
+        inverse_temperature: ``beta`` of the first view (> 1 sharpens, < 1 softens).
         bias: ``(C,)`` class biases ``b`` (a class the noisy training labels under- or
             over-represent gets its prior back).
         n_rows: evaluation rows it was fitted on.
+        view_weights: every view's ``beta`` (one entry for plain vector scaling).
     """
 
     inverse_temperature: float
     bias: np.ndarray
     n_rows: int
+    view_weights: tuple[float, ...] = ()
 
-    def apply(self, probs: np.ndarray) -> np.ndarray:
-        """``(n, C)`` recalibrated probabilities."""
-        z = np.log(np.clip(probs, _EPS, 1.0)) * self.inverse_temperature + self.bias[None, :]
+    def apply(self, probs: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """``(n, C)`` recalibrated probabilities; ``more``: the other views, in fit order."""
+        views = (probs, *more)
+        weights = self.view_weights or (self.inverse_temperature,)
+        if len(views) != len(weights):
+            raise InvalidInputError(
+                f"this map was fitted on {len(weights)} view(s), got {len(views)}"
+            )
+        z = self.bias[None, :] + sum(
+            np.log(np.clip(v, _EPS, 1.0)) * w for v, w in zip(views, weights, strict=True)
+        )
         return np.exp(log_softmax(z, axis=1))
+
+
+def _check_probabilities(p: np.ndarray, y: np.ndarray, what: str) -> None:
+    if p.ndim != 2 or p.shape[1] < 2 or len(p) == 0 or len(y) != len(p):
+        raise InvalidInputError(
+            f"need (m, C) {what} with C >= 2 and m matching labels, got {p.shape} and {y.shape}"
+        )
+    if not np.isfinite(p).all():
+        raise InvalidInputError(f"evaluation {what} contain NaN or inf")
 
 
 def fit_vector_scaling(
@@ -247,35 +278,79 @@ def fit_vector_scaling(
         InvalidInputError: mismatched or empty inputs, non-finite probabilities, labels out
             of range.
     """
+    return fit_stacked_scaling(
+        [probs], labels, bias_penalty=bias_penalty, beta_penalty=beta_penalty
+    )
+
+
+def fit_stacked_scaling(
+    views: list[np.ndarray] | tuple[np.ndarray, ...],
+    labels: np.ndarray,
+    *,
+    bias_penalty: float = 1.0,
+    beta_penalty: float = 1.0,
+    min_weight: float = 0.0,
+) -> VectorScaling:
+    """Vector scaling of several views of the same rows at once:
+    ``q = softmax(sum_v beta_v log p_v + b)``, by penalized maximum likelihood on labelled
+    rows (stacking, Wolpert 1992, with a log-linear combiner).
+
+    Each view gets ``beta_v = min_weight + exp(w_v)``; the penalty is
+    ``beta_penalty * sum_v w_v^2`` (with ``min_weight = 0`` a Gaussian prior on each
+    ``log beta_v``; each ``w_v`` bounded to ``[-3, 3]``) plus ``bias_penalty * ||b||^2``.
+    The weights are learned on rows neither view was fitted on, so correlated views (the
+    model's output and the vote of its input-space neighbours usually agree) share their
+    weight, and a view that adds nothing is shrunk towards ``min_weight``.
+
+    Args:
+        views: ``(m, C)`` probabilities per view on the evaluation rows.
+        labels: ``(m,)`` their (correct) labels.
+        bias_penalty: L2 penalty on ``b``.
+        beta_penalty: L2 penalty on each ``log``-weight.
+        min_weight: floor of every ``beta_v``.
+
+    Returns:
+        The fitted :class:`VectorScaling`; ``apply`` takes the views in the same order.
+
+    Raises:
+        InvalidInputError: no view, mismatched or empty inputs, non-finite probabilities,
+            labels out of range.
+    """
     from scipy.optimize import minimize
 
-    p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    if p.ndim != 2 or p.shape[1] < 2 or len(p) == 0 or len(y) != len(p):
-        raise InvalidInputError(
-            f"need (m, C) probabilities with C >= 2 and m matching labels, got {p.shape} "
-            f"and {y.shape}"
-        )
-    if not np.isfinite(p).all():
-        raise InvalidInputError("evaluation probabilities contain NaN or inf")
-    k = p.shape[1]
+    ps = [np.asarray(v, dtype=np.float64) for v in views]
+    if not ps:
+        raise InvalidInputError("need at least one view of the evaluation rows")
+    for p in ps:
+        _check_probabilities(p, y, "probabilities")
+    k = ps[0].shape[1]
+    if any(p.shape != ps[0].shape for p in ps):
+        raise InvalidInputError(f"views differ in shape: {[p.shape for p in ps]}")
     if y.min() < 0 or y.max() >= k:
         raise InvalidInputError(f"evaluation labels must be in 0..{k - 1}")
-    log_p = np.log(np.clip(p, _EPS, 1.0))
+    log_ps = np.stack([np.log(np.clip(p, _EPS, 1.0)) for p in ps])  # (V, m, C)
+    n_views = len(ps)
     onehot = np.eye(k)[y]
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        beta, b = np.exp(w[0]), w[1:]
-        ls = log_softmax(log_p * beta + b[None, :], axis=1)
+        lw, b = w[:n_views], w[n_views:]
+        beta = min_weight + np.exp(lw)
+        ls = log_softmax(np.tensordot(beta, log_ps, axes=1) + b[None, :], axis=1)
         resid = np.exp(ls) - onehot  # d(-log lik)/dz
-        value = -float((ls * onehot).sum()) + bias_penalty * float(b @ b) + beta_penalty * w[0] ** 2
+        value = (
+            -float((ls * onehot).sum())
+            + bias_penalty * float(b @ b)
+            + beta_penalty * float(lw @ lw)
+        )
         grad_b = resid.sum(axis=0) + 2.0 * bias_penalty * b
-        grad_w0 = float((resid * log_p).sum()) * beta + 2.0 * beta_penalty * w[0]
-        return value, np.concatenate([[grad_w0], grad_b])
+        grad_lw = np.einsum("mc,vmc->v", resid, log_ps) * np.exp(lw) + 2.0 * beta_penalty * lw
+        return value, np.concatenate([grad_lw, grad_b])
 
-    bounds = [(-3.0, 3.0)] + [(None, None)] * k
-    fit = minimize(objective, np.zeros(k + 1), jac=True, method="L-BFGS-B", bounds=bounds)
-    return VectorScaling(float(np.exp(fit.x[0])), fit.x[1:].copy(), len(y))
+    bounds = [(-3.0, 3.0)] * n_views + [(None, None)] * k
+    fit = minimize(objective, np.zeros(n_views + k), jac=True, method="L-BFGS-B", bounds=bounds)
+    weights = tuple(float(min_weight + np.exp(w)) for w in fit.x[:n_views])
+    return VectorScaling(weights[0], fit.x[n_views:].copy(), len(y), weights)
 
 
 @dataclass(frozen=True)
@@ -302,9 +377,10 @@ class NoiseModel:
             * one-hot(given label)``, so the expected number of errors is the channel's
             times ``noise_probability``.
         source: the clean posterior of the training rows: ``"model"`` (the model's
-            leave-one-out probabilities) or ``"neighbours"`` (their labelled evaluation
-            neighbours' votes, :mod:`infgate.detect.neighbour_posterior`).
-        source_accuracy: with ``"neighbours"``, the share of evaluation rows whose
+            leave-one-out probabilities), ``"neighbours"`` (their labelled evaluation
+            neighbours' votes, :mod:`infgate.detect.neighbour_posterior`) or ``"both"``
+            (the two stacked, :func:`fit_stacked_scaling`).
+        source_accuracy: with ``"neighbours"`` or ``"both"``, the share of evaluation rows whose
             left-out vote names their label (how sharp that posterior is), else ``None``.
     """
 
@@ -494,6 +570,7 @@ def fit_noise_model(
     *,
     options: NoiseModelOptions | None = None,
     reference: tuple[np.ndarray, np.ndarray] | None = None,
+    second_view: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NoiseModel:
     """Fit the class-conditional noise channel and the clean posterior to the given labels.
 
@@ -506,6 +583,11 @@ def fit_noise_model(
             ``options.calibration`` ``"eval"`` (or ``"auto"`` and at least
             ``min_reference_rows`` rows) the clean posterior is
             :func:`fit_vector_scaling`'s map of ``probs`` and only ``T`` is fitted here.
+        second_view: ``(train_view, eval_view)``, another ``(n, C)`` / ``(m, C)`` posterior
+            of the same training and evaluation rows (their evaluation neighbours' votes):
+            with the evaluation calibration the clean posterior is then
+            :func:`fit_stacked_scaling`'s map of both views, fitted on the evaluation rows.
+            Ignored with the training-label calibration.
 
     Returns:
         The maximum-likelihood :class:`NoiseModel` over the EM starts (and, with
@@ -545,10 +627,25 @@ def fit_noise_model(
     )
     if use_eval:
         assert reference is not None
-        scaling = fit_vector_scaling(
-            *reference, bias_penalty=options.bias_penalty, beta_penalty=options.beta_penalty
+        if second_view is None:
+            scaling = fit_vector_scaling(
+                *reference, bias_penalty=options.bias_penalty, beta_penalty=options.beta_penalty
+            )
+            return _fixed_posterior_model(scaling.apply(probs), labels, options, scaling)
+        train_view, eval_view = (np.asarray(v, dtype=np.float64) for v in second_view)
+        if train_view.shape != probs.shape or eval_view.shape != np.shape(reference[0]):
+            raise InvalidInputError(
+                f"second_view shapes {train_view.shape} / {eval_view.shape} do not match the "
+                f"training {probs.shape} and evaluation {np.shape(reference[0])} probabilities"
+            )
+        scaling = fit_stacked_scaling(
+            [reference[0], eval_view],
+            reference[1],
+            bias_penalty=options.bias_penalty,
+            beta_penalty=options.beta_penalty,
         )
-        return _fixed_posterior_model(scaling.apply(probs), labels, options, scaling)
+        clean = scaling.apply(probs, train_view)
+        return _fixed_posterior_model(clean, labels, options, scaling)
     return _compute_noise_model(probs, labels, options)
 
 

@@ -101,6 +101,8 @@ SCALE_ROWS = 2048
 
 #: share of rows with leave-one-out leverage >= 1 above which a warning is logged
 LEVERAGE_WARNING_RATE = 0.01
+#: :func:`loo_in_sample_p_value` below this: the count does not stack the leave-one-out outputs.
+LOO_IN_SAMPLE_ALPHA = 0.05
 
 
 def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -379,12 +381,14 @@ def find_label_errors(
             within +-25% in 0.81 of development runs against 0.58 without, clean data
             flagged 0.1% against 0.9%, class-conditional counts 0.98x against 0.57x).
             Evaluation labels with the training data's own noise make the count fall
-            short: pass ``NoiseModelOptions(calibration="train")`` for them. For a model
-            that is not linear in its parameters (a network), the clean posterior of the
-            training rows behind the count, the error probabilities and the suggestions is
-            the votes of their nearest evaluation rows
-            (:mod:`infgate.detect.neighbour_posterior`; ``NoiseModelOptions(posterior=)``),
-            not the model's leave-one-out outputs, which a memorizing network gets wrong.
+            short: pass ``NoiseModelOptions(calibration="train")`` for them. The clean
+            posterior of the training rows behind the count, the error probabilities and
+            the suggestions then uses the votes of their nearest evaluation rows
+            (:mod:`infgate.detect.neighbour_posterior`; ``NoiseModelOptions(posterior=)``):
+            stacked with the model's leave-one-out outputs in one map fitted on the
+            evaluation rows where those outputs look out-of-sample
+            (:func:`loo_in_sample_p_value`: softmax regression, a small MLP), the votes
+            alone where they do not (a network that memorized its flips gets them wrong).
         noise_options: how the label-noise model behind ``is_suspect`` and the suggestion
             confidence is fitted (:class:`infgate.detect.calibrate.NoiseModelOptions`).
         loo: the scorer's leave-one-out outputs for EVERY training row, already computed
@@ -417,8 +421,9 @@ def find_label_errors(
         training-label calibration), ``loo_leverage_violation_rate`` (share of rows whose
         leave-one-out leverage is 1 or more, :attr:`LooOutputs.leverage`: their count and
         confidence are unreliable; logged as a warning above 1%),
-        ``noise_posterior`` (``"model"`` or ``"neighbours"``: which clean posterior the
-        count used), ``neighbour_accuracy`` (when the evaluation neighbours were consulted,
+        ``noise_posterior`` (``"model"``, ``"neighbours"`` or ``"both"``: which clean
+        posterior the count used; ``NoiseModelOptions(posterior=)``),
+        ``neighbour_accuracy`` (when the evaluation neighbours were consulted,
         by the count or the ranking: the share of evaluation rows their left-out
         neighbours' vote gets right; ``None`` otherwise), ``ranking_rule`` (what the
         ranking was: ``"evidence"`` or ``"margin"`` for the default, ``"channel"`` or
@@ -493,13 +498,13 @@ def find_label_errors(
         neighbours = _evaluation_neighbours(
             model, scorer, train, eval_data, noise, out.loo_probs.shape[1], pad_token_id
         )
-    count = _count_noise(model, noise, out, opts, neighbours)
+    count = _count_noise(noise, out, opts, neighbours, reference)
     evidence = None
     if method == "filtered_evidence" and neighbours is not None:
         evidence = neighbours.calibrated(
             bias_penalty=opts.bias_penalty, beta_penalty=opts.beta_penalty
         )
-    if out.leverage_violation_rate > LEVERAGE_WARNING_RATE and count.source == "model":
+    if out.leverage_violation_rate > LEVERAGE_WARNING_RATE and count.source != "neighbours":
         log.warning(
             "leave-one-out leverage is 1 or more for %.0f%% of the rows with back-end %r: the "
             "fitted curvature under-represents their own directions, so their leave-one-out "
@@ -585,37 +590,99 @@ def _evaluation_neighbours(
     return EvaluationNeighbours(train_votes, eval_votes, labels, voters.k, p_value)
 
 
+def loo_in_sample_p_value(out: LooOutputs, reference: tuple[np.ndarray, np.ndarray]) -> float:
+    """p-value that the leave-one-out outputs are NOT out-of-sample outputs of rows drawn like
+    the evaluation rows: the smaller of two tests (each at half the level, Bonferroni), so
+    ``2 min(p_1, p_2)`` capped at 1.
+
+    1. Their confidence (the top probability, which does not depend on any label) is
+       distributed like the model's confidence on the evaluation rows (Mann-Whitney,
+       two-sided): a network whose leave-one-out step does not undo what it memorized is
+       sharper on its training rows, one whose step overshoots is flatter.
+    2. They agree with the training labels no more often than the model's outputs agree
+       with the evaluation labels (Fisher's exact test, one-sided): out-of-sample outputs
+       agree at most as often, less with label errors among the training labels.
+    """
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    probs, labels = np.asarray(reference[0]), np.asarray(reference[1])
+    agree = int((out.loo_probs.argmax(axis=1) == out.labels).sum())
+    right = int((probs.argmax(axis=1) == labels).sum())
+    n, m = len(out.labels), len(labels)
+    table = [[agree, n - agree], [right, m - right]]
+    p_agree = float(fisher_exact(table, alternative="greater").pvalue)
+    p_sharp = float(mannwhitneyu(out.loo_probs.max(axis=1), probs.max(axis=1)).pvalue)
+    return min(1.0, 2.0 * min(p_agree, p_sharp))
+
+
+def _count_posterior(
+    options: NoiseModelOptions,
+    out: LooOutputs,
+    reference: tuple[np.ndarray, np.ndarray] | None,
+) -> str:
+    """``options.posterior`` with ``"auto"`` resolved: ``"both"`` (the model's leave-one-out
+    outputs and the evaluation neighbours' votes, stacked) unless the leave-one-out outputs
+    are not to be trusted as out-of-sample (leverage of 1 or more on over 1% of the rows, or
+    :func:`loo_in_sample_p_value` below ``LOO_IN_SAMPLE_ALPHA``), then ``"neighbours"``."""
+    if options.posterior != "auto":
+        return options.posterior
+    if reference is None or out.leverage_violation_rate > LEVERAGE_WARNING_RATE:
+        return "neighbours"
+    p_value = loo_in_sample_p_value(out, reference)
+    if p_value < LOO_IN_SAMPLE_ALPHA:
+        log.info(
+            "the leave-one-out outputs do not look like out-of-sample outputs (their "
+            "confidence or their agreement with the given labels differs from the model's on "
+            "the evaluation rows, p = %.2g): the count uses the evaluation neighbours' votes "
+            "alone",
+            p_value,
+        )
+        return "neighbours"
+    return "both"
+
+
 def _count_noise(
-    model: nn.Module,
     noise: NoiseModel,
     out: LooOutputs,
     options: NoiseModelOptions | None,
     neighbours: EvaluationNeighbours | None,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NoiseModel:
     """The noise model behind the count, the error probabilities and the suggestions:
     ``noise`` (on the model's leave-one-out probabilities), or, with the evaluation
-    neighbours and ``options.posterior`` saying so, the channel fitted on the training
-    rows' evaluation-neighbour posterior (:mod:`infgate.detect.neighbour_posterior`)."""
-    from infgate.detect.output_validity import glm_reason
-
+    neighbours, the channel fitted on the training rows' evaluation-neighbour posterior
+    (:mod:`infgate.detect.neighbour_posterior`), alone or stacked with the model's
+    leave-one-out outputs (``options.posterior``, :func:`_count_posterior`)."""
     options = options or NoiseModelOptions()
     if neighbours is None or options.posterior == "model":
         return noise
-    if options.posterior == "auto" and glm_reason(model) is None:
-        return noise
-    reference = (neighbours.eval_votes, neighbours.eval_labels)
-    count = fit_noise_model(
-        neighbours.train_votes, out.labels, options=options, reference=reference
-    )
+    posterior = _count_posterior(options, out, reference)
+    if posterior == "both":
+        assert reference is not None  # the evaluation calibration ran on it
+        count = fit_noise_model(
+            out.loo_probs,
+            out.labels,
+            options=options,
+            reference=reference,
+            second_view=(neighbours.train_votes, neighbours.eval_votes),
+        )
+    else:
+        count = fit_noise_model(
+            neighbours.train_votes,
+            out.labels,
+            options=options,
+            reference=(neighbours.eval_votes, neighbours.eval_labels),
+        )
     log.info(
-        "suspect count from the evaluation-neighbour posterior (%d neighbours of %d labelled "
-        "evaluation rows): %.1f expected errors (the model's leave-one-out posterior: %.1f)",
+        "suspect count from the %s posterior (%d neighbours of %d labelled evaluation rows): "
+        "%.1f expected errors (the model's leave-one-out posterior alone: %.1f)",
+        "stacked model-and-neighbour" if posterior == "both" else "evaluation-neighbour",
         neighbours.k,
         len(neighbours.eval_labels),
         count.expected_errors,
         noise.expected_errors,
     )
-    return dataclasses.replace(count, source="neighbours", source_accuracy=neighbours.accuracy)
+    return dataclasses.replace(count, source=posterior, source_accuracy=neighbours.accuracy)
 
 
 def _ranking_rule(method: str, noise: NoiseModel, evidence: np.ndarray | None) -> str:

@@ -107,9 +107,14 @@ def summary_markdown(
             if noise.get("noise_calibration") == "eval"
             else "fitted on the training labels alone"
         )
-        by_neighbours = noise.get("noise_posterior") == "neighbours"
-        if by_neighbours:
-            source += "; clean posterior from each row's nearest evaluation rows"
+        posterior = noise.get("noise_posterior")
+        if posterior in ("neighbours", "both"):
+            source += (
+                "; clean posterior from each row's nearest evaluation rows"
+                if posterior == "neighbours"
+                else "; clean posterior from the model's leave-one-out outputs stacked with "
+                "each row's nearest evaluation rows"
+            )
             right = noise.get("neighbour_accuracy")
             if right is not None:
                 source += f", whose vote is right on {float(right):.0%} of the evaluation rows"
@@ -128,7 +133,7 @@ def summary_markdown(
         elif rule is not None:
             lines.append(f"- ranking: {rule}")
         bad = float(noise.get("loo_leverage_violation_rate") or 0.0)
-        if bad > 0.01 and not by_neighbours:
+        if bad > 0.01 and posterior != "neighbours":
             lines.append(
                 f"- ⚠ leave-one-out leverage >= 1 on {bad:.0%} of the rows: the curvature "
                 "under-represents them, so the suspect count and confidence are unreliable "

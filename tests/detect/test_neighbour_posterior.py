@@ -97,7 +97,15 @@ def test_a_memorising_network_counts_its_flips_from_evaluation_neighbours(
             noise_options=NoiseModelOptions(posterior="model"),
             **kw,  # type: ignore[arg-type]
         )
-    assert df.attrs["noise_posterior"] == "neighbours" and own.attrs["noise_posterior"] == "model"
+    assert own.attrs["noise_posterior"] == "model"
+    # with flips among the fitted labels, the leave-one-out outputs agree with the given
+    # labels more often than the model's outputs agree with the evaluation labels: they are
+    # in-sample, so the count does not stack them; with clean labels there is nothing
+    # memorized to tell them apart, and either posterior must count (almost) nothing
+    if flips:
+        assert df.attrs["noise_posterior"] == "neighbours"
+    else:
+        assert df.attrs["noise_posterior"] in ("neighbours", "both")
     assert 0.9 <= df.attrs["neighbour_accuracy"] <= 1.0
     # the default ranking consults the same neighbours whichever posterior the count used
     assert own.attrs["neighbour_accuracy"] == df.attrs["neighbour_accuracy"]
@@ -113,7 +121,7 @@ def test_a_memorising_network_counts_its_flips_from_evaluation_neighbours(
     assert df["error_probability"].sum() == pytest.approx(df.attrs["expected_errors"], rel=1e-6)
 
 
-def test_softmax_regression_keeps_its_own_leave_one_out_posterior() -> None:
+def test_softmax_regression_keeps_its_own_leave_one_out_posterior_in_the_count() -> None:
     x, y, _, xe, ye = _digits(0.1, 3)
     torch.manual_seed(0)
     glm = nn.Linear(64, 10)
@@ -127,7 +135,9 @@ def test_softmax_regression_keeps_its_own_leave_one_out_posterior() -> None:
 
     opt.step(closure)
     df = find_label_errors(glm.eval(), (x, y), eval_data=(xe, ye), damping=1e-3, progress=False)
-    assert df.attrs["noise_posterior"] == "model"
+    # its leave-one-out outputs are out-of-sample, so the count stacks them with the
+    # evaluation neighbours' votes
+    assert df.attrs["noise_posterior"] == "both"
 
 
 def test_evaluation_rows_from_elsewhere_fall_back_to_the_models_posterior(caplog) -> None:  # type: ignore[no-untyped-def]

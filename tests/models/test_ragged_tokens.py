@@ -22,6 +22,8 @@ from infgate.examples.registry_models import (
 from tests.models.test_bad_models import _one_line_error, _scan, _untouched
 from tests.services import MlflowServer
 
+# A small transformer (about 3,000 parameters): the scans pick the exact back-end, whose
+# cost grows with the cube of the parameter count; nothing here is about the curvature.
 N_TRAIN, N_EVAL, LENGTH = 240, 60, 24
 
 
@@ -55,7 +57,7 @@ def _register(
 ) -> tuple[FamilyData, RegisteredNetwork]:
     data = _ragged_data(seed=3)
     network = {**data.network, "pad_id": pad_id}
-    model = make_network("transformer", seed=0, d_model=32, heads=2, layers=1, ff=64, **network)
+    model = make_network("transformer", seed=0, d_model=16, heads=2, layers=1, ff=32, **network)
     opts = TrainOptions(optimizer="adam", lr=3e-3, epochs=6, weight_decay=1e-3, batch_size=32)
     train_network(model, data.x, data.y, opts)
     reg = register_network(
@@ -202,7 +204,7 @@ def test_a_model_with_input_ids_and_attention_mask_scans(
     data.train.rename(columns={"tokens": "input_ids"}, inplace=True)
     data.eval.rename(columns={"tokens": "input_ids"}, inplace=True)
     data = dataclasses.replace(data, x=torch.stack([data.x, (data.x != 0).long()], dim=1))
-    net = AttentionMaskClassifier(d_model=32, heads=2, layers=1, ff=64, **data.network)
+    net = AttentionMaskClassifier(d_model=16, heads=2, layers=1, ff=32, **data.network)
     reg = register_network(
         data,
         name=f"two-inputs-{flavour}",
