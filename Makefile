@@ -59,6 +59,7 @@ bench: install
 	$(PY) benchmarks/bench_exact.py
 	$(PY) benchmarks/bench_backends.py
 	$(PY) benchmarks/bench_label_errors.py
+	$(PY) benchmarks/bench_count_posterior.py
 	$(PY) benchmarks/bench_mismatch.py
 	$(PY) benchmarks/bench_flow.py
 	$(PY) benchmarks/bench_queue.py

@@ -67,10 +67,12 @@ an estimate of that posterior, and the fit inherits their error: a network that 
 its flips keeps them probable and the count falls short; a misspecified model (softmax
 regression on features that do not separate the classes) is mistaken for noise and the count
 overshoots; a model fitted to one-sided binary noise learns the noisy posterior, which no
-channel can tell apart from a clean one, and the count falls to 0.1-0.3x. Hence, for a
-network with labelled evaluation data, :func:`~infgate.detect.find_label_errors` fits the
-channel on the training rows' evaluation-neighbour posterior instead
-(:mod:`infgate.detect.neighbour_posterior`, ``NoiseModelOptions.posterior``). The measured
+channel can tell apart from a clean one, and the count falls to 0.1-0.3x. Hence, with
+labelled evaluation data, :func:`~infgate.detect.find_label_errors` fits the channel on a
+clean posterior that also uses the training rows' evaluation neighbours
+(:mod:`infgate.detect.neighbour_posterior`, ``NoiseModelOptions.posterior``): stacked with
+the leave-one-out outputs by :func:`fit_stacked_scaling` where those look out-of-sample,
+alone where they do not (a network that memorized its flips). The measured
 figures per dataset and model family are in ``benchmarks/RESULTS.md`` ("Calibrated flagged
 set"); treat the count and the confidence as estimates with those error bars.
 """

@@ -58,3 +58,22 @@ def test_summary_names_the_noise_model_behind_the_count() -> None:
     text = summary_markdown(**common, noise=weak)  # type: ignore[arg-type]
     assert "not diagonally dominant (margin -0.63)" in text
     assert "not an estimate of the label errors" in text
+
+
+def test_summary_says_which_clean_posterior_the_count_used() -> None:
+    """``both`` (leave-one-out outputs stacked with the evaluation neighbours) and
+    ``neighbours`` are named; a leverage warning is shown unless the votes were used alone."""
+    from infgate.gate import GateVerdict
+    from infgate.scan.report import summary_markdown
+
+    common = dict(model="m v1", scan_id=1, n_rows=300, n_suspects=0,
+                  verdict=GateVerdict("passed"), mismatch=None, top=pd.DataFrame())  # fmt: skip
+    base = {"expected_errors": 30.0, "noise_probability": 1.0, "noise_calibration": "eval",
+            "noise_calibration_rows": 100, "neighbour_accuracy": 0.9,
+            "loo_leverage_violation_rate": 0.2}  # fmt: skip
+    both = summary_markdown(**common, noise={**base, "noise_posterior": "both"})  # type: ignore[arg-type]
+    assert "leave-one-out outputs stacked with each row's nearest evaluation rows" in both
+    assert "whose vote is right on 90%" in both and "leverage >= 1 on 20%" in both
+    votes = summary_markdown(**common, noise={**base, "noise_posterior": "neighbours"})  # type: ignore[arg-type]
+    assert "clean posterior from each row's nearest evaluation rows, whose vote" in votes
+    assert "leverage >= 1" not in votes
