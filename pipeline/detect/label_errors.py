@@ -16,8 +16,11 @@ import pandas as pd
 import torch
 from infgate.detect._inputs import example_ids
 from infgate.detect.calibrate import (
+    INTERVAL_WORK,
+    CountInterval,
     NoiseModel,
     NoiseModelOptions,
+    count_interval,
     fit_noise_model,
     rank_calibrated,
 )
@@ -414,7 +417,10 @@ def find_label_errors(
         ``self_influence``, ``error_probability`` (posterior probability that the given
         label is wrong) and ``eval_influence`` (mean ``I_up,loss`` on ``eval_data``; NaN
         without it). ``df.attrs`` holds ``n_estimated_errors``, ``expected_errors`` (the
-        unrounded sum), ``method``, ``damping``, ``noise_temperature`` and
+        unrounded sum), ``expected_errors_interval`` (``[lower, upper]``, the count's
+        bootstrap interval at ``expected_errors_interval_level``,
+        :func:`infgate.detect.calibrate.count_interval`; ``None`` without the evaluation
+        calibration), ``method``, ``damping``, ``noise_temperature`` and
         ``noise_transition`` (``T[c][j] = P(given j | true c)``), ``noise_calibration``
         (``"eval"`` or ``"train"``), ``noise_calibration_rows``, ``noise_probability``
         (posterior probability that any label is wrong against none; 1.0 with the
@@ -498,7 +504,7 @@ def find_label_errors(
         neighbours = _evaluation_neighbours(
             model, scorer, train, eval_data, noise, out.loo_probs.shape[1], pad_token_id
         )
-    count = _count_noise(noise, out, opts, neighbours, reference)
+    count, interval = _count_noise(noise, out, opts, neighbours, reference, progress)
     evidence = None
     if method == "filtered_evidence" and neighbours is not None:
         evidence = neighbours.calibrated(
@@ -530,6 +536,11 @@ def find_label_errors(
         )
     ids = example_ids(train, len(out.labels))
     df = _compute_frame(out, method, fm, ids, scorer, noise, ev, nb, count=count, evidence=evidence)
+    df.attrs["expected_errors_interval"] = (
+        None if interval is None else [interval.lower, interval.upper]
+    )
+    df.attrs["expected_errors_interval_level"] = None if interval is None else interval.level
+    df.attrs["expected_errors_interval_draws"] = None if interval is None else interval.draws
     if neighbours is not None:  # how sharp the evaluation neighbours are, whoever used them
         df.attrs["neighbour_accuracy"] = neighbours.accuracy
     return df
@@ -641,21 +652,31 @@ def _count_posterior(
     return "both"
 
 
+# the views of the training rows, the same views of the evaluation rows, their labels
+_Views = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], np.ndarray]
+
+
 def _count_noise(
     noise: NoiseModel,
     out: LooOutputs,
     options: NoiseModelOptions | None,
     neighbours: EvaluationNeighbours | None,
     reference: tuple[np.ndarray, np.ndarray] | None = None,
-) -> NoiseModel:
+    progress: bool = False,
+) -> tuple[NoiseModel, CountInterval | None]:
     """The noise model behind the count, the error probabilities and the suggestions:
     ``noise`` (on the model's leave-one-out probabilities), or, with the evaluation
     neighbours, the channel fitted on the training rows' evaluation-neighbour posterior
     (:mod:`infgate.detect.neighbour_posterior`), alone or stacked with the model's
-    leave-one-out outputs (``options.posterior``, :func:`_count_posterior`)."""
+    leave-one-out outputs (``options.posterior``, :func:`_count_posterior`); and the
+    count's bootstrap interval (:func:`~infgate.detect.calibrate.count_interval`), ``None``
+    without the evaluation calibration or with ``options.interval_draws == 0``."""
     options = options or NoiseModelOptions()
     if neighbours is None or options.posterior == "model":
-        return noise
+        views: _Views | None = None
+        if reference is not None and noise.calibration == "eval":
+            views = ((out.loo_probs,), (reference[0],), reference[1])
+        return noise, _interval(noise, views, options, progress)
     posterior = _count_posterior(options, out, reference)
     if posterior == "both":
         assert reference is not None  # the evaluation calibration ran on it
@@ -666,6 +687,11 @@ def _count_noise(
             reference=reference,
             second_view=(neighbours.train_votes, neighbours.eval_votes),
         )
+        views = (
+            (out.loo_probs, neighbours.train_votes),
+            (reference[0], neighbours.eval_votes),
+            reference[1],
+        )
     else:
         count = fit_noise_model(
             neighbours.train_votes,
@@ -673,16 +699,44 @@ def _count_noise(
             options=options,
             reference=(neighbours.eval_votes, neighbours.eval_labels),
         )
+        views = ((neighbours.train_votes,), (neighbours.eval_votes,), neighbours.eval_labels)
+    interval = _interval(count, views, options, progress)
     log.info(
         "suspect count from the %s posterior (%d neighbours of %d labelled evaluation rows): "
-        "%.1f expected errors (the model's leave-one-out posterior alone: %.1f)",
+        "%.1f expected errors%s (the model's leave-one-out posterior alone: %.1f)",
         "stacked model-and-neighbour" if posterior == "both" else "evaluation-neighbour",
         neighbours.k,
         len(neighbours.eval_labels),
         count.expected_errors,
+        ""
+        if interval is None
+        else f", {interval.level:.0%} interval {interval.lower}-{interval.upper}",
         noise.expected_errors,
     )
-    return dataclasses.replace(count, source=posterior, source_accuracy=neighbours.accuracy)
+    count = dataclasses.replace(count, source=posterior, source_accuracy=neighbours.accuracy)
+    return count, interval
+
+
+def _interval(
+    model: NoiseModel,
+    views: _Views | None,
+    options: NoiseModelOptions,
+    progress: bool,
+) -> CountInterval | None:
+    """The count's bootstrap interval, with at most ``options.interval_draws`` draws (fewer
+    on large data: ``INTERVAL_WORK`` rows x classes x draws, never under 50)."""
+    if views is None or options.interval_draws == 0 or model.calibration != "eval":
+        return None
+    n, k = model.posterior.shape
+    draws = min(options.interval_draws, max(50, int(INTERVAL_WORK / (n * k))))
+    return count_interval(
+        model,
+        *views,
+        options=options,
+        level=options.interval_level,
+        draws=draws,
+        progress=progress,
+    )
 
 
 def _ranking_rule(method: str, noise: NoiseModel, evidence: np.ndarray | None) -> str:

@@ -118,9 +118,17 @@ def summary_markdown(
             right = noise.get("neighbour_accuracy")
             if right is not None:
                 source += f", whose vote is right on {float(right):.0%} of the evaluation rows"
+        interval = noise.get("expected_errors_interval")
+        spread = (
+            f" ({float(noise.get('expected_errors_interval_level') or 0.9):.0%} bootstrap "
+            f"interval {int(interval[0]):,}-{int(interval[1]):,})"
+            if interval is not None
+            else ""
+        )
         lines.append(
-            f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors, "
-            f"P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} ({source})"
+            f"- label-noise model: {float(noise['expected_errors']):.1f} expected label errors"
+            f"{spread}, P(any label wrong) {float(noise.get('noise_probability', 1.0)):.3g} "
+            f"({source})"
         )
         rule = noise.get("ranking_rule")
         if rule == "evidence":
@@ -264,6 +272,10 @@ def scan_metrics(loaded: LoadedScan, analysis: Analysis, verdict: GateVerdict) -
     ):
         if ranking.attrs.get(key) is not None:
             metrics[name] = float(ranking.attrs[key])
+    interval = ranking.attrs.get("expected_errors_interval")
+    if interval is not None:
+        metrics["expected_label_errors_lower"] = float(interval[0])
+        metrics["expected_label_errors_upper"] = float(interval[1])
     if mismatch is not None:
         metrics["mismatch_p_value"] = float(mismatch.p_value)
         metrics["mismatch_statistic"] = float(mismatch.statistic)

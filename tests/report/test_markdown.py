@@ -49,6 +49,11 @@ def test_summary_names_the_noise_model_behind_the_count() -> None:
         "- label-noise model: 0.0 expected label errors, P(any label wrong) 0.016 "
         "(calibrated on 100 labelled evaluation rows)"
     ) in text
+    spread = {**evald, "expected_errors": 41.6, "noise_probability": 1.0,
+              "expected_errors_interval": [30, 1204],
+              "expected_errors_interval_level": 0.8}  # fmt: skip
+    text = summary_markdown(**common, noise=spread)  # type: ignore[arg-type]
+    assert "41.6 expected label errors (80% bootstrap interval 30-1,204), P(any" in text
     train = {"expected_errors": 12.3, "noise_probability": 1.0, "noise_calibration": "train"}
     text = summary_markdown(**common, noise=train)  # type: ignore[arg-type]
     assert "12.3 expected label errors, P(any label wrong) 1 (fitted on the training labels" in text

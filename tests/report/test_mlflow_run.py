@@ -27,6 +27,8 @@ STABLE_METRICS = {
     "precision_at_suspects",
     "n_true_label_errors",
     "expected_label_errors",
+    "expected_label_errors_lower",
+    "expected_label_errors_upper",
     "noise_calibration_rows",
     "noise_probability",
     "loo_leverage_violation_rate",
@@ -91,6 +93,10 @@ def test_metrics_have_the_same_names_for_every_version(flow_scan: FlowScan) -> N
     # on the scan's labelled evaluation rows
     assert m["n_suspects"] == round(m["expected_label_errors"])
     assert m["noise_calibration_rows"] > 0
+    # the count's bootstrap interval (whole rows) holds the count
+    lower, upper = m["expected_label_errors_lower"], m["expected_label_errors_upper"]
+    assert lower == int(lower) and upper == int(upper)
+    assert 0 <= lower <= m["expected_label_errors"] <= upper <= m["n_rows"]
     assert 0.0 <= m["noise_probability"] <= 1.0
     assert m["precision_at_suspects"] * m["n_suspects"] == pytest.approx(
         m["recall_at_suspects"] * m["n_true_label_errors"]
