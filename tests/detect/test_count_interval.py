@@ -12,6 +12,7 @@ from infgate.detect import find_label_errors
 from infgate.detect.calibrate import (
     CountInterval,
     NoiseModelOptions,
+    _mixture_quantiles,
     count_interval,
     fit_noise_model,
 )
@@ -45,7 +46,7 @@ def test_interval_covers_the_true_count_near_its_level() -> None:
     """600 training and 200 evaluation rows, 3 classes, 0 / 5 / 10 / 20% flips, 8 draws of
     the data each (32 in all), 60 bootstrap draws per interval at the nominal 90%.
     Measured: 31 of 32 intervals cover the true number of wrong labels (clean 8/8, 5% 8/8,
-    10% 7/8, 20% 8/8); mean widths 9 / 50 / 52 / 56 rows for 0 / ~30 / ~60 / ~120 wrong.
+    10% 7/8, 20% 8/8); mean widths 9 / 51 / 56 / 59 rows for 0 / ~30 / ~60 / ~120 wrong.
     Tolerance: at least 26 of 32 cover (a binomial at 0.9 falls below that with probability
     ~0.03; a point estimate alone covers almost never), every width is under 20% of the
     rows, and clean data gets a lower bound of 0."""
@@ -63,6 +64,19 @@ def test_interval_covers_the_true_count_near_its_level() -> None:
             covered += ci.covers(wrong)
             total += 1
     assert covered >= 26, f"{covered} of {total} intervals cover the true count"
+
+
+def test_model_averaged_quantiles_by_hand() -> None:
+    """Four draws with counts 10-40: weight 1 each is the plain empirical quantile; weight
+    0.5 each puts half the mass on "no label wrong", so the median is 0 and the 95% point
+    still the largest count; weights 0 put every quantile at 0."""
+    counts = np.array([30.0, 10.0, 40.0, 20.0])
+    np.testing.assert_array_equal(
+        _mixture_quantiles(counts, np.ones(4), [0.05, 0.5, 1.0]), [10, 20, 40]
+    )
+    half = _mixture_quantiles(counts, np.full(4, 0.5), [0.05, 0.5, 0.51, 0.95])
+    np.testing.assert_array_equal(half, [0, 0, 10, 40])
+    np.testing.assert_array_equal(_mixture_quantiles(counts, np.zeros(4), [0.05, 0.95]), [0, 0])
 
 
 def test_interval_is_deterministic_for_a_seed_and_checks_its_input() -> None:
