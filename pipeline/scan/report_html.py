@@ -265,6 +265,11 @@ def render_html(
     n_rows = int(metrics.get("n_rows", len(data)))
     n_sus = int(metrics.get("n_suspects", 0))
     facts = [f"{n_rows:,} training examples", f"{n_sus:,} suspected label errors"]
+    if "expected_label_errors_lower" in metrics:  # the count's bootstrap interval
+        facts[-1] += (
+            f" (bootstrap interval {int(metrics['expected_label_errors_lower']):,}-"
+            f"{int(metrics['expected_label_errors_upper']):,})"
+        )
     if mismatch is not None:
         facts.append(
             f"train vs eval mismatch p = {float(mismatch.p_value):.3g} "

@@ -190,8 +190,15 @@ def run_demo(
     ranking = pd.read_csv(report_dir / "findings.csv", dtype={"example_id": str})
     _print_suspects(ranking, data, clean, top)
     metrics = summary["metrics"]
+    spread = (
+        f"; bootstrap interval {int(metrics['expected_label_errors_lower'])}-"
+        f"{int(metrics['expected_label_errors_upper'])}"
+        if "expected_label_errors_lower" in metrics
+        else ""
+    )
     console.print(
-        f"   suspects: {int(metrics['n_suspects'])} ({metrics['suspect_rate']:.1%} of the data); "
+        f"   suspects: {int(metrics['n_suspects'])} ({metrics['suspect_rate']:.1%} of the data"
+        f"{spread}); "
         f"checking the top 10% of the ranking finds {metrics.get('recall_at_10pct', 0):.0%} of the "
         f"flipped labels, the top 20% finds {metrics.get('recall_at_20pct', 0):.0%} "
         f"(random: 10% / 20%)"

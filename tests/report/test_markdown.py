@@ -33,6 +33,13 @@ def test_summary_renders_checks_and_suspects_as_tables(flow_scan: FlowScan) -> N
     line = next(x for x in text.splitlines() if x.startswith("- label-noise model:"))
     assert "expected label errors" in line and "P(any label wrong)" in line
     assert "labelled evaluation rows" in line or "training labels alone" in line
+    # calibrated on the fixture's evaluation rows: the count comes with its interval, here
+    # and in report.html's headline
+    assert "% bootstrap interval " in line
+    assert (
+        "suspected label errors (bootstrap interval "
+        in (flow_scan.report_dir / "report.html").read_text()
+    )
 
 
 def test_summary_names_the_noise_model_behind_the_count() -> None:
