@@ -17,7 +17,10 @@ rows drawn beside the 600 training rows); the noise model behind the flagged set
 calibrated on it (the default), and the flagged set under two other calibrations is
 measured side by side on the same ranking: the training labels alone
 (``train_calibration``) and evaluation labels flipped at the training data's own rate
-(``noisy_eval_labels``, uniform noise only). Writes ``benchmarks/results/label_errors.json`` and
+(``noisy_eval_labels``, uniform noise only). The count's 90% bootstrap interval
+(``df.attrs["expected_errors_interval"]``) is scored by how often it holds the true number
+of flips (``interval_covers_noisy``; 0 on clean runs, ``interval_covers_clean``) and its
+width against that number. Writes ``benchmarks/results/label_errors.json`` and
 ``label_errors_recall.png`` (Koh & Liang Fig. 6 style) and prints the summary.
 """
 
@@ -223,7 +226,9 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     scorer = InfluenceScorer(model, (xt, torch.as_tensor(ytr)), damping=WD, progress=False)
     eval_pair = (xtt, torch.as_tensor(yte))
-    df = find_label_errors(model, (xt, torch.as_tensor(ytr)), scorer=scorer, eval_data=eval_pair)
+    df = find_label_errors(
+        model, (xt, torch.as_tensor(ytr)), scorer=scorer, eval_data=eval_pair, progress=False
+    )
     timings["find_label_errors"] = time.perf_counter() - t0
     out = approximate_loo(scorer)
     filtered = filtered_probabilities(scorer)
@@ -256,6 +261,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "expected_errors": float(df.attrs["expected_errors"]),
         "temperature": float(df.attrs["noise_temperature"]),
         "noise_calibration": df.attrs["noise_calibration"],
+        "count_interval": df.attrs.get("expected_errors_interval"),
         **_variants(df, out.loo_probs, scorer, eval_pair, ytr_clean, flipped, cfg["noise"], seed),
     }
 
@@ -383,6 +389,7 @@ def run_network(cfg: dict[str, Any]) -> dict[str, Any]:
             flipped,
         ),
         "noise_calibration": df.attrs["noise_calibration"],
+        "count_interval": df.attrs.get("expected_errors_interval"),
         **_variants(
             df,
             out.loo_probs,
@@ -600,6 +607,37 @@ def _variant_summary(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
     }
 
 
+def _interval_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the count's bootstrap interval holds the true number of flipped labels
+    (0 on clean runs), and how wide it is against that number."""
+    with_ci = [r for r in rows if r["flagged_set"].get("count_interval") is not None]
+    if not with_ci:
+        return {}
+
+    def covers(r: dict[str, Any]) -> bool:
+        lo, hi = r["flagged_set"]["count_interval"]
+        return bool(lo <= r["n_flipped"] <= hi)
+
+    noisy = [r for r in with_ci if r["n_flipped"] > 0]
+    clean = [r for r in with_ci if r["n_flipped"] == 0]
+    width = [
+        (r["flagged_set"]["count_interval"][1] - r["flagged_set"]["count_interval"][0])
+        / r["n_flipped"]
+        for r in noisy
+    ]
+    return {
+        "interval_runs": len(with_ci),
+        "interval_covers_noisy": float(np.mean([covers(r) for r in noisy])) if noisy else None,
+        "interval_covers_clean": float(np.mean([covers(r) for r in clean])) if clean else None,
+        "interval_width_over_true_median": float(np.median(width)) if width else None,
+        "interval_upper_over_rows_clean_max": (
+            float(max(r["flagged_set"]["count_interval"][1] / r["n_train"] for r in clean))
+            if clean
+            else None
+        ),
+    }
+
+
 def _flagged_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     noisy = [r for r in rows if r["n_flipped"] > 0]
     clean = [r for r in rows if r["n_flipped"] == 0]
@@ -658,6 +696,7 @@ def _flagged_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             else None
         ),
     }
+    out.update(_interval_summary(rows))
     hc = [r["flagged_set"] for r in noisy if r["flagged_set"].get("n_high_confidence")]
     n_hc = sum(f["n_high_confidence"] for f in hc)
     out["n_high_confidence"] = n_hc
