@@ -45,6 +45,7 @@ def register_model_with_data(
     seed: int = 0,
     hidden: tuple[int, ...] = (),
     artifact_root: str | Path | None = None,
+    eval_data: TrainingData | None = None,
 ) -> RegisteredDemo:
     """Train softmax regression (or an MLP) on ``data``, log data + model, register a version.
 
@@ -59,6 +60,9 @@ def register_model_with_data(
         seed: model initialisation seed.
         hidden: hidden layer widths (``()`` = softmax regression).
         artifact_root: artifact location of a new experiment (default: MLflow's choice).
+        eval_data: labelled evaluation rows (labels taken as correct), written beside the
+            training file and named by the version's ``infgate.eval_data`` tag, so a scan
+            calibrates its noise model and runs its mismatch test on them.
     """
     import mlflow
     import mlflow.pytorch
@@ -88,6 +92,10 @@ def register_model_with_data(
         tags["infgate.image_shape"] = "x".join(map(str, data.image_shape))
     if true_labels is not None:
         tags["infgate.true_label_column"] = "true_label"
+    if eval_data is not None:
+        eval_path = (workdir / f"{name}-eval.parquet").resolve()
+        eval_data.to_frame().to_parquet(eval_path, index=False)
+        tags["infgate.eval_data"] = str(eval_path)
     with mlflow.start_run(run_name=f"train-{name}") as run:
         mlflow.log_params({"weight_decay": weight_decay, "hidden": str(hidden), "seed": seed})
         ds = mlflow.data.from_pandas(  # type: ignore[attr-defined]

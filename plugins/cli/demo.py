@@ -1,8 +1,9 @@
 """``make demo``: the main job end to end on embedded defaults.
 
 Trains softmax regression on scikit-learn's bundled digits with a fraction of labels
-flipped, registers it in a local MLflow, runs the scan flow, and shows the gate blocking
-the version with its reasons and the relabel queue filling up.
+flipped (a quarter held out with clean labels as the evaluation data), registers it in a
+local MLflow, runs the scan flow, and shows the gate blocking the version with its reasons
+and the relabel queue filling up.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from infgate.data.training import TrainingData
 
-__all__ = ["demo", "digits_with_flips", "run_demo"]
+__all__ = ["demo", "digits_with_flips", "held_out_split", "run_demo"]
 
 WEIGHT_DECAY = 1e-3
+#: share of the digits held out, with clean labels, as the scan's evaluation data.
+EVAL_SHARE = 0.25
 DEMO_MODEL = "digits-demo"
 #: MLflow model-version tag naming the demo run (noise, seed, data) that registered it.
 DEMO_KEY_TAG = "infgate.demo_key"
@@ -67,9 +70,38 @@ def digits_with_flips(noise: float, seed: int) -> tuple[TrainingData, np.ndarray
     return data, flipped, d.target.astype(np.int64)
 
 
-def _demo_key(noise: float, seed: int, data: TrainingData) -> str:
+def held_out_split(
+    data: TrainingData, flipped: np.ndarray, clean: np.ndarray, seed: int
+) -> tuple[TrainingData, np.ndarray, np.ndarray, TrainingData]:
+    """Hold out a stratified ``EVAL_SHARE`` of the rows with their clean labels: the curated
+    test set a team scans against (the noise model's calibration, the evaluation
+    neighbours, the count's interval and the mismatch test use it).
+
+    Returns:
+        ``(training data, its flipped mask, its clean labels, evaluation data)``.
+    """
+    import dataclasses
+
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    _, ev = train_test_split(
+        np.arange(len(data)), test_size=EVAL_SHARE, stratify=clean, random_state=seed
+    )
+    keep = np.ones(len(data), bool)
+    keep[ev] = False
+    train = dataclasses.replace(
+        data.with_labels(data.labels, keep=keep), source_uri=data.source_uri
+    )
+    evaluation = dataclasses.replace(
+        data.with_labels(clean, keep=~keep), source_uri=data.source_uri, name="digits-eval"
+    )
+    return train, flipped[keep], clean[keep], evaluation
+
+
+def _demo_key(noise: float, seed: int, data: TrainingData, evaluation: TrainingData) -> str:
     """What makes two demo runs the same model: noise, seed, weight decay and the data."""
-    raw = f"{noise!r}|{seed}|{WEIGHT_DECAY!r}|{data.content_hash}"
+    raw = f"{noise!r}|{seed}|{WEIGHT_DECAY!r}|{data.content_hash}|{evaluation.content_hash}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -84,7 +116,11 @@ def _reusable_version(name: str, key: str, tracking_uri: str, data_path: Path) -
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    if not versions or not data_path.is_file():
+    if (
+        not versions
+        or not data_path.is_file()
+        or not data_path.with_name(data_path.name.replace("-train.", "-eval.")).is_file()
+    ):
         return None
     # only the newest: each registration rewrites the one training file
     newest = max(versions, key=lambda v: int(v.version))
@@ -96,11 +132,12 @@ def run_demo(
 ) -> dict[str, float]:
     """The main job on embedded defaults; returns recall figures and the verdict.
 
-    Trains softmax regression on digits with ``noise`` of the labels flipped, registers it in
-    a local MLflow (``sqlite:///<workdir>/mlflow.db``) with the training data logged as the
-    run's dataset input, runs the ``scan_model_version`` flow on Prefect's ephemeral API,
-    shows the gate blocking the version (and ``promote`` refusing it), fills the relabel
-    queue and prints where to look.
+    Trains softmax regression on digits with ``noise`` of the labels flipped (a stratified
+    ``EVAL_SHARE`` held out with clean labels), registers it in a local MLflow
+    (``sqlite:///<workdir>/mlflow.db``) with the training data logged as the run's dataset
+    input and the held-out rows named by the version's ``infgate.eval_data`` tag, runs the
+    ``scan_model_version`` flow on Prefect's ephemeral API, shows the gate blocking the
+    version (and ``promote`` refusing it), fills the relabel queue and prints where to look.
 
     Idempotent: a re-run with the same noise and seed reuses the registered version, so the
     scan is the same stored scan and no example is queued twice.
@@ -124,14 +161,14 @@ def run_demo(
 
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-    data, flipped, clean = digits_with_flips(noise, seed)
+    data, flipped, clean, evaluation = held_out_split(*digits_with_flips(noise, seed), seed)
     console.rule("[bold]infgate demo: a model trained on mislabeled digits meets the gate")
     console.print(
         f"1. {len(data):,} training examples (scikit-learn digits), {int(flipped.sum())} labels "
-        f"flipped ({noise:.0%}); softmax regression trained with L-BFGS, "
-        f"weight decay {WEIGHT_DECAY}"
+        f"flipped ({flipped.mean():.0%}), {len(evaluation):,} held out with clean labels as "
+        f"evaluation data; softmax regression trained with L-BFGS, weight decay {WEIGHT_DECAY}"
     )
-    name, key = DEMO_MODEL, _demo_key(noise, seed, data)
+    name, key = DEMO_MODEL, _demo_key(noise, seed, data, evaluation)
     version = _reusable_version(name, key, tracking_uri, work / f"{name}-train.parquet")
     if version is None:
         from infgate.examples.demo_registry import register_model_with_data
@@ -146,6 +183,7 @@ def run_demo(
             true_labels=clean,
             weight_decay=WEIGHT_DECAY,
             seed=seed,
+            eval_data=evaluation,
         )
         version = reg.version
         MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
@@ -153,7 +191,8 @@ def run_demo(
         )
         console.print(
             f"2. registered [bold]models:/{name}/{version}[/bold] in MLflow ({tracking_uri}); "
-            f"training data logged as the run's dataset input ({reg.data_path.name})"
+            f"training data logged as the run's dataset input ({reg.data_path.name}), "
+            f"evaluation data named by the version's infgate.eval_data tag"
         )
     else:
         console.print(
@@ -203,6 +242,11 @@ def run_demo(
         f"flipped labels, the top 20% finds {metrics.get('recall_at_20pct', 0):.0%} "
         f"(random: 10% / 20%)"
     )
+    if "mismatch_p_value" in metrics:  # a random split: the mismatch test should not reject
+        console.print(
+            f"   train vs evaluation mismatch test: p = {metrics['mismatch_p_value']:.3g} "
+            f"(alpha {config.mismatch.alpha:g})"
+        )
     flow_state = "Failed (gate blocked)" if state.is_failed() else "Completed"
     console.print(
         f"4. gate verdict for scan {summary['scan_id']}: [bold red]{summary['verdict'].upper()}"

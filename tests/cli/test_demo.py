@@ -37,6 +37,10 @@ def test_demo_blocks_the_mislabeled_model_and_a_rerun_reuses_it(tmp_path: Path) 
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "BLOCKED" in first.stdout and "infgate promote` refuses" in first.stdout
     assert "registered" in first.stdout and "added by this run" in first.stdout
+    # the held-out clean rows calibrate the count, which comes with its interval, and a
+    # random split passes the mismatch test
+    assert "450 held out with clean labels" in first.stdout
+    assert "bootstrap interval" in first.stdout and "mismatch test: p = " in first.stdout
     second = _demo(work)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "reusing models:/digits-demo/1" in second.stdout
