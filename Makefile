@@ -60,6 +60,7 @@ bench: install
 	$(PY) benchmarks/bench_backends.py
 	$(PY) benchmarks/bench_label_errors.py
 	$(PY) benchmarks/bench_count_posterior.py
+	$(PY) benchmarks/bench_count_interval.py
 	$(PY) benchmarks/bench_mismatch.py
 	$(PY) benchmarks/bench_flow.py
 	$(PY) benchmarks/bench_queue.py

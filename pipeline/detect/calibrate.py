@@ -167,7 +167,8 @@ class NoiseModelOptions:
         interval_draws: bootstrap draws of the count's interval (:func:`count_interval`,
             evaluation calibration only); 0 computes none. Large data gets fewer, about
             ``INTERVAL_WORK / (n C)`` and never under 50 (each draw costs ``O(n C)`` per EM
-            iteration: 0.27 s at 50,000 rows and 10 classes on one core).
+            iteration: 38 ms at 10,000 rows and 10 classes, 0.27 s at 200,000;
+            ``benchmarks/bench_count_interval.py``).
         interval_level: that interval's nominal coverage.
     """
 
@@ -868,14 +869,19 @@ def count_interval(
         w = rng.poisson(1.0, n).astype(np.float64)
         by_label = [(c, clean[g], w[g]) for c, g in enumerate(groups) if len(g)]
         t = _weighted_em(by_label, n, model.transition, options, tolerance)
-        given = clean[rows, labels] * t[labels, labels]
-        wrong = 1.0 - given / np.maximum((clean * t[:, labels].T).sum(axis=1), _EPS)
         if options.compare_clean:
             clean_ll = _weighted_sum(np.log(np.maximum(clean[rows, labels], _EPS)), w)
             weights[d] = noise_probability(clean_ll, _em_uniform(clean, labels, options, w), n)
-        counts[d] = n * float(w @ wrong) / max(float(w.sum()), 1.0)
+        counts[d] = n * float(w @ _wrong(clean, t, labels)) / max(float(w.sum()), 1.0)
     lo, hi = _mixture_quantiles(counts, weights, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return CountInterval(int(np.floor(lo)), int(min(np.ceil(hi), n)), level, draws)
+
+
+def _wrong(clean: np.ndarray, t: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's probability that its given label is wrong under clean posterior ``clean``
+    and channel ``t``."""
+    given = clean[np.arange(len(labels)), labels] * t[labels, labels]
+    return 1.0 - given / np.maximum((clean * t[:, labels].T).sum(axis=1), _EPS)
 
 
 def _mixture_quantiles(counts: np.ndarray, weights: np.ndarray, q: list[float]) -> np.ndarray:
