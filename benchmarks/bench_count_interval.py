@@ -24,26 +24,10 @@ from typing import Any
 
 import numpy as np
 from infgate.detect.calibrate import INTERVAL_WORK, count_interval, fit_noise_model
+from infgate.examples.posteriors import draw_noisy_posterior as draw
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVEL = 0.9
-
-
-def draw(
-    n: int, m: int, k: int, rate: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Training outputs and given labels, evaluation outputs and clean labels, and the
-    number of wrong training labels."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n + m, k)) * 2.0
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    true = np.minimum((rng.random(n + m)[:, None] > p.cumsum(1)).sum(1), k - 1)
-    sharp = p**1.5
-    sharp /= sharp.sum(1, keepdims=True)
-    flip = rng.random(n) < rate
-    given = np.where(flip, (true[:n] + rng.integers(1, k, n)) % k, true[:n])
-    return sharp[:n], given, sharp[n:], true[n:], int((given != true[:n]).sum())
 
 
 def coverage(n: int, m: int, k: int, rate: float, reps: int, draws: int) -> dict[str, Any]:

@@ -18,28 +18,10 @@ from infgate.detect.calibrate import (
 )
 from infgate.errors import InvalidInputError
 from infgate.examples.models import make_classifier, train_classifier
+from infgate.examples.posteriors import draw_noisy_posterior as _draw
 from sklearn.model_selection import train_test_split
 
 from .conftest import WEIGHT_DECAY
-
-
-def _draw(
-    n: int, m: int, k: int, rate: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """``n`` training and ``m`` evaluation rows whose true labels are drawn from a known
-    posterior; the model's outputs are that posterior over-sharpened (``p^1.5``
-    renormalised, as an overfitted network's are), and a share ``rate`` of the training
-    labels is flipped uniformly to another class. Returns the training outputs and given
-    labels, the evaluation outputs and clean labels, and the number of wrong labels."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n + m, k)) * 2.0
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    true = np.minimum((rng.random(n + m)[:, None] > p.cumsum(1)).sum(1), k - 1)
-    sharp = p**1.5
-    sharp /= sharp.sum(1, keepdims=True)
-    flip = rng.random(n) < rate
-    given = np.where(flip, (true[:n] + rng.integers(1, k, n)) % k, true[:n])
-    return sharp[:n], given, sharp[n:], true[n:], int((given != true[:n]).sum())
 
 
 def test_interval_covers_the_true_count_near_its_level() -> None:
